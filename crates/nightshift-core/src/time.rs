@@ -175,6 +175,22 @@ impl Schedule {
             .to_string()
     }
 
+    /// Why a fire time is not the cron's wall-clock time, if it is a DST special case:
+    /// `Some("skipped")` when the matched local time did not exist (spring forward) and the
+    /// run fires at the end of the gap; `Some("repeated")` when the local time exists twice
+    /// (fall back) and the run fires at its first occurrence.
+    pub fn dst_note(&self, fire: Timestamp) -> Option<&'static str> {
+        let civil = self.tz.to_datetime(fire);
+        let proxy = civil.to_zoned(TimeZone::UTC).ok()?;
+        if !self.cron.is_time_matching(&proxy).unwrap_or(true) {
+            return Some("skipped");
+        }
+        self.tz
+            .to_ambiguous_timestamp(civil)
+            .is_ambiguous()
+            .then_some("repeated")
+    }
+
     /// Local wall-clock rendering of an instant in this schedule's zone.
     pub fn local(&self, t: Timestamp) -> Zoned {
         t.to_zoned(self.tz.clone())
@@ -389,6 +405,14 @@ mod tests {
                 "2024-04-02 02:30 CEST = 2024-04-02T00:30:00Z",
             ]
         );
+    }
+
+    #[test]
+    fn dst_notes() {
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(s.dst_note(ts("2024-03-31T01:00:00Z")), Some("skipped"));
+        assert_eq!(s.dst_note(ts("2024-10-27T00:30:00Z")), Some("repeated"));
+        assert_eq!(s.dst_note(ts("2024-10-28T01:30:00Z")), None);
     }
 
     #[test]

@@ -1,1 +1,17 @@
+//! nightshift's engine: everything that touches processes and time.
+//!
+//! # Layout
+//! - [`clock`]: the `Clock` seam (system time, simulated time) and real time for leases.
+//! - [`project`]: loading a project folder and noticing edits.
+//! - [`engine`]: the scheduler loop, run creation, orphan recovery.
+//! - [`executor`]: one try as a child process in its own group, with logs and metrics.
+//! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
+pub mod clock;
+pub mod engine;
+pub mod executor;
+pub mod procs;
+pub mod project;
+
+pub use clock::{Clock, SimClock, SystemClock};
+pub use engine::{CrashPoint, Engine, Event, Mode, Options};

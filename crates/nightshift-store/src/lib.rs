@@ -149,6 +149,10 @@ pub struct FinishTry<'a> {
     pub error: Option<&'a str>,
     pub metrics: Option<&'a str>,
     pub rows_loaded: Option<i64>,
+    /// Tries added to the task's budget (a try stopped by a shutdown does not count).
+    pub extra_tries: u32,
+    /// The try's log, when it was not recorded at spawn (the process never started).
+    pub log_path: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -615,18 +619,18 @@ impl Store {
     pub fn finish_try(&self, f: &FinishTry<'_>) -> Result<bool> {
         self.write(|tx| {
             let n = tx.execute(
-                "UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6
+                "UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7
                  WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'",
-                params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end],
+                params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries],
             )?;
             if n == 0 {
                 return Ok(false);
             }
             tx.execute(
                 "UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
-                        error = ?7, metrics = ?8, rows_loaded = ?9
+                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10)
                  WHERE ti = ?1 AND try_number = ?2",
-                params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded],
+                params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path],
             )?;
             let (run, task): (i64, String) =
                 tx.query_row("SELECT run, task_id FROM task_instances WHERE id = ?1", [f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -912,6 +916,8 @@ mod tests {
             error: None,
             metrics: None,
             rows_loaded: None,
+            extra_tries: 0,
+            log_path: None,
         };
         assert!(!s.finish_try(&fin("B", 1)).unwrap(), "wrong owner");
         assert!(s.finish_try(&fin("A", 1)).unwrap());

@@ -1,1 +1,56 @@
-fn main() {}
+//! The `nightshift` binary: argument parsing, logging setup, exit codes.
+//!
+//! Exit codes: 0 success; 1 a run or command failed; 2 bad usage or configuration.
+
+mod cli;
+mod commands;
+mod output;
+mod scaffold;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::note(format!("error: cannot start the async runtime: {e}"));
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<commands::UsageError>().is_some();
+            output::note(format!("error: {e:#}"));
+            if usage { 2 } else { 1 }
+        }
+    };
+    // Tries still draining after a shutdown were recorded; do not wait on background tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+/// Logs go to stderr; `NIGHTSHIFT_LOG` takes tracing filter directives.
+fn init_tracing(cmd: &cli::Command) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cmd {
+        cli::Command::Up { .. } => "info",
+        _ => "warn",
+    };
+    #[allow(clippy::disallowed_methods)]
+    let filter = std::env::var("NIGHTSHIFT_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,1100 @@
+//! The scheduler loop: creates runs when their intervals end, moves runs forward by their
+//! trigger rules, claims and runs tries, and recovers tries whose engine died.
+//!
+//! Everything it decides is read from and written to the store; the in-memory maps here
+//! are caches and handles to child processes. A pass costs work proportional to the
+//! active runs (indexed queries), never to the history.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use nightshift_core::pipeline::parse_pipeline;
+use nightshift_core::state::{advance, run_outcome};
+use nightshift_core::template::Context;
+use nightshift_core::time::{DataInterval, from_micros, to_micros};
+use nightshift_core::{Pipeline, RunState, TaskKind, TaskState, Trigger};
+use nightshift_store::{Claim, Created, FinishTry, NewRun, NewTask, RunRow, Store, TiRow};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::clock::{Clock, real_now_us};
+use crate::executor::{self, ChildSpec, Exit, KillReason};
+use crate::procs::{self, Owner};
+use crate::project::{self, LoadedPipeline, Project};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] nightshift_store::Error),
+    #[error(transparent)]
+    Time(#[from] nightshift_core::time::Error),
+    #[error(
+        "another scheduler is running for this project: pid {pid} on host `{host}` (last heartbeat {ago}s ago)\n  = help: stop it first, or wait {expires}s for its lease to expire if it is gone"
+    )]
+    SchedulerRunning {
+        pid: i64,
+        host: String,
+        ago: i64,
+        expires: i64,
+    },
+    #[error("this scheduler lost its lease to another process; stopping")]
+    LostLease,
+}
+
+/// What an engine works on.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// `up`: create scheduled runs and execute all work; with `until`, stop there.
+    Scheduler { until: Option<Timestamp> },
+    /// `run` / `backfill`: execute these runs, return when all are finished.
+    Runs(HashSet<i64>),
+}
+
+/// What the engine tells its caller as work progresses.
+#[derive(Debug, Clone)]
+pub enum Event {
+    TaskEnded {
+        pipeline: String,
+        run_id: String,
+        task_id: String,
+        state: TaskState,
+        try_number: u32,
+        at: Timestamp,
+        tz: TimeZone,
+    },
+    TaskRetrying {
+        pipeline: String,
+        run_id: String,
+        task_id: String,
+        try_number: u32,
+        next_try_at: Timestamp,
+    },
+    RunEnded {
+        pipeline: String,
+        run_id: String,
+        ds: String,
+        state: RunState,
+        rows_loaded: i64,
+        at: Timestamp,
+        trigger: Trigger,
+    },
+}
+
+/// A named point where a test may have the engine kill itself with SIGKILL
+/// (`NIGHTSHIFT_CRASH_AT=point[:task]`), to prove recovery from a crash at that point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    pub point: String,
+    pub task: Option<String>,
+}
+
+impl CrashPoint {
+    pub const POINTS: &'static [&'static str] = &[
+        "after_run_created",
+        "after_claim",
+        "after_spawn",
+        "before_outcome_commit",
+    ];
+
+    pub fn parse(s: &str) -> Option<CrashPoint> {
+        let (point, task) = match s.split_once(':') {
+            Some((p, t)) => (p, Some(t.to_owned())),
+            None => (s, None),
+        };
+        Self::POINTS.contains(&point).then(|| CrashPoint {
+            point: point.to_owned(),
+            task,
+        })
+    }
+}
+
+fn crash_if(crash: &Option<CrashPoint>, point: &str, task: Option<&str>) {
+    if let Some(c) = crash {
+        if c.point == point && (c.task.is_none() || c.task.as_deref() == task) {
+            error!(
+                point,
+                "crash point reached; killing this process with SIGKILL"
+            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub heartbeat: Duration,
+    pub lease_ttl: Duration,
+    /// Longest sleep between passes; bounds how late the engine notices other processes'
+    /// changes and edited pipeline files.
+    pub poll: Duration,
+    pub crash_at: Option<CrashPoint>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(15),
+            poll: Duration::from_secs(1),
+            crash_at: None,
+        }
+    }
+}
+
+struct RunningTry {
+    cancel: watch::Sender<Option<KillReason>>,
+    try_number: u32,
+}
+
+struct TryDone {
+    ti_pk: i64,
+}
+
+/// Result of one pass, for the loop's sleep decision.
+#[derive(Debug, Default, Clone)]
+pub struct PassOutcome {
+    /// Earliest data time at which something becomes due (a retry).
+    pub next_due: Option<Timestamp>,
+    /// Work was ready but could not be claimed now (limits, pools).
+    pub blocked: bool,
+    pub active_runs: usize,
+    pub claimed: usize,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    project: Project,
+    mode: Mode,
+    opts: Options,
+    owner: String,
+    host: String,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    /// Parsed pipeline versions by hash (runs execute the version they were created with).
+    versions: HashMap<String, Option<Arc<Pipeline>>>,
+    /// Current version hash of each loaded pipeline.
+    hashes: HashMap<String, String>,
+    /// Last fire time each pipeline's runs were created up to.
+    cursors: HashMap<String, Timestamp>,
+    fingerprint: u64,
+    running: HashMap<i64, RunningTry>,
+    seen: HashMap<i64, (TaskState, u32)>,
+    done_tx: mpsc::UnboundedSender<TryDone>,
+    done_rx: mpsc::UnboundedReceiver<TryDone>,
+    holds_scheduler_lease: bool,
+    paused: HashSet<String>,
+}
+
+fn us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(t)
+}
+
+/// Creates the run for one interval of a pipeline (or finds the one that exists).
+pub fn create_run(
+    store: &Store,
+    lp: &LoadedPipeline,
+    iv: DataInterval,
+    trigger: Trigger,
+    now: Timestamp,
+) -> Result<Created, Error> {
+    let p = &lp.pipeline;
+    let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
+    let run_id = p.schedule.run_id(&iv);
+    let ds = p.schedule.ds(&iv).to_string();
+    let tasks: Vec<NewTask<'_>> = p
+        .tasks
+        .iter()
+        .map(|t| NewTask {
+            task_id: &t.id,
+            max_tries: t.max_tries(),
+            pool: t.pool.as_deref(),
+        })
+        .collect();
+    Ok(store.create_run(
+        &NewRun {
+            run_id: &run_id,
+            pipeline: &p.name,
+            logical_date: &ds,
+            data_interval_start: to_micros(iv.start),
+            data_interval_end: to_micros(iv.end),
+            now: to_micros(now),
+            trigger,
+            version: &version,
+        },
+        &tasks,
+    )?)
+}
+
+impl Engine {
+    pub fn new(
+        project: Project,
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        mode: Mode,
+        opts: Options,
+    ) -> Engine {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let fingerprint = project::fingerprint(&project.dir);
+        Engine {
+            store,
+            clock,
+            project,
+            mode,
+            opts,
+            owner: Owner::me().to_string(),
+            host: procs::hostname(),
+            events: None,
+            versions: HashMap::new(),
+            hashes: HashMap::new(),
+            cursors: HashMap::new(),
+            fingerprint,
+            running: HashMap::new(),
+            seen: HashMap::new(),
+            done_tx,
+            done_rx,
+            holds_scheduler_lease: false,
+            paused: HashSet::new(),
+        }
+    }
+
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Takes the project's scheduler lease (only one `up` per project).
+    pub fn acquire_scheduler_lease(&mut self) -> Result<(), Error> {
+        let me = Owner::me();
+        let ttl = us(self.opts.lease_ttl);
+        for _ in 0..2 {
+            let now = real_now_us();
+            match self
+                .store
+                .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
+            {
+                None => {
+                    self.holds_scheduler_lease = true;
+                    return Ok(());
+                }
+                Some(holder) => {
+                    // A holder on this machine whose process is gone cannot renew; take over
+                    // at once instead of waiting for the lease to expire.
+                    if Owner::parse(&holder.owner).is_some_and(|o| o.is_dead_here()) {
+                        warn!(owner = %holder.owner, "previous scheduler is gone; taking over its lease");
+                        self.store.break_scheduler_lease(&holder.owner)?;
+                        continue;
+                    }
+                    return Err(Error::SchedulerRunning {
+                        pid: holder.pid,
+                        host: holder.host,
+                        ago: (now - holder.heartbeat_at) / 1_000_000,
+                        expires: ((holder.expires_at - now) / 1_000_000).max(0),
+                    });
+                }
+            }
+        }
+        Err(Error::LostLease)
+    }
+
+    fn pipeline_of_version(&mut self, hash: &str) -> Result<Option<Arc<Pipeline>>, Error> {
+        if let Some(p) = self.versions.get(hash) {
+            return Ok(p.clone());
+        }
+        let parsed = match self.store.version_source(hash)? {
+            Some((name, source)) => {
+                let (p, diags) = parse_pipeline(&source, &name, &self.project.settings);
+                if p.is_none() {
+                    let msgs: Vec<String> = diags
+                        .iter()
+                        .filter(|d| d.is_error())
+                        .map(|d| d.message.clone())
+                        .collect();
+                    error!(pipeline = %name, version = hash, errors = %msgs.join("; "), "a stored pipeline version no longer validates; its runs wait until the project is fixed");
+                }
+                p.map(Arc::new)
+            }
+            None => None,
+        };
+        self.versions.insert(hash.to_owned(), parsed.clone());
+        Ok(parsed)
+    }
+
+    /// Re-reads pipeline files when they changed. A file that became invalid keeps its last
+    /// valid version running; a removed file stops being scheduled.
+    fn reload_if_changed(&mut self) {
+        let fp = project::fingerprint(&self.project.dir);
+        if fp == self.fingerprint {
+            return;
+        }
+        self.fingerprint = fp;
+        match project::load(&self.project.dir) {
+            Ok(mut fresh) => {
+                for problem in &fresh.problems {
+                    if problem.has_errors() {
+                        error!(file = %problem.path.display(), "invalid pipeline file; keeping its last valid version\n{problem}");
+                    }
+                }
+                // Keep the last valid version of pipelines whose file is now broken.
+                for (name, old) in &self.project.pipelines {
+                    let rel = old
+                        .path
+                        .strip_prefix(&self.project.dir)
+                        .unwrap_or(&old.path)
+                        .to_path_buf();
+                    if !fresh.pipelines.contains_key(name) && fresh.broken.contains(&rel) {
+                        fresh.pipelines.insert(name.clone(), old.clone());
+                    }
+                }
+                for (name, lp) in &fresh.pipelines {
+                    let changed = self
+                        .project
+                        .pipelines
+                        .get(name)
+                        .is_none_or(|old| old.source != lp.source);
+                    if changed {
+                        info!(pipeline = %name, "pipeline loaded");
+                        self.cursors.remove(name);
+                        self.hashes.remove(name);
+                    }
+                }
+                for name in self.project.pipelines.keys() {
+                    if !fresh.pipelines.contains_key(name) {
+                        info!(pipeline = %name, "pipeline removed; runs in flight finish on their version");
+                        self.cursors.remove(name);
+                    }
+                }
+                self.project = fresh;
+            }
+            Err(e) => error!(error = %e, "cannot read the project; keeping the loaded pipelines"),
+        }
+    }
+
+    /// Creates the runs whose intervals have ended by `now` (one per interval, ever).
+    fn schedule_due_runs(&mut self, now: Timestamp) -> Result<Option<Timestamp>, Error> {
+        let mut next: Option<Timestamp> = None;
+        let mut names: Vec<String> = self.project.pipelines.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            if self.paused.contains(&name) {
+                continue;
+            }
+            let lp = self.project.pipelines[&name].clone();
+            let p = lp.pipeline.clone();
+            let first_start = p.schedule.next_fire_inclusive(p.start_instant())?;
+            let mut cursor = match self.cursors.get(&name) {
+                Some(c) => *c,
+                None => self.initial_catchup(&lp, first_start, now)?,
+            };
+            loop {
+                let fire = p.schedule.next_fire(cursor)?;
+                if fire > now {
+                    next = Some(next.map_or(fire, |n: Timestamp| n.min(fire)));
+                    break;
+                }
+                let iv = p.schedule.interval_ending_at(fire)?;
+                if p.in_range(&iv) {
+                    self.create_scheduled(&lp, iv, now)?;
+                }
+                cursor = fire;
+            }
+            self.cursors.insert(name, cursor);
+        }
+        Ok(next)
+    }
+
+    fn create_scheduled(
+        &mut self,
+        lp: &LoadedPipeline,
+        iv: DataInterval,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        if let Created::New(pk) = create_run(&self.store, lp, iv, Trigger::Scheduled, now)? {
+            info!(pipeline = %lp.pipeline.name, run_id = %lp.pipeline.schedule.run_id(&iv), run = pk, "run created");
+            crash_if(&self.opts.crash_at, "after_run_created", None);
+        }
+        Ok(())
+    }
+
+    /// On first sight of a pipeline: with catchup, one run per missed interval since
+    /// start_date; without, only the latest ended interval. Returns the cursor.
+    fn initial_catchup(
+        &mut self,
+        lp: &LoadedPipeline,
+        first_start: Timestamp,
+        now: Timestamp,
+    ) -> Result<Timestamp, Error> {
+        let p = lp.pipeline.clone();
+        let mut cursor = first_start;
+        if p.catchup {
+            let mut start = first_start;
+            loop {
+                let end = p.schedule.next_fire(start)?;
+                if end > now {
+                    break;
+                }
+                let iv = DataInterval { start, end };
+                if p.in_range(&iv)
+                    && self
+                        .store
+                        .find_run_by_interval(&p.name, to_micros(start))?
+                        .is_none()
+                {
+                    self.create_scheduled(&lp.clone(), iv, now)?;
+                }
+                cursor = end;
+                start = end;
+            }
+        } else {
+            let latest = if p.schedule.next_fire_inclusive(now)? == now {
+                now
+            } else {
+                p.schedule.prev_fire(now)?
+            };
+            if latest > first_start {
+                let iv = p.schedule.interval_ending_at(latest)?;
+                if p.in_range(&iv) {
+                    self.create_scheduled(lp, iv, now)?;
+                }
+                cursor = latest;
+            }
+        }
+        Ok(cursor)
+    }
+
+    fn in_scope(&self, run: &RunRow) -> bool {
+        match &self.mode {
+            Mode::Scheduler { .. } => true,
+            Mode::Runs(set) => set.contains(&run.pk),
+        }
+    }
+
+    /// One scheduling pass over the active runs: activate runs, decide pending tasks,
+    /// finish runs, claim and start ready tries.
+    pub fn pass(&mut self, now: Timestamp, may_claim: bool) -> Result<PassOutcome, Error> {
+        let mut out = PassOutcome::default();
+        let mut runs: Vec<RunRow> = self
+            .store
+            .active_runs()?
+            .into_iter()
+            .filter(|r| self.in_scope(r))
+            .collect();
+        runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
+        out.active_runs = runs.len();
+        let mut tis_by_run: HashMap<i64, Vec<TiRow>> = HashMap::new();
+        if !runs.is_empty() {
+            for ti in self.store.task_instances_of_active_runs()? {
+                tis_by_run.entry(ti.run_pk).or_default().push(ti);
+            }
+        }
+        let now_us = to_micros(now);
+        let mut candidates: Vec<(Arc<Pipeline>, RunRow, TiRow)> = vec![];
+        for mut run in runs {
+            let Some(p) = self.pipeline_of_version(&run.version)? else {
+                continue;
+            };
+            if run.status == RunState::Queued {
+                if self.paused.contains(&run.pipeline) || !may_claim {
+                    continue;
+                }
+                if !self.store.activate_run(run.pk, now_us, p.max_active_runs)? {
+                    continue;
+                }
+                run.status = RunState::Running;
+                info!(pipeline = %run.pipeline, run_id = %run.run_id, trigger = run.trigger.as_str(), "run started");
+            }
+            let mut tis = tis_by_run.remove(&run.pk).unwrap_or_default();
+            let states: HashMap<String, TaskState> =
+                tis.iter().map(|t| (t.task_id.clone(), t.state)).collect();
+            let decisions = advance(&p, &states);
+            if !decisions.is_empty() {
+                self.store.decide_pending(run.pk, &decisions, now_us)?;
+                for ti in tis.iter_mut() {
+                    if let Some((_, s)) = decisions.iter().find(|(id, _)| *id == ti.task_id) {
+                        ti.state = *s;
+                    }
+                }
+            }
+            for ti in &tis {
+                self.observe(&p, &run, ti, now);
+            }
+            if let Some(outcome) = run_outcome(tis.iter().map(|t| t.state)) {
+                if self.store.finish_run(run.pk, outcome, now_us)? {
+                    let rows = self.store.run(run.pk)?.map(|r| r.rows_loaded).unwrap_or(0);
+                    info!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
+                    self.emit(Event::RunEnded {
+                        pipeline: run.pipeline.clone(),
+                        run_id: run.run_id.clone(),
+                        ds: run.logical_date.clone(),
+                        state: outcome,
+                        rows_loaded: rows,
+                        at: now,
+                        trigger: run.trigger,
+                    });
+                }
+                continue;
+            }
+            for ti in tis {
+                match ti.state {
+                    TaskState::Queued => candidates.push((p.clone(), run.clone(), ti)),
+                    TaskState::UpForRetry => match ti.next_try_at {
+                        Some(at) if at > now_us => {
+                            let at = from_micros(at);
+                            out.next_due = Some(out.next_due.map_or(at, |n| n.min(at)));
+                        }
+                        _ => candidates.push((p.clone(), run.clone(), ti)),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if !may_claim {
+            return Ok(out);
+        }
+        // Scheduled and manual runs first, then older intervals, then upstream tasks first.
+        candidates.sort_by_key(|(p, run, ti)| {
+            let topo = p
+                .topological_order()
+                .iter()
+                .position(|t| t.id == ti.task_id)
+                .unwrap_or(usize::MAX);
+            (run.trigger.priority(), run.data_interval_start, topo)
+        });
+        for (p, run, ti) in candidates {
+            if self.running.len() >= self.project.settings.parallelism as usize {
+                out.blocked = true;
+                break;
+            }
+            let Some(task) = p.task(&ti.task_id) else {
+                continue;
+            };
+            let pool = task.pool.as_deref().map(|name| {
+                (
+                    name,
+                    self.project.settings.pools.get(name).copied().unwrap_or(1),
+                )
+            });
+            let claimed = self.store.claim(&Claim {
+                ti_pk: ti.pk,
+                owner: &self.owner,
+                host: &self.host,
+                now: now_us,
+                lease_until: real_now_us() + us(self.opts.lease_ttl),
+                pool,
+                pipeline_limit: (&p.name, p.max_active_tasks),
+            })?;
+            match claimed {
+                Some(try_number) => {
+                    out.claimed += 1;
+                    self.start_try(p.clone(), run, ti, try_number);
+                }
+                None => out.blocked = true,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reports task state changes (including those made by other processes) once each.
+    fn observe(&mut self, p: &Pipeline, run: &RunRow, ti: &TiRow, now: Timestamp) {
+        let key = (ti.state, ti.try_number);
+        if self.seen.get(&ti.pk) == Some(&key) {
+            return;
+        }
+        self.seen.insert(ti.pk, key);
+        if ti.state.is_terminal() {
+            self.emit(Event::TaskEnded {
+                pipeline: run.pipeline.clone(),
+                run_id: run.run_id.clone(),
+                task_id: ti.task_id.clone(),
+                state: ti.state,
+                try_number: ti.try_number,
+                at: now,
+                tz: p.schedule.tz().clone(),
+            });
+        } else if ti.state == TaskState::UpForRetry {
+            self.emit(Event::TaskRetrying {
+                pipeline: run.pipeline.clone(),
+                run_id: run.run_id.clone(),
+                task_id: ti.task_id.clone(),
+                try_number: ti.try_number,
+                next_try_at: ti.next_try_at.map(from_micros).unwrap_or(now),
+            });
+        }
+    }
+
+    fn start_try(&mut self, p: Arc<Pipeline>, run: RunRow, ti: TiRow, try_number: u32) {
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        self.running.insert(
+            ti.pk,
+            RunningTry {
+                cancel: cancel_tx,
+                try_number,
+            },
+        );
+        let ctx = TryCtx {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            pipeline: p,
+            run,
+            ti,
+            try_number,
+            owner: self.owner.clone(),
+            project_dir: self.project.dir.clone(),
+            logs_dir: self.project.logs_dir(),
+            kill_grace: self.project.settings.kill_grace,
+            crash_at: self.opts.crash_at.clone(),
+        };
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let ti_pk = ctx.ti.pk;
+            run_try(ctx, cancel_rx).await;
+            let _ = done.send(TryDone { ti_pk });
+        });
+    }
+
+    /// Renews leases, stops tries that lost their claim, and recovers orphans.
+    fn heartbeat(&mut self) -> Result<(), Error> {
+        let real = real_now_us();
+        let owned: HashSet<(i64, u32)> = self
+            .store
+            .renew_leases(&self.owner, real + us(self.opts.lease_ttl))?
+            .into_iter()
+            .collect();
+        for (ti, rt) in &self.running {
+            if !owned.contains(&(*ti, rt.try_number)) {
+                warn!(
+                    ti,
+                    try_number = rt.try_number,
+                    "try lost its claim; stopping its process"
+                );
+                let _ = rt.cancel.send(Some(KillReason::LostClaim));
+            }
+        }
+        if self.holds_scheduler_lease
+            && !self
+                .store
+                .renew_scheduler_lease(&self.owner, real, us(self.opts.lease_ttl))?
+        {
+            return Err(Error::LostLease);
+        }
+        self.paused = self.store.paused_pipelines()?.into_iter().collect();
+        self.recover_orphans()
+    }
+
+    /// Finds RUNNING tries whose engine is gone (dead process on this host, or an expired
+    /// lease), makes sure no process of theirs survives, and fails or retries them per policy.
+    pub fn recover_orphans(&mut self) -> Result<(), Error> {
+        let real = real_now_us();
+        for ti in self.store.running_task_instances()? {
+            if self.running.contains_key(&ti.pk) {
+                continue;
+            }
+            let owner_text = ti.owner.clone().unwrap_or_default();
+            let mine = owner_text == self.owner;
+            let owner = Owner::parse(&owner_text);
+            let dead = mine
+                || owner.as_ref().is_some_and(Owner::is_dead_here)
+                || ti.lease_until.is_none_or(|l| l < real);
+            if !dead {
+                continue;
+            }
+            if ti.host.as_deref() == Some(self.host.as_str()) {
+                if let Some(pid) = ti
+                    .pid
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p > 1)
+                {
+                    let start = ti.pid_start.map(|s| s as u64);
+                    if procs::alive(pid, start) || procs::group_alive(pid) {
+                        warn!(task = %ti.task_id, pid, "killing the process group of an orphaned try");
+                        procs::kill_group_blocking(pid, self.project.settings.kill_grace);
+                    }
+                }
+            }
+            let now = self.clock.now();
+            let retry = self.retry_decision(&ti, now)?;
+            let who = owner
+                .map(|o| format!("pid {} on `{}`", o.pid, o.host))
+                .unwrap_or_else(|| "unknown".into());
+            let msg = format!(
+                "interrupted: the scheduler running this try ({who}) stopped; the try's processes were killed"
+            );
+            let written = self.store.finish_try(&FinishTry {
+                ti_pk: ti.pk,
+                try_number: ti.try_number,
+                owner: ti.owner.as_deref(),
+                end: to_micros(now),
+                try_state: TaskState::Failed,
+                ti_state: retry.0,
+                next_try_at: retry.1,
+                exit_code: None,
+                signal: None,
+                error: Some(&msg),
+                metrics: None,
+                rows_loaded: None,
+                extra_tries: 0,
+                log_path: None,
+            })?;
+            if written {
+                warn!(pipeline = %ti.pipeline, task = %ti.task_id, try_number = ti.try_number, next = %retry.0, "recovered an orphaned try");
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_decision(
+        &mut self,
+        ti: &TiRow,
+        now: Timestamp,
+    ) -> Result<(TaskState, Option<i64>), Error> {
+        if ti.try_number >= ti.max_tries {
+            return Ok((TaskState::Failed, None));
+        }
+        let run = self.store.run(ti.run_pk)?;
+        let delay = match run {
+            Some(r) => self
+                .pipeline_of_version(&r.version)?
+                .and_then(|p| {
+                    p.task(&ti.task_id)
+                        .map(|t| t.retry.delay_before(ti.try_number + 1, fastrand::f64()))
+                })
+                .unwrap_or_default(),
+            None => Duration::ZERO,
+        };
+        Ok((TaskState::UpForRetry, Some(to_micros(plus(now, delay)))))
+    }
+
+    fn my_runs_finished(&self) -> Result<bool, Error> {
+        if let Mode::Runs(set) = &self.mode {
+            for pk in set {
+                if let Some(r) = self.store.run(*pk)? {
+                    if !r.status.is_terminal() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs until the mode's work is done, `until` is reached, or `shutdown` turns true.
+    /// On shutdown, running tries get the project's `shutdown_grace`, then are killed and
+    /// recorded so a restart retries them.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        let result = self.run_inner(&mut shutdown).await;
+        if self.holds_scheduler_lease {
+            let _ = self.store.release_scheduler_lease(&self.owner);
+        }
+        result
+    }
+
+    async fn run_inner(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+        self.paused = self.store.paused_pipelines()?.into_iter().collect();
+        self.recover_orphans()?;
+        let until = match &self.mode {
+            Mode::Scheduler { until } => *until,
+            Mode::Runs(_) => None,
+        };
+        let scheduling = matches!(self.mode, Mode::Scheduler { .. });
+        let mut last_heartbeat = Instant::now();
+        let mut last_reload = Instant::now();
+        let mut drain: Option<Instant> = None;
+        let mut killed = false;
+        loop {
+            if *shutdown.borrow() && drain.is_none() {
+                info!(
+                    running = self.running.len(),
+                    "shutting down: waiting for running tasks"
+                );
+                drain = Some(Instant::now() + self.project.settings.shutdown_grace);
+            }
+            if last_heartbeat.elapsed() >= self.opts.heartbeat {
+                last_heartbeat = Instant::now();
+                self.heartbeat()?;
+            }
+            let now = self.clock.now();
+            let past_until = until.is_some_and(|u| now >= u);
+            if let Some(deadline) = drain {
+                if self.running.is_empty() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline && !killed {
+                    warn!(
+                        running = self.running.len(),
+                        "grace period over: stopping running tasks"
+                    );
+                    for rt in self.running.values() {
+                        let _ = rt.cancel.send(Some(KillReason::Shutdown));
+                    }
+                    killed = true;
+                }
+                tokio::select! {
+                    Some(d) = self.done_rx.recv() => { self.running.remove(&d.ti_pk); }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            let mut next_fire = None;
+            if scheduling && !past_until {
+                if last_reload.elapsed() >= self.opts.poll {
+                    last_reload = Instant::now();
+                    self.reload_if_changed();
+                }
+                next_fire = self.schedule_due_runs(now)?;
+            }
+            let pass = self.pass(now, !past_until)?;
+            if past_until && self.running.is_empty() {
+                info!(until = %until.unwrap_or(now), "reached the end of the simulation");
+                return Ok(());
+            }
+            if !scheduling && self.running.is_empty() && self.my_runs_finished()? {
+                return Ok(());
+            }
+            let next_due = [pass.next_due, next_fire].into_iter().flatten().min();
+            if self.clock.is_simulated()
+                && self.running.is_empty()
+                && pass.claimed == 0
+                && !pass.blocked
+            {
+                // Nothing in flight: skip idle data time to the next thing that is due.
+                let target = [next_due, until].into_iter().flatten().min();
+                if let Some(t) = target {
+                    if t > now {
+                        self.clock.advance_to(t);
+                    }
+                    continue;
+                }
+            }
+            if pass.claimed > 0 {
+                continue;
+            }
+            let mut sleep_for = self.opts.poll;
+            if let Some(due) = next_due {
+                let wait = SignedDuration::from_micros(to_micros(due) - to_micros(now));
+                sleep_for = sleep_for.min(Duration::try_from(wait).unwrap_or(Duration::ZERO));
+            }
+            tokio::select! {
+                Some(d) = self.done_rx.recv() => {
+                    self.running.remove(&d.ti_pk);
+                    while let Ok(d) = self.done_rx.try_recv() { self.running.remove(&d.ti_pk); }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+struct TryCtx {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    pipeline: Arc<Pipeline>,
+    run: RunRow,
+    ti: TiRow,
+    try_number: u32,
+    owner: String,
+    project_dir: PathBuf,
+    logs_dir: PathBuf,
+    kill_grace: Duration,
+    crash_at: Option<CrashPoint>,
+}
+
+fn rfc3339(us: i64) -> String {
+    from_micros(us).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Runs one claimed try to its recorded outcome.
+async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
+    let Some(task) = c.pipeline.task(&c.ti.task_id).cloned() else {
+        return;
+    };
+    let dir = c
+        .logs_dir
+        .join(&c.run.pipeline)
+        .join(&c.run.run_id)
+        .join(&task.id);
+    let log_path = dir.join(format!("try-{}.log", c.try_number));
+    let metrics_path = dir.join(format!("try-{}.metrics.jsonl", c.try_number));
+    let ctx = Context {
+        ds: c.run.logical_date.clone(),
+        run_id: c.run.run_id.clone(),
+        data_interval_start: rfc3339(c.run.data_interval_start),
+        data_interval_end: rfc3339(c.run.data_interval_end),
+        try_number: c.try_number,
+        pipeline: c.run.pipeline.clone(),
+        task_id: task.id.clone(),
+    };
+    let argv = match &task.kind {
+        TaskKind::Shell(s) if s.shell => vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            s.command.first().cloned().unwrap_or_default(),
+        ],
+        TaskKind::Shell(s) => s.command.iter().map(|a| ctx.render(a)).collect(),
+    };
+    let mut env = ctx.env();
+    env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
+    let cwd = match &task.cwd {
+        Some(d) => c.project_dir.join(d),
+        None => c.project_dir.clone(),
+    };
+    crash_if(&c.crash_at, "after_claim", Some(&task.id));
+    let spec = ChildSpec {
+        argv,
+        env,
+        cwd,
+        log_path: log_path.clone(),
+        metrics_path,
+        timeout: task.timeout,
+        kill_grace: c.kill_grace,
+    };
+    let outcome = match executor::spawn(spec, c.clock.clone()) {
+        Err((_, msg)) => executor::ChildOutcome {
+            exit: Exit::SpawnFailed(msg),
+            metrics: Default::default(),
+            metrics_warnings: vec![],
+        },
+        Ok(running) => {
+            let pid = running.pid;
+            let recorded = c
+                .store
+                .record_spawn(
+                    c.ti.pk,
+                    c.try_number,
+                    &c.owner,
+                    pid,
+                    procs::start_time(pid),
+                    &log_path.to_string_lossy(),
+                )
+                .unwrap_or(false);
+            if !recorded {
+                warn!(task = %task.id, "claim lost before the process was recorded; stopping it");
+                let grace = c.kill_grace;
+                let _ = tokio::task::spawn_blocking(move || procs::kill_group_blocking(pid, grace))
+                    .await;
+                return;
+            }
+            crash_if(&c.crash_at, "after_spawn", Some(&task.id));
+            running.wait(cancel, c.clock.clone()).await
+        }
+    };
+    crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
+    let end = c.clock.now();
+    let (mut ti_state, error, exit_code, signal) = match &outcome.exit {
+        Exit::Code(0) => (TaskState::Success, None, Some(0), None),
+        Exit::Code(n) => (
+            TaskState::Failed,
+            Some(format!("exited with code {n}")),
+            Some(*n),
+            None,
+        ),
+        Exit::Signal(s) => (
+            TaskState::Failed,
+            Some(format!("killed by signal {}", signal_name(*s))),
+            None,
+            Some(*s),
+        ),
+        Exit::Killed(KillReason::Timeout) => (
+            TaskState::Failed,
+            Some(format!(
+                "timed out after {}",
+                nightshift_core::time::format_duration(task.timeout.unwrap_or_default())
+            )),
+            None,
+            None,
+        ),
+        Exit::Killed(KillReason::Shutdown) => (
+            TaskState::UpForRetry,
+            Some("stopped: the scheduler shut down; will run again".to_owned()),
+            None,
+            None,
+        ),
+        Exit::Killed(KillReason::LostClaim) => return,
+        Exit::SpawnFailed(msg) => (TaskState::Failed, Some(msg.clone()), None, None),
+    };
+    let try_state = if ti_state == TaskState::Success {
+        TaskState::Success
+    } else {
+        TaskState::Failed
+    };
+    let mut next_try_at = None;
+    let mut extra_tries = 0;
+    if ti_state == TaskState::UpForRetry {
+        // A try stopped by the operator's shutdown does not use up the task's retries.
+        extra_tries = 1;
+        next_try_at = Some(to_micros(end));
+    } else if ti_state == TaskState::Failed && c.try_number < c.ti.max_tries {
+        ti_state = TaskState::UpForRetry;
+        next_try_at = Some(to_micros(plus(
+            end,
+            task.retry.delay_before(c.try_number + 1, fastrand::f64()),
+        )));
+    }
+    let rows_loaded = outcome.metrics.get("rows_loaded").map(|v| *v as i64);
+    let metrics = (!outcome.metrics.is_empty())
+        .then(|| serde_json::to_string(&outcome.metrics).unwrap_or_default());
+    if let Some(e) = &error {
+        executor::log_note(
+            &log_path,
+            c.clock.as_ref(),
+            &format!("try {} failed: {e}", c.try_number),
+        );
+    }
+    let log_path_text = log_path.to_string_lossy().into_owned();
+    let finish = FinishTry {
+        ti_pk: c.ti.pk,
+        try_number: c.try_number,
+        owner: Some(&c.owner),
+        end: to_micros(end),
+        try_state,
+        ti_state,
+        next_try_at,
+        exit_code,
+        signal,
+        error: error.as_deref(),
+        metrics: metrics.as_deref(),
+        rows_loaded,
+        extra_tries,
+        log_path: Some(&log_path_text),
+    };
+    // The store may be locked for a while (another process, a backup): keep trying, since
+    // an unrecorded outcome would leave the task RUNNING until recovery.
+    for attempt in 0..20 {
+        match c.store.finish_try(&finish) {
+            Ok(true) => break,
+            Ok(false) => {
+                warn!(task = %task.id, try_number = c.try_number, "outcome not recorded: the try lost its claim");
+                break;
+            }
+            Err(e) => {
+                error!(task = %task.id, error = %e, attempt, "cannot record the outcome; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("{} ({sig})", s.as_str()),
+        Err(_) => sig.to_string(),
+    }
+}

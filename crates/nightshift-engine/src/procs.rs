@@ -1,0 +1,135 @@
+//! Process facts from /proc: identity (pid + start time, so a reused pid is not mistaken
+//! for ours), liveness, and killing a whole process group.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), and
+/// whether it is a zombie.
+fn stat(pid: u32) -> Option<(u64, char, i64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let pgrp: i64 = fields.get(2)?.parse().ok()?;
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some((start, state, pgrp))
+}
+
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.0)
+}
+
+/// Whether the process `pid` that started at `start` (if known) is alive and not a zombie.
+pub fn alive(pid: u32, start: Option<u64>) -> bool {
+    match stat(pid) {
+        Some((s, state, _)) => state != 'Z' && state != 'X' && start.is_none_or(|want| want == s),
+        None => false,
+    }
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat)
+        .any(|(_, state, pgrp)| pgrp == i64::from(pgid) && state != 'Z' && state != 'X')
+}
+
+pub fn signal_group(pgid: u32, sig: Signal) {
+    // 0 and 1 would signal our own group or every process: never a task's group.
+    if pgid <= 1 {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(pgid as i32), sig);
+}
+
+/// SIGTERM to the group, then SIGKILL after `grace`; returns once no member is alive (or
+/// after a bounded wait if the kernel is slow to reap).
+pub fn kill_group_blocking(pgid: u32, grace: Duration) {
+    if pgid <= 1 {
+        return;
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while group_alive(pgid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while group_alive(pgid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// This machine's name, for the `host` of tries and leases.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// An engine's identity: `host:pid:start`, unique across restarts and machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Owner {
+    pub fn me() -> Owner {
+        let pid = std::process::id();
+        Owner {
+            host: hostname(),
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Owner> {
+        let mut parts = s.rsplitn(3, ':');
+        let start = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let host = parts.next()?.to_owned();
+        Some(Owner { host, pid, start })
+    }
+
+    /// Known dead: on this host and its process is gone. Other hosts are judged by lease.
+    pub fn is_dead_here(&self) -> bool {
+        self.host == hostname() && !alive(self.pid, Some(self.start))
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.host, self.pid, self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_round_trip_and_liveness() {
+        let me = Owner::me();
+        assert_eq!(Owner::parse(&me.to_string()), Some(me.clone()));
+        assert!(!me.is_dead_here());
+        let ghost = Owner {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(
+            ghost.is_dead_here(),
+            "a reused pid with another start time is not ours"
+        );
+    }
+}

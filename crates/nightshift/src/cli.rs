@@ -1,0 +1,111 @@
+//! Command-line arguments (clap derive). Commands live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nightshift",
+    version,
+    about = "Schedules, runs and watches nightly analytics pipelines"
+)]
+pub struct Cli {
+    /// The project folder (holds nightshift.toml and pipelines/).
+    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    pub project: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scaffold a small working project: the four-task nightly pipeline and its scripts.
+    Init {
+        /// Folder to create (default: the --project folder).
+        dir: Option<PathBuf>,
+        /// Overwrite files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Scaffold the example project, rehearse three nights on a simulated clock, backfill an
+    /// earlier date, and summarise.
+    Demo {
+        /// Folder for the demo project.
+        #[arg(default_value = "nightshift-demo")]
+        dir: PathBuf,
+    },
+    /// Check nightshift.toml and every pipeline file; report every problem with its location.
+    Validate,
+    /// Run one pipeline for one ds in the foreground.
+    Run {
+        pipeline: String,
+        /// The ds (data interval start date) to run, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+        /// Run again even if this interval's run already finished.
+        #[arg(long)]
+        rerun: bool,
+    },
+    /// The long-running scheduler.
+    Up {
+        /// Run on a simulated clock starting here (RFC 3339), skipping idle time.
+        #[arg(long, value_name = "TS", requires = "simulate_until")]
+        simulate_from: Option<String>,
+        /// Stop the simulation at this time (RFC 3339).
+        #[arg(long, value_name = "TS", requires = "simulate_from")]
+        simulate_until: Option<String>,
+    },
+    /// One run per interval whose ds is in [--from, --to].
+    Backfill {
+        pipeline: String,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: String,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: String,
+        /// Run again intervals whose run already succeeded.
+        #[arg(long)]
+        rerun: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A pipeline's runs.
+    Runs {
+        pipeline: String,
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many of the newest runs.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The tasks and tries of one run.
+    Tasks {
+        run_id: String,
+        /// The pipeline, when several have a run with this id.
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The log of one try of a task.
+    Logs {
+        run_id: String,
+        task: String,
+        /// Try number (default: the latest).
+        #[arg(long = "try", value_name = "N")]
+        try_number: Option<u32>,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// The next fire times of a pipeline and the data intervals they close.
+    Next {
+        pipeline: String,
+        #[arg(short = 'n', default_value_t = 5)]
+        n: u32,
+        /// Start from this instant (RFC 3339) instead of now.
+        #[arg(long, value_name = "TS")]
+        after: Option<String>,
+    },
+}

@@ -1,0 +1,279 @@
+//! Read-only views: `runs`, `tasks`, `logs`. They read the store only, so they work while
+//! a scheduler runs.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use nightshift_store::{RunRow, Store, TryRow};
+use serde_json::{Value, json};
+
+use crate::commands::{load_project, open_store, require_pipeline, usage};
+use crate::output::{self, duration_ms, ts};
+
+fn iso(us: Option<i64>) -> Value {
+    us.map(|u| Value::String(ts(Some(u))))
+        .unwrap_or(Value::Null)
+}
+
+/// The stable JSON shape of a run (documented in the README).
+pub fn run_json(r: &RunRow) -> Value {
+    json!({
+        "run_id": r.run_id,
+        "pipeline": r.pipeline,
+        "logical_date": r.logical_date,
+        "data_interval_start": iso(Some(r.data_interval_start)),
+        "data_interval_end": iso(Some(r.data_interval_end)),
+        "start_time": iso(r.start_time),
+        "end_time": iso(r.end_time),
+        "duration_seconds": match (r.start_time, r.end_time) { (Some(s), Some(e)) => json!((e - s) as f64 / 1e6), _ => Value::Null },
+        "status": r.status.as_str(),
+        "rows_loaded": r.rows_loaded,
+        "trigger": r.trigger.as_str(),
+    })
+}
+
+fn try_json(t: &TryRow) -> Value {
+    json!({
+        "try_number": t.try_number,
+        "state": t.state.as_str(),
+        "start_time": iso(Some(t.start_time)),
+        "end_time": iso(t.end_time),
+        "duration_ms": t.duration_ms,
+        "exit_code": t.exit_code,
+        "signal": t.signal,
+        "pid": t.pid,
+        "host": t.host,
+        "log_path": t.log_path,
+        "error": t.error,
+        "rows_loaded": t.rows_loaded,
+        "metrics": t.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
+    })
+}
+
+pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let runs = store.runs(name, limit)?;
+    if runs.is_empty() && !project.pipelines.contains_key(name) {
+        require_pipeline(&project, name)?;
+    }
+    if as_json {
+        output::line(serde_json::to_string_pretty(&Value::Array(
+            runs.iter().map(run_json).collect(),
+        ))?);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.run_id.clone(),
+                r.logical_date.clone(),
+                r.status.to_string(),
+                r.trigger.as_str().to_owned(),
+                ts(r.start_time),
+                ts(r.end_time),
+                duration_ms(r.start_time.zip(r.end_time).map(|(s, e)| (e - s) / 1000)),
+                r.rows_loaded.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "RUN_ID",
+            "DS",
+            "STATUS",
+            "TRIGGER",
+            "START",
+            "END",
+            "DURATION",
+            "ROWS_LOADED",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<RunRow> {
+    let mut runs = store.runs_with_id(run_id)?;
+    if let Some(p) = pipeline {
+        runs.retain(|r| r.pipeline == p);
+    }
+    match runs.len() {
+        0 => Err(usage(format!(
+            "no run `{run_id}`{}\n  = help: `nightshift runs PIPELINE` lists run ids",
+            pipeline.map(|p| format!(" in `{p}`")).unwrap_or_default()
+        ))),
+        1 => Ok(runs.remove(0)),
+        _ => Err(usage(format!(
+            "several pipelines have a run `{run_id}`: {}\n  = help: add --pipeline NAME",
+            runs.iter()
+                .map(|r| r.pipeline.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let run = find_run(&store, run_id, pipeline)?;
+    let tis = store.task_instances(run.pk)?;
+    let tries = store.tries(run.pk)?;
+    if as_json {
+        let tasks: Vec<Value> = tis
+            .iter()
+            .map(|ti| {
+                let mine: Vec<Value> = tries
+                    .iter()
+                    .filter(|t| t.ti_pk == ti.pk)
+                    .map(try_json)
+                    .collect();
+                json!({
+                    "task_id": ti.task_id,
+                    "state": ti.state.as_str(),
+                    "try_number": ti.try_number,
+                    "max_tries": ti.max_tries,
+                    "tries": mine,
+                })
+            })
+            .collect();
+        output::line(serde_json::to_string_pretty(
+            &json!({ "run": run_json(&run), "tasks": tasks }),
+        )?);
+        return Ok(0);
+    }
+    output::line(format!(
+        "{} {} (ds {}): {}  rows_loaded={}",
+        run.pipeline, run.run_id, run.logical_date, run.status, run.rows_loaded
+    ));
+    let mut rows = vec![];
+    for ti in &tis {
+        let mine: Vec<&TryRow> = tries.iter().filter(|t| t.ti_pk == ti.pk).collect();
+        if mine.is_empty() {
+            rows.push(vec![
+                ti.task_id.clone(),
+                "-".into(),
+                ti.state.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                String::new(),
+            ]);
+        }
+        for t in mine {
+            let exit = match (t.exit_code, t.signal) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(s)) => format!("sig {s}"),
+                _ => "-".into(),
+            };
+            let mut detail = t.error.clone().unwrap_or_default();
+            if let Some(m) = &t.metrics {
+                detail = if detail.is_empty() {
+                    m.clone()
+                } else {
+                    format!("{detail}; {m}")
+                };
+            }
+            rows.push(vec![
+                ti.task_id.clone(),
+                format!("{}/{}", t.try_number, ti.max_tries),
+                t.state.to_string(),
+                ts(Some(t.start_time)),
+                ts(t.end_time),
+                duration_ms(t.duration_ms),
+                exit,
+                t.rows_loaded
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                detail,
+            ]);
+        }
+    }
+    output::table(
+        &[
+            "TASK",
+            "TRY",
+            "STATE",
+            "START",
+            "END",
+            "DURATION",
+            "EXIT",
+            "ROWS",
+            "ERROR / METRICS",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+pub fn logs(
+    dir: &Path,
+    run_id: &str,
+    task: &str,
+    try_number: Option<u32>,
+    pipeline: Option<&str>,
+) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let run = find_run(&store, run_id, pipeline)?;
+    let tries: Vec<TryRow> = store
+        .tries(run.pk)?
+        .into_iter()
+        .filter(|t| t.task_id == task)
+        .collect();
+    if tries.is_empty() {
+        let known = store
+            .task_instances(run.pk)?
+            .into_iter()
+            .map(|t| t.task_id)
+            .collect::<Vec<_>>();
+        if !known.iter().any(|k| k == task) {
+            return Err(usage(format!(
+                "run {run_id} has no task `{task}`; its tasks: {}",
+                known.join(", ")
+            )));
+        }
+        return Err(usage(format!(
+            "task `{task}` of run {run_id} has not run yet"
+        )));
+    }
+    let t = match try_number {
+        Some(n) => tries.iter().find(|t| t.try_number == n).ok_or_else(|| {
+            usage(format!(
+                "task `{task}` of run {run_id} has no try {n}; it has tries 1 to {}",
+                tries.iter().map(|t| t.try_number).max().unwrap_or(0)
+            ))
+        })?,
+        None => tries
+            .iter()
+            .max_by_key(|t| t.try_number)
+            .expect("non-empty"),
+    };
+    let Some(path) = &t.log_path else {
+        return Err(usage(format!(
+            "try {} of `{task}` has no log (it never started: {})",
+            t.try_number,
+            t.error.as_deref().unwrap_or("unknown")
+        )));
+    };
+    // Only files under the project's log folder are ever read.
+    let logs = project
+        .logs_dir()
+        .canonicalize()
+        .unwrap_or_else(|_| project.logs_dir());
+    let full = Path::new(path)
+        .canonicalize()
+        .with_context(|| format!("reading log `{path}`"))?;
+    if !full.starts_with(&logs) {
+        return Err(usage(format!(
+            "refusing to read `{path}`: it is outside the project's log folder"
+        )));
+    }
+    let text = std::fs::read(&full).with_context(|| format!("reading log `{path}`"))?;
+    output::line(String::from_utf8_lossy(&text).trim_end());
+    Ok(0)
+}

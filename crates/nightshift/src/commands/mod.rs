@@ -1,0 +1,218 @@
+//! One module per subcommand; each a thin layer over the engine and the store.
+
+pub mod backfill;
+mod demo;
+mod init;
+mod inspect;
+mod next;
+mod run;
+mod up;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use nightshift_engine::project::{self, LoadedPipeline, Project};
+use nightshift_engine::{Clock, Engine, Event, Mode, Options};
+use nightshift_store::Store;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{Cli, Command};
+use crate::output;
+
+/// A mistake in how nightshift was called or configured (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    let dir = cli.project;
+    match cli.command {
+        Command::Init { dir: target, force } => {
+            init::exec(target.as_deref().unwrap_or(&dir), force)
+        }
+        Command::Demo { dir: target } => demo::exec(&target).await,
+        Command::Validate => validate::exec(&dir),
+        Command::Run {
+            pipeline,
+            date,
+            rerun,
+        } => run::exec(&dir, &pipeline, &date, rerun).await,
+        Command::Up {
+            simulate_from,
+            simulate_until,
+        } => up::exec(&dir, simulate_from.as_deref(), simulate_until.as_deref()).await,
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            rerun,
+            dry_run,
+        } => backfill::exec(&dir, &pipeline, &from, &to, rerun, dry_run).await,
+        Command::Runs {
+            pipeline,
+            json,
+            limit,
+        } => inspect::runs(&dir, &pipeline, json, limit),
+        Command::Tasks {
+            run_id,
+            pipeline,
+            json,
+        } => inspect::tasks(&dir, &run_id, pipeline.as_deref(), json),
+        Command::Logs {
+            run_id,
+            task,
+            try_number,
+            pipeline,
+        } => inspect::logs(&dir, &run_id, &task, try_number, pipeline.as_deref()),
+        Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
+    }
+}
+
+/// Loads the project, printing every problem. Settings errors stop the command; a broken
+/// pipeline file only affects that pipeline.
+pub fn load_project(dir: &Path) -> Result<Project> {
+    let project = project::load(dir).map_err(|e| usage(format!("{e:#}")))?;
+    for p in &project.problems {
+        output::note(p.to_string().trim_end());
+    }
+    if project
+        .problems
+        .iter()
+        .any(|p| p.has_errors() && p.path.file_name().is_some_and(|n| n == "nightshift.toml"))
+    {
+        return Err(usage(
+            "nightshift.toml has errors (see above); fix them and try again",
+        ));
+    }
+    Ok(project)
+}
+
+pub fn require_pipeline(project: &Project, name: &str) -> Result<LoadedPipeline> {
+    if let Some(lp) = project.pipelines.get(name) {
+        return Ok(lp.clone());
+    }
+    if project
+        .broken
+        .iter()
+        .any(|b| b.file_stem().is_some_and(|s| s == name))
+    {
+        return Err(usage(format!(
+            "pipeline `{name}` has errors (see above); fix them and try again"
+        )));
+    }
+    let mut known: Vec<&str> = project.pipelines.keys().map(String::as_str).collect();
+    known.sort();
+    let hint = if known.is_empty() {
+        format!(
+            "there are no pipelines in `{}`; create one with `nightshift init`",
+            project.dir.join("pipelines").display()
+        )
+    } else {
+        format!("known pipelines: {}", known.join(", "))
+    };
+    Err(usage(format!(
+        "no pipeline `{name}` in this project\n  = help: {hint}"
+    )))
+}
+
+pub fn open_store(project: &Project) -> Result<Arc<Store>> {
+    let path = project.store_path();
+    Ok(Arc::new(Store::open(&path).with_context(|| {
+        format!("opening the metadata store `{}`", path.display())
+    })?))
+}
+
+/// Parses `YYYY-MM-DD` for a flag.
+pub fn parse_date_flag(flag: &str, s: &str) -> Result<jiff::civil::Date> {
+    nightshift_core::time::parse_date(s).map_err(|_| {
+        usage(format!(
+            "invalid {flag} `{s}`: write a date as YYYY-MM-DD, e.g. 2024-06-01"
+        ))
+    })
+}
+
+pub fn parse_ts_flag(flag: &str, s: &str) -> Result<jiff::Timestamp> {
+    s.parse().map_err(|_| {
+        usage(format!(
+            "invalid {flag} `{s}`: write an RFC 3339 time such as 2024-06-01T23:00:00Z"
+        ))
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives (first signal: drain; the engine decides the rest).
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive so the engine can finish draining.
+        std::future::pending::<()>().await;
+    });
+    rx
+}
+
+/// Engine options from the environment (the crash-point hook for recovery tests).
+pub fn engine_options() -> Result<Options> {
+    let mut opts = Options::default();
+    #[allow(clippy::disallowed_methods)]
+    if let Ok(v) = std::env::var("NIGHTSHIFT_CRASH_AT") {
+        opts.crash_at = Some(nightshift_engine::CrashPoint::parse(&v).ok_or_else(|| {
+            usage(format!(
+                "invalid NIGHTSHIFT_CRASH_AT `{v}`: use one of {}",
+                nightshift_engine::CrashPoint::POINTS.join(", ")
+            ))
+        })?);
+    }
+    Ok(opts)
+}
+
+/// Runs an engine while forwarding its events to `on_event`.
+pub async fn drive(engine: Engine, mut on_event: impl FnMut(Event)) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let engine = engine.with_events(tx);
+    let shutdown = shutdown_signal();
+    let handle = engine.run(shutdown);
+    tokio::pin!(handle);
+    loop {
+        tokio::select! {
+            res = &mut handle => {
+                while let Ok(e) = rx.try_recv() { on_event(e); }
+                return res.map_err(anyhow::Error::from);
+            }
+            Some(e) = rx.recv() => on_event(e),
+        }
+    }
+}
+
+pub fn new_engine(
+    project: Project,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    mode: Mode,
+) -> Result<Engine> {
+    Ok(Engine::new(project, store, clock, mode, engine_options()?))
+}

@@ -1,0 +1,71 @@
+//! The one place that writes to stdout and stderr for users.
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use nightshift_core::TaskState;
+
+/// A line of the command's result on stdout.
+pub fn line(s: impl AsRef<str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = writeln!(out, "{}", s.as_ref());
+}
+
+/// A note for the person at the terminal, on stderr.
+pub fn note(s: impl AsRef<str>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{}", s.as_ref());
+}
+
+/// The seed's run-log line: `Task extract_data: SUCCESS (2024-06-02 00:01)`.
+pub fn task_line(task: &str, state: TaskState, at: Timestamp, tz: &TimeZone) -> String {
+    format!(
+        "Task {task}: {state} ({})",
+        at.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M")
+    )
+}
+
+pub fn ts(us: Option<i64>) -> String {
+    us.map(|u| {
+        nightshift_core::time::from_micros(u)
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+pub fn duration_ms(ms: Option<i64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 1000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => {
+            nightshift_core::time::format_duration(std::time::Duration::from_millis(ms as u64))
+        }
+    }
+}
+
+/// Left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let fmt = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    line(fmt(header.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        line(fmt(r.clone()));
+    }
+}
