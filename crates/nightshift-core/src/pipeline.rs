@@ -585,9 +585,9 @@ fn read_pipeline(
                     task.id.clone(),
                     r.raw("id").map(|v| v.span()).unwrap_or(span),
                 );
+                dep_spans.push((tasks.len(), deps));
+                tasks.push(task);
             }
-            dep_spans.push((tasks.len(), deps));
-            tasks.push(task);
         }
         r.finish(diags);
     }

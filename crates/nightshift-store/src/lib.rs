@@ -294,8 +294,28 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(30)).map_err(wrap)?;
         // WAL lets readers (the CLI, the UI) work while the scheduler writes; NORMAL sync is
         // durable against process crashes, which is the failure the engine must survive.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
+        // Switching to WAL takes a lock without the busy handler; skip it when it is already
+        // on (another process has the store open) and retry briefly while it is contended.
+        let mut tries = 0;
+        loop {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .map_err(wrap)?;
+            if mode.eq_ignore_ascii_case("wal") {
+                break;
+            }
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(e)
+                    if tries < 300
+                        && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(wrap(e)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(wrap)?;
         conn.pragma_update(None, "foreign_keys", "ON")

@@ -10,9 +10,13 @@ use serde_json::{Value, json};
 use crate::commands::{load_project, open_store, require_pipeline, usage};
 use crate::output::{self, duration_ms, ts};
 
+/// RFC 3339 in UTC with millisecond precision (whole seconds print without a fraction).
 fn iso(us: Option<i64>) -> Value {
-    us.map(|u| Value::String(ts(Some(u))))
-        .unwrap_or(Value::Null)
+    us.map(|u| {
+        let t = nightshift_core::time::from_micros(u);
+        Value::String(t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
+    })
+    .unwrap_or(Value::Null)
 }
 
 /// The stable JSON shape of a run (documented in the README).

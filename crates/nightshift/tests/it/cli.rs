@@ -1,0 +1,279 @@
+//! End-to-end CLI behaviour: validation messages, run lines, inspection commands.
+
+use crate::support::*;
+
+#[test]
+fn validate_reports_every_problem_with_its_location() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/nightly.toml",
+        r#"name = "nightly"
+schedule = "0 0 * * * *"
+timezone = "Europe/Berln"
+start_date = "2024-06-01"
+
+[defaults]
+retires = 2
+retry_delay = "10 seconds"
+
+[[task]]
+id = "extract_data"
+command = ["./x.sh", "{{ ds }}"]
+
+[[task]]
+id = "dbt_run"
+command = ["./y.sh"]
+depends_on = ["extract_dat", "dbt_test"]
+
+[[task]]
+id = "dbt_test"
+command = ["./z.sh"]
+depends_on = ["dbt_run"]
+
+[[task]]
+id = "dbt_test"
+command = ["./z.sh"]
+"#,
+    );
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for want in [
+        "error: invalid cron expression `0 0 * * * *`: expected 5 fields",
+        " --> pipelines/nightly.toml:2:12",
+        "error: unknown time zone `Europe/Berln`\n --> pipelines/nightly.toml:3:12",
+        "error: unknown key `retires` in `[defaults]`\n --> pipelines/nightly.toml:7:1",
+        "did you mean `retries`?",
+        "invalid duration `10 seconds` for `retry_delay`",
+        "unknown task `extract_dat` in `depends_on` of `dbt_run`\n --> pipelines/nightly.toml:17:15",
+        "error: dependency cycle: dbt_run → dbt_test → dbt_run",
+        "error: duplicate task id `dbt_test`\n --> pipelines/nightly.toml:25:6",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // Every command that loads the project refuses the broken pipeline the same way.
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("pipelines/nightly.toml:2:12"));
+}
+
+#[test]
+fn malformed_toml_and_bad_settings() {
+    let p = TestProject::new();
+    p.file("pipelines/a.toml", "name = \"a\nschedule = 1\n");
+    p.file(
+        "nightshift.toml",
+        "paralelism = 4\n[pools]\nw = { slots = 0 }\n",
+    );
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("error: invalid TOML"), "{err}");
+    assert!(err.contains(" --> pipelines/a.toml:1:"), "{err}");
+    assert!(
+        err.contains("unknown key `paralelism` in nightshift.toml\n --> nightshift.toml:1:1"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `parallelism`?"), "{err}");
+    assert!(err.contains("pool `w` must have at least 1 slot"), "{err}");
+}
+
+#[test]
+fn a_bad_file_affects_only_its_pipeline() {
+    let p = TestProject::example();
+    p.file("pipelines/broken.toml", "schedule = \"nope\"\n");
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pipelines/broken.toml"));
+}
+
+#[test]
+fn init_scaffolds_a_valid_project() {
+    let p = TestProject::example();
+    let out = p.run(&["validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "ok: nightly (4 tasks, schedule `0 0 * * *` in UTC)"
+    );
+    // A second init changes nothing.
+    let before = p.read("pipelines/nightly.toml");
+    p.file(
+        "pipelines/nightly.toml",
+        &before.replace("retries = 2", "retries = 1"),
+    );
+    let out = p.run(&["init"]);
+    assert!(out.status.success());
+    assert!(p.read("pipelines/nightly.toml").contains("retries = 1"));
+}
+
+#[test]
+fn run_prints_the_seed_lines_and_records_the_run() {
+    let p = TestProject::example();
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l[..l.find(" (").unwrap()].to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "Task extract_data: SUCCESS",
+            "Task dbt_run: SUCCESS",
+            "Task dbt_test: SUCCESS",
+            "Task notify: SUCCESS"
+        ]
+    );
+    for l in stdout(&out).lines() {
+        let t = &l[l.find(" (").unwrap() + 2..l.len() - 1];
+        assert_eq!(t.len(), 16, "time as YYYY-MM-DD HH:MM in {l}");
+    }
+    let runs = p.runs("nightly");
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(r["run_id"], "20240602_0000");
+    assert_eq!(r["logical_date"], "2024-06-01");
+    assert_eq!(r["status"], "SUCCESS");
+    assert_eq!(r["trigger"], "manual");
+    assert_eq!(r["data_interval_start"], "2024-06-01T00:00:00Z");
+    assert_eq!(r["data_interval_end"], "2024-06-02T00:00:00Z");
+    // The example extract reports rows_loaded through NIGHTSHIFT_METRICS: 20240601 % 97 + 100.
+    let expected_rows = 20240601 % 97 + 100;
+    assert_eq!(r["rows_loaded"], expected_rows);
+    assert_eq!(
+        p.read("data/raw/orders/dt=2024-06-01/orders.csv")
+            .lines()
+            .count() as i64,
+        expected_rows + 1
+    );
+    let doc = p.tasks("20240602_0000");
+    assert_eq!(
+        task(&doc, "extract_data")["tries"][0]["metrics"]["rows_loaded"],
+        expected_rows as f64
+    );
+
+    // Running a finished interval again needs --rerun; history is kept, no run is added.
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("already finished: SUCCESS"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01", "--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.runs("nightly").len(), 1);
+    let doc = p.tasks("20240602_0000");
+    let tries = task(&doc, "extract_data")["tries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        tries
+            .iter()
+            .map(|t| t["try_number"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        p.runs("nightly")[0]["rows_loaded"],
+        expected_rows,
+        "a rerun replaces, never adds"
+    );
+
+    // Logs of each try are kept.
+    let out = p.run(&["logs", "20240602_0000", "extract_data", "--try", "1"]);
+    assert!(stdout(&out).contains("[out] extracted"), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    let p = TestProject::example();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "nightly", "--date", "2024-13-01"],
+            "invalid --date `2024-13-01`: write a date as YYYY-MM-DD",
+        ),
+        (
+            &["run", "nightlly", "--date", "2024-06-01"],
+            "no pipeline `nightlly` in this project",
+        ),
+        (
+            &[
+                "backfill",
+                "nightly",
+                "--from",
+                "2024-06-03",
+                "--to",
+                "2024-06-01",
+            ],
+            "--to 2024-06-01 is before --from 2024-06-03",
+        ),
+        (
+            &[
+                "up",
+                "--simulate-from",
+                "yesterday",
+                "--simulate-until",
+                "2024-06-04T01:00:00Z",
+            ],
+            "invalid --simulate-from `yesterday`",
+        ),
+        (&["tasks", "19990101_0000"], "no run `19990101_0000`"),
+        (&["logs", "19990101_0000", "x"], "no run `19990101_0000`"),
+    ];
+    for (args, want) in cases {
+        let out = p.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert!(out.status.success());
+    let out = p.run(&["logs", "20240602_0000", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("has no task `nope`; its tasks: extract_data, dbt_run, dbt_test, notify"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn next_shows_dst_behaviour() {
+    let p = TestProject::new();
+    let task = "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n";
+    p.file("pipelines/berlin.toml", &format!("schedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstart_date = \"2024-01-01\"\n{task}"));
+    p.file("pipelines/ny.toml", &format!("schedule = \"30 1 * * *\"\ntimezone = \"America/New_York\"\nstart_date = \"2024-01-01\"\n{task}"));
+    let out = p.run(&[
+        "next",
+        "berlin",
+        "-n",
+        "2",
+        "--after",
+        "2024-03-30T12:00:00Z",
+    ]);
+    let text = squash(&stdout(&out));
+    assert!(text.contains("2024-03-31 03:00 CEST 20240331_0300 2024-03-30 [2024-03-30T01:30:00Z, 2024-03-31T01:00:00Z) DST: the scheduled local time does not exist"), "{text}");
+    assert!(
+        text.contains("2024-04-01 02:30 CEST 20240401_0230"),
+        "{text}"
+    );
+    let out = p.run(&[
+        "next",
+        "berlin",
+        "-n",
+        "1",
+        "--after",
+        "2024-10-26T12:00:00Z",
+    ]);
+    assert!(squash(&stdout(&out)).contains("2024-10-27 02:30 CEST 20241027_0230 2024-10-26 [2024-10-26T00:30:00Z, 2024-10-27T00:30:00Z) DST: this local time occurs twice; fires once, at the first"), "{}", stdout(&out));
+    let out = p.run(&["next", "ny", "-n", "2", "--after", "2024-11-02T12:00:00Z"]);
+    let text = squash(&stdout(&out));
+    assert!(
+        text.contains("2024-11-03 01:30 EDT 20241103_0130"),
+        "{text}"
+    );
+    assert!(text.contains("2024-11-04 01:30 EST 20241104_0130 2024-11-03 [2024-11-03T05:30:00Z, 2024-11-04T06:30:00Z)"), "{text}");
+}
