@@ -1,7 +1,7 @@
 //! The pipeline model and its three-stage loading: TOML text → spanned tree → validated
 //! [`Pipeline`], collecting every problem as a [`Diagnostic`] with its location.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use jiff::civil::{Date, Time};
@@ -134,32 +134,50 @@ pub struct Pipeline {
     pub deadline: Option<Time>,
     /// In file order.
     pub tasks: Vec<Task>,
+    /// Derived once at load, so that scheduling passes never recompute the graph.
+    index: HashMap<String, usize>,
+    topo: Vec<usize>,
+    rank: Vec<usize>,
+}
+
+/// Kahn-style layering in file order; tasks left out form a cycle (reported at validation).
+fn topo_indices(tasks: &[Task], index: &HashMap<String, usize>) -> Vec<usize> {
+    let mut placed = vec![false; tasks.len()];
+    let mut out = Vec::with_capacity(tasks.len());
+    loop {
+        let before = out.len();
+        for (i, t) in tasks.iter().enumerate() {
+            if !placed[i]
+                && t.depends_on
+                    .iter()
+                    .all(|d| index.get(d).is_some_and(|&j| placed[j]))
+            {
+                placed[i] = true;
+                out.push(i);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 impl Pipeline {
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.iter().find(|t| t.id == id)
+        self.index.get(id).map(|&i| &self.tasks[i])
     }
 
     /// Tasks ordered so that every task follows its upstreams (validated acyclic).
     pub fn topological_order(&self) -> Vec<&Task> {
-        let mut placed: HashSet<&str> = HashSet::new();
-        let mut out = Vec::with_capacity(self.tasks.len());
-        while out.len() < self.tasks.len() {
-            let before = out.len();
-            for t in &self.tasks {
-                if !placed.contains(t.id.as_str())
-                    && t.depends_on.iter().all(|d| placed.contains(d.as_str()))
-                {
-                    placed.insert(&t.id);
-                    out.push(t);
-                }
-            }
-            if out.len() == before {
-                break; // unreachable for a validated pipeline
-            }
-        }
-        out
+        self.topo.iter().map(|&i| &self.tasks[i]).collect()
+    }
+
+    /// A task's position in [`Pipeline::topological_order`].
+    pub fn topo_rank(&self, id: &str) -> usize {
+        self.index
+            .get(id)
+            .map(|&i| self.rank[i])
+            .unwrap_or(usize::MAX)
     }
 
     /// Direct downstream tasks of `id`.
@@ -501,13 +519,13 @@ fn read_pipeline(
         }
     };
     let end_date = date("end_date", diags);
-    if let (Some(s), Some(e)) = (start_date, &end_date) {
-        if e.value < s {
-            diags.push(Diagnostic::error(
-                "`end_date` is before `start_date`",
-                Some(e.span.clone()),
-            ));
-        }
+    if let (Some(s), Some(e)) = (start_date, &end_date)
+        && e.value < s
+    {
+        diags.push(Diagnostic::error(
+            "`end_date` is before `start_date`",
+            Some(e.span.clone()),
+        ));
     }
     let catchup = root.bool("catchup", diags).map(|b| b.value).unwrap_or(true);
     let max_active_runs = root
@@ -626,6 +644,16 @@ fn read_pipeline(
         );
     }
 
+    let index: HashMap<String, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.clone(), i))
+        .collect();
+    let topo = topo_indices(&tasks, &index);
+    let mut rank = vec![usize::MAX; tasks.len()];
+    for (r, &i) in topo.iter().enumerate() {
+        rank[i] = r;
+    }
     Some(Pipeline {
         name,
         description,
@@ -636,6 +664,9 @@ fn read_pipeline(
         max_active_runs,
         max_active_tasks,
         deadline,
+        index,
+        topo,
+        rank,
         tasks,
     })
 }
@@ -847,10 +878,10 @@ fn find_cycle(tasks: &[Task]) -> Option<Vec<String>> {
                 cycle.push(tasks[j].id.clone());
                 return Some(cycle);
             }
-            if mark[j] == 0 {
-                if let Some(c) = visit(j, tasks, index, mark, stack) {
-                    return Some(c);
-                }
+            if mark[j] == 0
+                && let Some(c) = visit(j, tasks, index, mark, stack)
+            {
+                return Some(c);
             }
         }
         stack.pop();
@@ -858,10 +889,10 @@ fn find_cycle(tasks: &[Task]) -> Option<Vec<String>> {
         None
     }
     for i in 0..tasks.len() {
-        if mark[i] == 0 {
-            if let Some(c) = visit(i, tasks, &index, &mut mark, &mut stack) {
-                return Some(c);
-            }
+        if mark[i] == 0
+            && let Some(c) = visit(i, tasks, &index, &mut mark, &mut stack)
+        {
+            return Some(c);
         }
     }
     None

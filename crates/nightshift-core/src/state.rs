@@ -164,7 +164,7 @@ impl FromStr for Trigger {
 pub fn evaluate_trigger(rule: TriggerRule, upstream: &[TaskState]) -> Option<TaskState> {
     let all_done = upstream.iter().all(|s| s.is_terminal());
     let any_failed = upstream.iter().any(|s| s.is_failure());
-    let any_skipped = upstream.iter().any(|s| *s == TaskState::Skipped);
+    let any_skipped = upstream.contains(&TaskState::Skipped);
     match rule {
         TriggerRule::AllSuccess => {
             if any_failed {
@@ -203,6 +203,7 @@ pub fn advance(
 ) -> Vec<(String, TaskState)> {
     let mut current = states.clone();
     let mut out = vec![];
+    // One sweep in topological order settles every task: upstream decisions come first.
     loop {
         let mut changed = false;
         for task in pipeline.topological_order() {

@@ -113,16 +113,16 @@ impl CrashPoint {
 }
 
 fn crash_if(crash: &Option<CrashPoint>, point: &str, task: Option<&str>) {
-    if let Some(c) = crash {
-        if c.point == point && (c.task.is_none() || c.task.as_deref() == task) {
-            error!(
-                point,
-                "crash point reached; killing this process with SIGKILL"
-            );
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-            std::thread::sleep(Duration::from_secs(60));
-        }
+    if let Some(c) = crash
+        && c.point == point
+        && (c.task.is_none() || c.task.as_deref() == task)
+    {
+        error!(
+            point,
+            "crash point reached; killing this process with SIGKILL"
+        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
@@ -571,12 +571,11 @@ impl Engine {
         }
         // Scheduled and manual runs first, then older intervals, then upstream tasks first.
         candidates.sort_by_key(|(p, run, ti)| {
-            let topo = p
-                .topological_order()
-                .iter()
-                .position(|t| t.id == ti.task_id)
-                .unwrap_or(usize::MAX);
-            (run.trigger.priority(), run.data_interval_start, topo)
+            (
+                run.trigger.priority(),
+                run.data_interval_start,
+                p.topo_rank(&ti.task_id),
+            )
         });
         for (p, run, ti) in candidates {
             if self.running.len() >= self.project.settings.parallelism as usize {
@@ -716,17 +715,16 @@ impl Engine {
             if !dead {
                 continue;
             }
-            if ti.host.as_deref() == Some(self.host.as_str()) {
-                if let Some(pid) = ti
+            if ti.host.as_deref() == Some(self.host.as_str())
+                && let Some(pid) = ti
                     .pid
                     .and_then(|p| u32::try_from(p).ok())
                     .filter(|p| *p > 1)
-                {
-                    let start = ti.pid_start.map(|s| s as u64);
-                    if procs::alive(pid, start) || procs::group_alive(pid) {
-                        warn!(task = %ti.task_id, pid, "killing the process group of an orphaned try");
-                        procs::kill_group_blocking(pid, self.project.settings.kill_grace);
-                    }
+            {
+                let start = ti.pid_start.map(|s| s as u64);
+                if procs::alive(pid, start) || procs::group_alive(pid) {
+                    warn!(task = %ti.task_id, pid, "killing the process group of an orphaned try");
+                    procs::kill_group_blocking(pid, self.project.settings.kill_grace);
                 }
             }
             let now = self.clock.now();
@@ -785,10 +783,10 @@ impl Engine {
     fn my_runs_finished(&self) -> Result<bool, Error> {
         if let Mode::Runs(set) = &self.mode {
             for pk in set {
-                if let Some(r) = self.store.run(*pk)? {
-                    if !r.status.is_terminal() {
-                        return Ok(false);
-                    }
+                if let Some(r) = self.store.run(*pk)?
+                    && !r.status.is_terminal()
+                {
+                    return Ok(false);
                 }
             }
         }
@@ -883,9 +881,6 @@ impl Engine {
                     continue;
                 }
             }
-            if pass.claimed > 0 {
-                continue;
-            }
             let mut sleep_for = self.opts.poll;
             if let Some(due) = next_due {
                 let wait = SignedDuration::from_micros(to_micros(due) - to_micros(now));
@@ -926,13 +921,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
     let Some(task) = c.pipeline.task(&c.ti.task_id).cloned() else {
         return;
     };
-    let dir = c
-        .logs_dir
-        .join(&c.run.pipeline)
-        .join(&c.run.run_id)
-        .join(&task.id);
-    let log_path = dir.join(format!("try-{}.log", c.try_number));
-    let metrics_path = dir.join(format!("try-{}.metrics.jsonl", c.try_number));
+    // One folder per run (not per task): creating inodes is a visible share of a short
+    // task's cost.
+    let dir = c.logs_dir.join(&c.run.pipeline).join(&c.run.run_id);
+    let log_path = dir.join(format!("{}.try-{}.log", task.id, c.try_number));
+    let metrics_path = dir.join(format!("{}.try-{}.metrics.jsonl", task.id, c.try_number));
     let ctx = Context {
         ds: c.run.logical_date.clone(),
         run_id: c.run.run_id.clone(),
@@ -967,7 +960,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         kill_grace: c.kill_grace,
     };
     let outcome = match executor::spawn(spec, c.clock.clone()) {
-        Err((_, msg)) => executor::ChildOutcome {
+        Err(msg) => executor::ChildOutcome {
             exit: Exit::SpawnFailed(msg),
             metrics: Default::default(),
             metrics_warnings: vec![],

@@ -119,12 +119,12 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 }
 
 /// Starts the process. Relative program paths (`./scripts/x.sh`) resolve against `cwd`.
-pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, (ChildSpec, String)> {
-    if let Some(dir) = spec.log_path.parent() {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            let msg = format!("cannot create log folder `{}`: {e}", dir.display());
-            return Err((spec, msg));
-        }
+pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> {
+    if let Some(dir) = spec.log_path.parent()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        let msg = format!("cannot create log folder `{}`: {e}", dir.display());
+        return Err(msg);
     }
     let log = match std::fs::OpenOptions::new()
         .create(true)
@@ -134,7 +134,7 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, (ChildSp
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => {
             let msg = format!("cannot open log file `{}`: {e}", spec.log_path.display());
-            return Err((spec, msg));
+            return Err(msg);
         }
     };
     let _ = std::fs::remove_file(&spec.metrics_path);
@@ -162,7 +162,7 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, (ChildSp
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", spec.argv[0]);
             write_log_line(&log, clock.as_ref(), "nightshift", msg.as_bytes());
-            return Err((spec, msg));
+            return Err(msg);
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -237,10 +237,12 @@ impl Running {
         procs::signal_group(pid, Signal::SIGKILL);
         let status = self.child.wait().await.ok();
         let grace = self.spec.kill_grace;
-        let _ = tokio::task::spawn_blocking(move || {
-            procs::kill_group_blocking(pid, grace.min(Duration::from_millis(100)))
-        })
-        .await;
+        if procs::group_exists(pid) {
+            let _ = tokio::task::spawn_blocking(move || {
+                procs::kill_group_blocking(pid, grace.min(Duration::from_millis(100)))
+            })
+            .await;
+        }
         for r in self.readers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
         }

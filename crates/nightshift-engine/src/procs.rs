@@ -33,12 +33,21 @@ pub fn alive(pid: u32, start: Option<u64>) -> bool {
 
 /// Whether any live (non-zombie) process is in process group `pgid`.
 pub fn group_alive(pgid: u32) -> bool {
+    if !group_exists(pgid) {
+        return false;
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return false;
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(stat)
         .any(|(_, state, pgrp)| pgrp == i64::from(pgid) && state != 'Z' && state != 'X')
+}
+
+/// Cheap check (no /proc scan): whether the kernel knows any process in the group.
+/// Zombies count, so a `true` here is confirmed by [`group_alive`].
+pub fn group_exists(pgid: u32) -> bool {
+    pgid > 1 && killpg(Pid::from_raw(pgid as i32), None).is_ok()
 }
 
 pub fn signal_group(pgid: u32, sig: Signal) {
@@ -52,7 +61,7 @@ pub fn signal_group(pgid: u32, sig: Signal) {
 /// SIGTERM to the group, then SIGKILL after `grace`; returns once no member is alive (or
 /// after a bounded wait if the kernel is slow to reap).
 pub fn kill_group_blocking(pgid: u32, grace: Duration) {
-    if pgid <= 1 {
+    if pgid <= 1 || !group_exists(pgid) {
         return;
     }
     signal_group(pgid, Signal::SIGTERM);

@@ -157,20 +157,20 @@ pub fn load(dir: &Path) -> Result<Project, Error> {
             .unwrap_or_default()
             .to_owned();
         let (p, mut diags) = parse_pipeline(&source, &stem, &settings);
-        if let Some(p) = &p {
-            if let Some(other) = pipelines.get(&p.name) {
-                diags.push(
-                    Diagnostic::error(
-                        format!(
-                            "pipeline name `{}` is already used by `{}`",
-                            p.name,
-                            relative(dir, &other.path).display()
-                        ),
-                        None,
-                    )
-                    .with_help("pipeline names must be unique in a project"),
-                );
-            }
+        if let Some(p) = &p
+            && let Some(other) = pipelines.get(&p.name)
+        {
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "pipeline name `{}` is already used by `{}`",
+                        p.name,
+                        relative(dir, &other.path).display()
+                    ),
+                    None,
+                )
+                .with_help("pipeline names must be unique in a project"),
+            );
         }
         let failed = diags.iter().any(Diagnostic::is_error);
         if !diags.is_empty() {

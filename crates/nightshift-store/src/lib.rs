@@ -270,9 +270,7 @@ fn event(
     state: &str,
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO task_events (at, run, task_id, try_number, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![at, run, task, try_number, state, detail],
+    tx.prepare_cached("INSERT INTO task_events (at, run, task_id, try_number, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![at, run, task, try_number, state, detail],
     )?;
     Ok(())
 }
@@ -520,13 +518,11 @@ impl Store {
     /// of this pipeline are running.
     pub fn activate_run(&self, pk: i64, now: i64, max_active: u32) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE pipeline_runs SET status = 'RUNNING', start_time = ?2
+            let n = tx.prepare_cached("UPDATE pipeline_runs SET status = 'RUNNING', start_time = ?2
                  WHERE id = ?1 AND status = 'QUEUED'
                    AND (SELECT COUNT(*) FROM pipeline_runs o
                         WHERE o.pipeline = pipeline_runs.pipeline AND o.status = 'RUNNING'
-                          AND (o.\"trigger\" = 'backfill') = (pipeline_runs.\"trigger\" = 'backfill')) < ?3",
-                params![pk, now, max_active],
+                          AND (o.\"trigger\" = 'backfill') = (pipeline_runs.\"trigger\" = 'backfill')) < ?3")?.execute(params![pk, now, max_active],
             )?;
             if n == 1 {
                 event(tx, now, pk, None, None, "RUNNING", None)?;
@@ -564,9 +560,7 @@ impl Store {
         self.write(|tx| {
             let mut n = 0;
             for (task, state) in decisions {
-                let changed = tx.execute(
-                    "UPDATE task_instances SET state = ?3, updated_at = ?4 WHERE run = ?1 AND task_id = ?2 AND state = 'PENDING'",
-                    params![run_pk, task, state.as_str(), now],
+                let changed = tx.prepare_cached("UPDATE task_instances SET state = ?3, updated_at = ?4 WHERE run = ?1 AND task_id = ?2 AND state = 'PENDING'")?.execute(params![run_pk, task, state.as_str(), now],
                 )?;
                 if changed == 1 {
                     event(tx, now, run_pk, Some(task), None, state.as_str(), None)?;
@@ -597,10 +591,8 @@ impl Store {
                 .optional()?;
             if let Some(n) = try_number {
                 let (run, task): (i64, String) =
-                    tx.query_row("SELECT run, task_id FROM task_instances WHERE id = ?1", [c.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                tx.execute(
-                    "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES (?1, ?2, ?3, ?4, 'RUNNING', ?5, ?6)",
-                    params![c.ti_pk, run, task, n, c.now, c.host],
+                    tx.prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?.query_row([c.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                tx.prepare_cached("INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES (?1, ?2, ?3, ?4, 'RUNNING', ?5, ?6)")?.execute(params![c.ti_pk, run, task, n, c.now, c.host],
                 )?;
                 event(tx, c.now, run, Some(&task), Some(n), "RUNNING", None)?;
             }
@@ -619,14 +611,10 @@ impl Store {
         log_path: &str,
     ) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE task_instances SET pid = ?4, pid_start = ?5 WHERE id = ?1 AND try_number = ?2 AND owner = ?3 AND state = 'RUNNING'",
-                params![ti_pk, try_number, owner, pid, pid_start.map(|p| p as i64)],
+            let n = tx.prepare_cached("UPDATE task_instances SET pid = ?4, pid_start = ?5 WHERE id = ?1 AND try_number = ?2 AND owner = ?3 AND state = 'RUNNING'")?.execute(params![ti_pk, try_number, owner, pid, pid_start.map(|p| p as i64)],
             )?;
             if n == 1 {
-                tx.execute(
-                    "UPDATE task_tries SET pid = ?3, log_path = ?4 WHERE ti = ?1 AND try_number = ?2",
-                    params![ti_pk, try_number, pid, log_path],
+                tx.prepare_cached("UPDATE task_tries SET pid = ?3, log_path = ?4 WHERE ti = ?1 AND try_number = ?2")?.execute(params![ti_pk, try_number, pid, log_path],
                 )?;
             }
             Ok(n == 1)
@@ -638,22 +626,18 @@ impl Store {
     /// nothing was written.
     pub fn finish_try(&self, f: &FinishTry<'_>) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7
-                 WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'",
-                params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries],
+            let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7
+                 WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'")?.execute(params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries],
             )?;
             if n == 0 {
                 return Ok(false);
             }
-            tx.execute(
-                "UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
+            tx.prepare_cached("UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
                         error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10)
-                 WHERE ti = ?1 AND try_number = ?2",
-                params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path],
+                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path],
             )?;
             let (run, task): (i64, String) =
-                tx.query_row("SELECT run, task_id FROM task_instances WHERE id = ?1", [f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                tx.prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?.query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
             event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error)?;
             Ok(true)
         })
@@ -662,13 +646,11 @@ impl Store {
     /// RUNNING → terminal, with `rows_loaded` summed from the successful tries.
     pub fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE pipeline_runs SET status = ?2, end_time = ?3,
+            let n = tx.prepare_cached("UPDATE pipeline_runs SET status = ?2, end_time = ?3,
                     rows_loaded = (SELECT COALESCE(SUM(t.rows_loaded), 0) FROM task_tries t JOIN task_instances i
                                    ON t.ti = i.id AND t.try_number = i.try_number
                                    WHERE i.run = ?1 AND i.state = 'SUCCESS')
-                 WHERE id = ?1 AND status = 'RUNNING'",
-                params![pk, state.as_str(), now],
+                 WHERE id = ?1 AND status = 'RUNNING'")?.execute(params![pk, state.as_str(), now],
             )?;
             if n == 1 {
                 event(tx, now, pk, None, None, state.as_str(), None)?;

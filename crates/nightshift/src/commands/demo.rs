@@ -96,7 +96,7 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     );
     let d = dir.display();
     output::note(format!(
-        "\nPublished data: {d}/data/marts/daily_revenue/dt=<ds>/\nRaw partitions: {d}/data/raw/orders/dt=<ds>/\nTry logs:       {d}/.nightshift/logs/nightly/<run_id>/<task>/\n\nLook further:\n  nightshift --project {d} runs nightly\n  nightshift --project {d} tasks 20240602_0000\n  nightshift --project {d} logs 20240602_0000 extract_data\n  nightshift --project {d} next nightly"
+        "\nPublished data: {d}/data/marts/daily_revenue/dt=<ds>/\nRaw partitions: {d}/data/raw/orders/dt=<ds>/\nTry logs:       {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  nightshift --project {d} runs nightly\n  nightshift --project {d} tasks 20240602_0000\n  nightshift --project {d} logs 20240602_0000 extract_data\n  nightshift --project {d} next nightly"
     ));
     Ok(code)
 }

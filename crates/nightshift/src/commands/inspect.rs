@@ -10,13 +10,10 @@ use serde_json::{Value, json};
 use crate::commands::{load_project, open_store, require_pipeline, usage};
 use crate::output::{self, duration_ms, ts};
 
-/// RFC 3339 in UTC with millisecond precision (whole seconds print without a fraction).
+/// RFC 3339 in UTC; the fraction is printed only when there is one (microseconds at most).
 fn iso(us: Option<i64>) -> Value {
-    us.map(|u| {
-        let t = nightshift_core::time::from_micros(u);
-        Value::String(t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string())
-    })
-    .unwrap_or(Value::Null)
+    us.map(|u| Value::String(nightshift_core::time::from_micros(u).to_string()))
+        .unwrap_or(Value::Null)
 }
 
 /// The stable JSON shape of a run (documented in the README).

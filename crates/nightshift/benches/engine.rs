@@ -1,0 +1,331 @@
+//! Engine benchmarks. Each figure is printed beside a floor measured in the same run on
+//! the same machine (the same processes spawned by a plain loop, or the same pass without
+//! history), and beside the target. Run: `cargo bench -p nightshift --bench engine`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nightshift_core::Trigger;
+use nightshift_engine::engine::create_run;
+use nightshift_engine::{Engine, Mode, Options, SimClock};
+use nightshift_store::Store;
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nightshift")
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn header(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\nschedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\nmax_active_tasks = 1000\n\n"
+    )
+}
+
+fn nightshift(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .arg("--project")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ts_us(v: &Value) -> i64 {
+    let t: jiff::Timestamp = v.as_str().unwrap().parse().unwrap();
+    t.as_microsecond()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Gaps (ms) between one try's end and its successor's start, from the store.
+fn chain_gaps(dir: &Path, n: usize) -> Vec<f64> {
+    let doc: Value =
+        serde_json::from_slice(&nightshift(dir, &["tasks", "20240602_0000", "--json"]).stdout)
+            .unwrap();
+    let tasks = doc["tasks"].as_array().unwrap();
+    (1..n)
+        .map(|i| {
+            let prev = &tasks[i - 1]["tries"][0];
+            let next = &tasks[i]["tries"][0];
+            (ts_us(&next["start_time"]) - ts_us(&prev["end_time"])) as f64 / 1000.0
+        })
+        .collect()
+}
+
+/// The plain-loop floor: the same processes, one after another.
+fn floor_chain(n: usize) -> Vec<f64> {
+    let mut gaps = vec![];
+    let mut last_end: Option<Instant> = None;
+    for _ in 0..n {
+        let start = Instant::now();
+        if let Some(e) = last_end {
+            gaps.push(start.duration_since(e).as_secs_f64() * 1000.0);
+        }
+        Command::new("true").status().unwrap();
+        last_end = Some(Instant::now());
+    }
+    gaps
+}
+
+/// The plain-loop floor for the fan-out: root, then 198 at `parallelism` at a time, then join.
+fn floor_fanout(width: usize, parallelism: usize) -> Duration {
+    let t0 = Instant::now();
+    Command::new("true").status().unwrap();
+    let mut running: Vec<std::process::Child> = vec![];
+    let mut started = 0;
+    while started < width || !running.is_empty() {
+        while started < width && running.len() < parallelism {
+            running.push(Command::new("true").spawn().unwrap());
+            started += 1;
+        }
+        let mut i = 0;
+        while i < running.len() {
+            if running[i].try_wait().unwrap().is_some() {
+                running.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Command::new("true").status().unwrap();
+    t0.elapsed()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn seed_history(store: &Store, version: &str, runs: i64, tasks_per_run: i64) {
+    store
+        .bulk(|tx| {
+            let mut run = tx.prepare(
+                "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version)
+                 VALUES (?1, 'hist', '2000-01-01', ?2, ?3, ?2, ?2, ?3, 'SUCCESS', 10, 'scheduled', ?4)",
+            )?;
+            let mut ti = tx.prepare("INSERT INTO task_instances (run, pipeline, task_id, state, try_number, max_tries, updated_at) VALUES (?1, 'hist', ?2, 'SUCCESS', 1, 1, 0)")?;
+            let mut tr = tx.prepare(
+                "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, end_time, duration_ms, exit_code, host) VALUES (?1, ?2, ?3, 1, 'SUCCESS', 0, 1000, 1, 0, 'h')",
+            )?;
+            for r in 0..runs {
+                run.execute(rusqlite_params(r, version))?;
+                let run_pk = tx.last_insert_rowid();
+                for t in 0..tasks_per_run {
+                    let id = format!("t{t}");
+                    ti.execute((run_pk, &id))?;
+                    let ti_pk = tx.last_insert_rowid();
+                    tr.execute((ti_pk, run_pk, &id))?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn rusqlite_params(r: i64, version: &str) -> (String, i64, i64, String) {
+    (
+        format!("h{r}"),
+        r * 86_400_000_000,
+        (r + 1) * 86_400_000_000,
+        version.to_owned(),
+    )
+}
+
+/// Median time of one scheduler pass over a store holding `history_runs` × 5 finished tries
+/// and one active run.
+fn pass_time(history_runs: i64) -> (f64, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = header("active");
+    for i in 0..6 {
+        let dep = if i == 0 {
+            String::new()
+        } else {
+            format!("depends_on = [\"t{}\"]\n", i - 1)
+        };
+        src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
+    }
+    write(dir.path(), "pipelines/active.toml", &src);
+    let project = nightshift_engine::project::load(dir.path()).unwrap();
+    let store = Arc::new(Store::open(&project.store_path()).unwrap());
+    let lp = project.pipelines["active"].clone();
+    let version = store.put_version("active", &lp.source, 0).unwrap();
+    seed_history(&store, &version, history_runs, 5);
+    let now: jiff::Timestamp = "2024-06-02T00:00:00Z".parse().unwrap();
+    let iv = lp.pipeline.schedule.interval_ending_at(now).unwrap();
+    let pk = create_run(&store, &lp, iv, Trigger::Scheduled, now)
+        .unwrap()
+        .pk();
+    // The first task is running elsewhere, so the pass evaluates everything and claims nothing.
+    store
+        .bulk(|tx| {
+            tx.execute("UPDATE pipeline_runs SET status = 'RUNNING', start_time = 0 WHERE id = ?1", [pk])?;
+            tx.execute(
+                "UPDATE task_instances SET state = 'RUNNING', try_number = 1, owner = 'elsewhere:1:1', host = 'elsewhere', lease_until = ?2 WHERE run = ?1 AND task_id = 't0'",
+                (pk, i64::MAX),
+            )
+        })
+        .unwrap();
+    let tries = store.count("task_tries").unwrap();
+    let mut engine = Engine::new(
+        project,
+        store,
+        Arc::new(SimClock::new(now)),
+        Mode::Scheduler { until: None },
+        Options::default(),
+    );
+    let mut times = vec![];
+    for _ in 0..300 {
+        let t0 = Instant::now();
+        let out = engine.pass(now, true).unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(out.active_runs, 1);
+        assert_eq!(out.claimed, 0);
+    }
+    (median(times), tries)
+}
+
+fn main() {
+    // Called by `cargo bench` with `--bench`; also runnable directly.
+    let mut rows: Vec<[String; 4]> = vec![];
+
+    // 1. A 50-task chain of `true`: end of a task to start of its successor.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = header("chain");
+        for i in 0..50 {
+            let dep = if i == 0 {
+                String::new()
+            } else {
+                format!("depends_on = [\"t{}\"]\n", i - 1)
+            };
+            src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
+        }
+        write(dir.path(), "pipelines/chain.toml", &src);
+        nightshift(dir.path(), &["run", "chain", "--date", "2024-06-01"]);
+        let ns = median(chain_gaps(dir.path(), 50));
+        let floor = median(floor_chain(50));
+        rows.push([
+            "50-task chain of `true`: median end→next start".into(),
+            format!("{ns:.2} ms"),
+            format!("{floor:.3} ms"),
+            "< 5 ms".into(),
+        ]);
+    }
+
+    // 2. One root, 198 parallel `true`, one join: wall time at parallelism 16.
+    {
+        let parallelism = 16;
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "nightshift.toml",
+            &format!("parallelism = {parallelism}\n"),
+        );
+        let mut src = header("fan");
+        src += "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n";
+        let mut mids = vec![];
+        for i in 0..198 {
+            src += &format!(
+                "[[task]]\nid = \"m{i}\"\ncommand = [\"true\"]\ndepends_on = [\"root\"]\n\n"
+            );
+            mids.push(format!("\"m{i}\""));
+        }
+        src += &format!(
+            "[[task]]\nid = \"join\"\ncommand = [\"true\"]\ndepends_on = [{}]\n",
+            mids.join(", ")
+        );
+        write(dir.path(), "pipelines/fan.toml", &src);
+        let t0 = Instant::now();
+        nightshift(dir.path(), &["run", "fan", "--date", "2024-06-01"]);
+        let cmd_wall = t0.elapsed();
+        let doc: Value =
+            serde_json::from_slice(&nightshift(dir.path(), &["runs", "fan", "--json"]).stdout)
+                .unwrap();
+        let run = &doc[0];
+        let run_wall = (ts_us(&run["end_time"]) - ts_us(&run["start_time"])) as f64 / 1000.0;
+        let floor = floor_fanout(198, parallelism).as_secs_f64() * 1000.0;
+        rows.push([
+            format!("root + 198 parallel + join, parallelism {parallelism}: run wall time (whole command incl. start-up)"),
+            format!("{run_wall:.0} ms ({:.0} ms)", cmd_wall.as_secs_f64() * 1000.0),
+            format!("{floor:.0} ms"),
+            "within 2x floor".into(),
+        ]);
+    }
+
+    // 3. Idle RSS of `nightshift up` with one pipeline.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "pipelines/idle.toml",
+            &(header("idle").replace("2024-06-01", "2099-01-01")
+                + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n"),
+        );
+        let mut up = Command::new(bin())
+            .arg("--project")
+            .arg(dir.path())
+            .arg("up")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let rss = rss_kb(up.id());
+        let mut sleeper = Command::new("sleep").arg("10").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let floor = rss_kb(sleeper.id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        let _ = Command::new("kill")
+            .args(["-TERM", &up.id().to_string()])
+            .status();
+        let _ = up.wait();
+        rows.push([
+            "idle RSS of `nightshift up`, one pipeline (floor: `sleep`)".into(),
+            format!("{:.1} MB", rss as f64 / 1024.0),
+            format!("{:.1} MB", floor as f64 / 1024.0),
+            "< 30 MB".into(),
+        ]);
+    }
+
+    // 4. One scheduler pass with 100,000 historical task tries (floor: the same pass, no history).
+    {
+        let (with_history, tries) = pass_time(20_000);
+        let (empty, _) = pass_time(0);
+        rows.push([
+            format!("one scheduler pass, {tries} tries in the store (floor: empty history)"),
+            format!("{with_history:.3} ms"),
+            format!("{empty:.3} ms"),
+            "< 10 ms".into(),
+        ]);
+    }
+
+    println!("\n| figure | nightshift | floor (same run) | target |\n|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+    }
+}
