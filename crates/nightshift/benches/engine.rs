@@ -99,7 +99,7 @@ fn floor_fanout(width: usize, parallelism: usize) -> Duration {
         let mut i = 0;
         while i < running.len() {
             if running[i].try_wait().unwrap().is_some() {
-                running.swap_remove(i);
+                let _ = running.swap_remove(i).wait();
             } else {
                 i += 1;
             }
