@@ -512,7 +512,11 @@ impl Engine {
                 continue;
             };
             if run.status == RunState::Queued {
-                if self.paused.contains(&run.pipeline) || !may_claim {
+                // Pausing stops the scheduler from starting runs; a run asked for explicitly
+                // (`run`, `backfill`) still runs.
+                let paused = matches!(self.mode, Mode::Scheduler { .. })
+                    && self.paused.contains(&run.pipeline);
+                if paused || !may_claim {
                     continue;
                 }
                 if !self.store.activate_run(run.pk, now_us, p.max_active_runs)? {
@@ -577,35 +581,51 @@ impl Engine {
                 p.topo_rank(&ti.task_id),
             )
         });
-        for (p, run, ti) in candidates {
-            if self.running.len() >= self.project.settings.parallelism as usize {
+        // Claim in batches of the free slots: one transaction per batch. Claims refused for a
+        // pool or task limit leave their slot to the next candidates.
+        let mut rest = candidates.into_iter().peekable();
+        loop {
+            let free =
+                (self.project.settings.parallelism as usize).saturating_sub(self.running.len());
+            if rest.peek().is_none() {
+                break;
+            }
+            if free == 0 {
                 out.blocked = true;
                 break;
             }
-            let Some(task) = p.task(&ti.task_id) else {
-                continue;
-            };
-            let pool = task.pool.as_deref().map(|name| {
-                (
-                    name,
-                    self.project.settings.pools.get(name).copied().unwrap_or(1),
-                )
-            });
-            let claimed = self.store.claim(&Claim {
-                ti_pk: ti.pk,
-                owner: &self.owner,
-                host: &self.host,
-                now: now_us,
-                lease_until: real_now_us() + us(self.opts.lease_ttl),
-                pool,
-                pipeline_limit: (&p.name, p.max_active_tasks),
-            })?;
-            match claimed {
-                Some(try_number) => {
-                    out.claimed += 1;
-                    self.start_try(p.clone(), run, ti, try_number);
+            let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> = rest.by_ref().take(free).collect();
+            let lease_until = real_now_us() + us(self.opts.lease_ttl);
+            let claims: Vec<Claim<'_>> = batch
+                .iter()
+                .map(|(p, _, ti)| Claim {
+                    ti_pk: ti.pk,
+                    owner: &self.owner,
+                    host: &self.host,
+                    now: now_us,
+                    lease_until,
+                    pool: p
+                        .task(&ti.task_id)
+                        .and_then(|t| t.pool.as_deref())
+                        .map(|name| {
+                            (
+                                name,
+                                self.project.settings.pools.get(name).copied().unwrap_or(1),
+                            )
+                        }),
+                    pipeline_limit: (&p.name, p.max_active_tasks),
+                })
+                .collect();
+            let results = self.store.claim_batch(&claims)?;
+            drop(claims);
+            for ((p, run, ti), claimed) in batch.into_iter().zip(results) {
+                match claimed {
+                    Some(try_number) => {
+                        out.claimed += 1;
+                        self.start_try(p, run, ti, try_number);
+                    }
+                    None => out.blocked = true,
                 }
-                None => out.blocked = true,
             }
         }
         Ok(out)
@@ -1089,5 +1109,128 @@ fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => format!("{} ({sig})", s.as_str()),
         Err(_) => sig.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SimClock;
+    use proptest::prelude::*;
+
+    fn project(
+        dir: &std::path::Path,
+        schedule: &str,
+        zone: &str,
+        start: &str,
+        catchup: bool,
+    ) -> Project {
+        let src = format!(
+            "name = \"p\"\nschedule = \"{schedule}\"\ntimezone = \"{zone}\"\nstart_date = \"{start}\"\ncatchup = {catchup}\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n"
+        );
+        std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+        std::fs::write(dir.join("pipelines/p.toml"), src).unwrap();
+        project::load(dir).unwrap()
+    }
+
+    fn engine_at(dir: &std::path::Path, p: Project, now: Timestamp) -> Engine {
+        let store = Arc::new(Store::open(&dir.join(".nightshift/nightshift.db")).unwrap());
+        Engine::new(
+            p,
+            store,
+            Arc::new(SimClock::new(now)),
+            Mode::Scheduler { until: None },
+            Options::default(),
+        )
+    }
+
+    /// The intervals a catchup must have created by `now`, computed independently.
+    fn expected(p: &Pipeline, now: Timestamp) -> Vec<(i64, String)> {
+        let mut out = vec![];
+        let mut start = p.schedule.next_fire_inclusive(p.start_instant()).unwrap();
+        loop {
+            let end = p.schedule.next_fire(start).unwrap();
+            if end > now {
+                return out;
+            }
+            out.push((
+                to_micros(start),
+                p.schedule.run_id(&DataInterval { start, end }),
+            ));
+            start = end;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Catchup over an arbitrary range, interrupted by a restart at an arbitrary point
+        /// and repeated, creates exactly one run per interval.
+        #[test]
+        fn catchup_creates_one_run_per_interval(
+            start_day in 1u8..28,
+            first_hours in 1i64..(24 * 20),
+            more_hours in 0i64..(24 * 20),
+            zone in prop::sample::select(vec!["UTC", "Europe/Berlin", "America/New_York"]),
+            schedule in prop::sample::select(vec!["0 0 * * *", "30 2 * * *", "0 */6 * * *", "15 3 * * 1-5"]),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let start = format!("2024-03-{start_day:02}");
+            let base: Timestamp = format!("{start}T00:00:00Z").parse().unwrap();
+            let now1 = base + SignedDuration::from_hours(first_hours);
+            let now2 = now1 + SignedDuration::from_hours(more_hours);
+            let p = project(dir.path(), schedule, zone, &start, true);
+            let pipeline = p.pipelines["p"].pipeline.clone();
+            let mut e1 = engine_at(dir.path(), p.clone(), now1);
+            e1.schedule_due_runs(now1).unwrap();
+            e1.schedule_due_runs(now1).unwrap();
+            drop(e1);
+            // A restart, and a second scheduler on the same store, both catching up.
+            let mut e2 = engine_at(dir.path(), p.clone(), now2);
+            let mut e3 = engine_at(dir.path(), p, now2);
+            e2.schedule_due_runs(now2).unwrap();
+            e3.schedule_due_runs(now2).unwrap();
+            let runs = e2.store.runs("p", u32::MAX).unwrap();
+            let got: Vec<(i64, String)> = runs.iter().map(|r| (r.data_interval_start, r.run_id.clone())).collect();
+            prop_assert_eq!(got, expected(&pipeline, now2));
+        }
+    }
+
+    #[test]
+    fn without_catchup_only_the_latest_interval_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = project(dir.path(), "0 0 * * *", "UTC", "2024-01-01", false);
+        let now: Timestamp = "2024-06-10T12:00:00Z".parse().unwrap();
+        let mut e = engine_at(dir.path(), p, now);
+        e.schedule_due_runs(now).unwrap();
+        let later: Timestamp = "2024-06-12T00:00:01Z".parse().unwrap();
+        e.schedule_due_runs(later).unwrap();
+        let ids: Vec<String> = e
+            .store
+            .runs("p", 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(ids, ["20240610_0000", "20240611_0000", "20240612_0000"]);
+    }
+
+    #[test]
+    fn the_next_fire_is_reported_for_the_sleep() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = project(
+            dir.path(),
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2024-03-30",
+            true,
+        );
+        let now: Timestamp = "2024-03-30T12:00:00Z".parse().unwrap();
+        let mut e = engine_at(dir.path(), p, now);
+        let next = e.schedule_due_runs(now).unwrap();
+        assert_eq!(
+            next,
+            Some("2024-03-31T01:00:00Z".parse().unwrap()),
+            "spring forward: fires at the end of the gap"
+        );
     }
 }

@@ -59,7 +59,7 @@ pub struct ChildOutcome {
 pub struct Running {
     child: tokio::process::Child,
     pub pid: u32,
-    log: Arc<Mutex<File>>,
+    log: Arc<Mutex<LazyLog>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
     spec: ChildSpec,
 }
@@ -67,27 +67,52 @@ pub struct Running {
 /// Longest log line kept whole; longer lines are split so one line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
 
-fn write_log_line(log: &Mutex<File>, clock: &dyn Clock, stream: &str, line: &[u8]) {
+/// A try's log file, created on its first line: a task that prints nothing costs no file
+/// (creating inodes is a visible share of a short task's cost).
+pub struct LazyLog {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl LazyLog {
+    pub fn new(path: PathBuf) -> Self {
+        LazyLog { path, file: None }
+    }
+
+    fn file(&mut self) -> Option<&mut File> {
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .ok();
+        }
+        self.file.as_mut()
+    }
+}
+
+fn write_log_line(log: &Mutex<LazyLog>, clock: &dyn Clock, stream: &str, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let ts = clock.now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
-    let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = writeln!(f, "{ts} [{stream}] {}", text.trim_end_matches(['\n', '\r']));
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = log.file() {
+        let _ = writeln!(f, "{ts} [{stream}] {}", text.trim_end_matches(['\n', '\r']));
+    }
 }
 
 /// Writes a line into a try's log as the orchestrator (not the task).
 pub fn log_note(path: &Path, clock: &dyn Clock, text: &str) {
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        write_log_line(&Mutex::new(f), clock, "nightshift", text.as_bytes());
-    }
+    write_log_line(
+        &Mutex::new(LazyLog::new(path.to_owned())),
+        clock,
+        "nightshift",
+        text.as_bytes(),
+    );
 }
 
 fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     mut r: R,
-    log: Arc<Mutex<File>>,
+    log: Arc<Mutex<LazyLog>>,
     clock: Arc<dyn Clock>,
     stream: &'static str,
 ) -> tokio::task::JoinHandle<()> {
@@ -126,18 +151,8 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> 
         let msg = format!("cannot create log folder `{}`: {e}", dir.display());
         return Err(msg);
     }
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_path)
-    {
-        Ok(f) => Arc::new(Mutex::new(f)),
-        Err(e) => {
-            let msg = format!("cannot open log file `{}`: {e}", spec.log_path.display());
-            return Err(msg);
-        }
-    };
-    let _ = std::fs::remove_file(&spec.metrics_path);
+    let log = Arc::new(Mutex::new(LazyLog::new(spec.log_path.clone())));
+    // The metrics path names a new try number, so no earlier file can be there.
     let program = {
         let p = Path::new(&spec.argv[0]);
         if p.is_relative() && spec.argv[0].contains('/') {

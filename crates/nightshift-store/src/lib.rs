@@ -399,12 +399,9 @@ impl Store {
 
     pub fn version_source(&self, hash: &str) -> Result<Option<(String, String)>> {
         self.read(|c| {
-            c.query_row(
-                "SELECT pipeline, source FROM pipeline_versions WHERE hash = ?1",
-                [hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            c.prepare_cached("SELECT pipeline, source FROM pipeline_versions WHERE hash = ?1")?
+                .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })
     }
 
@@ -439,11 +436,10 @@ impl Store {
 
     pub fn run(&self, pk: i64) -> Result<Option<RunRow>> {
         self.read(|c| {
-            c.query_row(
-                &format!("SELECT {RUN_COLS} FROM pipeline_runs WHERE id = ?1"),
-                [pk],
-                run_row,
-            )
+            c.prepare_cached(&format!(
+                "SELECT {RUN_COLS} FROM pipeline_runs WHERE id = ?1"
+            ))?
+            .query_row([pk], run_row)
             .optional()
         })
     }
@@ -496,7 +492,7 @@ impl Store {
     /// active work, not history.
     pub fn active_runs(&self) -> Result<Vec<RunRow>> {
         self.read(|c| {
-            let mut s = c.prepare(&format!(
+            let mut s = c.prepare_cached(&format!(
                 "SELECT {RUN_COLS} FROM pipeline_runs WHERE status IN ('QUEUED', 'RUNNING') ORDER BY data_interval_start, id"
             ))?;
             s.query_map([], run_row)?.collect()
@@ -574,29 +570,42 @@ impl Store {
     /// Claims a task instance for a new try; returns the try number, or `None` when the
     /// instance was not claimable or a limit was reached.
     pub fn claim(&self, c: &Claim<'_>) -> Result<Option<u32>> {
+        Ok(self.claim_batch(std::slice::from_ref(c))?.pop().flatten())
+    }
+
+    /// Claims several task instances in one transaction (one commit for a whole pass), each
+    /// with the same conditions as [`Store::claim`]; later claims see earlier ones, so pool
+    /// and task limits hold within the batch too.
+    pub fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Option<u32>>> {
         self.write(|tx| {
-            let (pool, slots) = c.pool.map(|(p, s)| (Some(p), s)).unwrap_or((None, 0));
-            let try_number: Option<u32> = tx
-                .query_row(
-                    "UPDATE task_instances
-                     SET state = 'RUNNING', try_number = try_number + 1, owner = ?2, host = ?3, lease_until = ?4,
-                         pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = ?5
-                     WHERE id = ?1 AND state IN ('QUEUED', 'UP_FOR_RETRY') AND (next_try_at IS NULL OR next_try_at <= ?5)
-                       AND (?6 IS NULL OR (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = ?6) < ?7)
-                       AND (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = ?8) < ?9
-                     RETURNING try_number",
-                    params![c.ti_pk, c.owner, c.host, c.lease_until, c.now, pool, slots, c.pipeline_limit.0, c.pipeline_limit.1],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(n) = try_number {
-                let (run, task): (i64, String) =
-                    tx.prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?.query_row([c.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                tx.prepare_cached("INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES (?1, ?2, ?3, ?4, 'RUNNING', ?5, ?6)")?.execute(params![c.ti_pk, run, task, n, c.now, c.host],
-                )?;
-                event(tx, c.now, run, Some(&task), Some(n), "RUNNING", None)?;
+            let mut out = Vec::with_capacity(claims.len());
+            for c in claims {
+                let (pool, slots) = c.pool.map(|(p, s)| (Some(p), s)).unwrap_or((None, 0));
+                let claimed: Option<(u32, i64, String)> = tx
+                    .prepare_cached(
+                        "UPDATE task_instances
+                         SET state = 'RUNNING', try_number = try_number + 1, owner = ?2, host = ?3, lease_until = ?4,
+                             pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = ?5
+                         WHERE id = ?1 AND state IN ('QUEUED', 'UP_FOR_RETRY') AND (next_try_at IS NULL OR next_try_at <= ?5)
+                           AND (?6 IS NULL OR (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = ?6) < ?7)
+                           AND (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = ?8) < ?9
+                         RETURNING try_number, run, task_id",
+                    )?
+                    .query_row(
+                        params![c.ti_pk, c.owner, c.host, c.lease_until, c.now, pool, slots, c.pipeline_limit.0, c.pipeline_limit.1],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if let Some((n, run, task)) = &claimed {
+                    tx.prepare_cached(
+                        "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES (?1, ?2, ?3, ?4, 'RUNNING', ?5, ?6)",
+                    )?
+                    .execute(params![c.ti_pk, run, task, n, c.now, c.host])?;
+                    // The try row records this change with its time; no separate event.
+                }
+                out.push(claimed.map(|c| c.0));
             }
-            Ok(try_number)
+            Ok(out)
         })
     }
 
@@ -636,9 +645,14 @@ impl Store {
                         error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10)
                  WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path],
             )?;
-            let (run, task): (i64, String) =
-                tx.prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?.query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error)?;
+            // The try row holds start, end and outcome; the event log adds the task's next
+            // state only when it is not simply the try's success.
+            if f.ti_state != TaskState::Success {
+                let (run, task): (i64, String) = tx
+                    .prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?
+                    .query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error)?;
+            }
             Ok(true)
         })
     }
@@ -671,7 +685,7 @@ impl Store {
     /// Every RUNNING task instance (for orphan detection).
     pub fn running_task_instances(&self) -> Result<Vec<TiRow>> {
         self.read(|c| {
-            let mut s = c.prepare(&format!(
+            let mut s = c.prepare_cached(&format!(
                 "SELECT {TI_COLS} FROM task_instances WHERE state = 'RUNNING'"
             ))?;
             s.query_map([], ti_row)?.collect()
@@ -680,7 +694,7 @@ impl Store {
 
     pub fn tries(&self, run_pk: i64) -> Result<Vec<TryRow>> {
         self.read(|c| {
-            let mut s = c.prepare(&format!(
+            let mut s = c.prepare_cached(&format!(
                 "SELECT {TRY_COLS} FROM task_tries WHERE run = ?1 ORDER BY start_time, id"
             ))?;
             s.query_map([run_pk], try_row)?.collect()
@@ -797,7 +811,7 @@ impl Store {
 
     pub fn paused_pipelines(&self) -> Result<Vec<String>> {
         self.read(|c| {
-            let mut s = c.prepare("SELECT pipeline FROM pipeline_flags WHERE paused = 1")?;
+            let mut s = c.prepare_cached("SELECT pipeline FROM pipeline_flags WHERE paused = 1")?;
             s.query_map([], |r| r.get(0))?.collect()
         })
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use nightshift_store::{RunRow, Store, TryRow};
 use serde_json::{Value, json};
 
@@ -266,15 +266,29 @@ pub fn logs(
         .logs_dir()
         .canonicalize()
         .unwrap_or_else(|_| project.logs_dir());
-    let full = Path::new(path)
-        .canonicalize()
-        .with_context(|| format!("reading log `{path}`"))?;
-    if !full.starts_with(&logs) {
+    let Some(parent) = Path::new(path).parent().and_then(|p| p.canonicalize().ok()) else {
+        return Err(usage(format!(
+            "the log folder of `{path}` is gone (was .nightshift/logs removed?)"
+        )));
+    };
+    if !parent.starts_with(&logs) {
         return Err(usage(format!(
             "refusing to read `{path}`: it is outside the project's log folder"
         )));
     }
-    let text = std::fs::read(&full).with_context(|| format!("reading log `{path}`"))?;
+    let full = parent.join(Path::new(path).file_name().unwrap_or_default());
+    // The file is created on the try's first line of output.
+    let text = match std::fs::read(&full) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            output::note(format!(
+                "(try {} of `{task}` wrote no output)",
+                t.try_number
+            ));
+            return Ok(0);
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading log `{path}`"))),
+    };
     output::line(String::from_utf8_lossy(&text).trim_end());
     Ok(0)
 }
