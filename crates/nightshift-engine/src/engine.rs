@@ -371,7 +371,7 @@ impl Engine {
                         .get(name)
                         .is_none_or(|old| old.source != lp.source);
                     if changed {
-                        info!(pipeline = %name, "pipeline loaded");
+                        info!(pipeline = %name, "pipeline file changed; new runs use this version");
                         self.cursors.remove(name);
                         self.hashes.remove(name);
                     }
@@ -1231,6 +1231,59 @@ mod tests {
             next,
             Some("2024-03-31T01:00:00Z".parse().unwrap()),
             "spring forward: fires at the end of the gap"
+        );
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::*;
+    use crate::SimClock;
+
+    /// With one free slot, a scheduled run's task is claimed before an older backfill's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn backfill_work_yields_to_scheduled_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        std::fs::write(dir.path().join("nightshift.toml"), "parallelism = 1\n").unwrap();
+        std::fs::write(
+            dir.path().join("pipelines/p.toml"),
+            "schedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
+        )
+        .unwrap();
+        let project = project::load(dir.path()).unwrap();
+        let lp = project.pipelines["p"].clone();
+        let store = Arc::new(Store::open(&project.store_path()).unwrap());
+        let now: Timestamp = "2024-06-03T00:00:00Z".parse().unwrap();
+        let older = lp
+            .pipeline
+            .schedule
+            .interval_ending_at("2024-06-02T00:00:00Z".parse().unwrap())
+            .unwrap();
+        let newer = lp.pipeline.schedule.interval_ending_at(now).unwrap();
+        let backfill = create_run(&store, &lp, older, Trigger::Backfill, now)
+            .unwrap()
+            .pk();
+        let scheduled = create_run(&store, &lp, newer, Trigger::Scheduled, now)
+            .unwrap()
+            .pk();
+        let mut engine = Engine::new(
+            project,
+            store.clone(),
+            Arc::new(SimClock::new(now)),
+            Mode::Scheduler { until: None },
+            Options::default(),
+        );
+        let out = engine.pass(now, true).unwrap();
+        assert_eq!(out.claimed, 1);
+        assert!(out.blocked);
+        assert_eq!(
+            store.task_instances(scheduled).unwrap()[0].state,
+            TaskState::Running
+        );
+        assert_eq!(
+            store.task_instances(backfill).unwrap()[0].state,
+            TaskState::Queued
         );
     }
 }

@@ -382,3 +382,107 @@ fn up_picks_up_added_changed_and_broken_pipeline_files() {
     let status = up.wait().unwrap();
     assert!(status.success(), "{status:?}: {}", p.read("up.stderr"));
 }
+
+#[test]
+fn templates_render_into_single_arguments_and_the_environment() {
+    let p = TestProject::new();
+    p.file("show.sh", "#!/bin/sh\nfor a in \"$@\"; do echo \"arg:$a\"; done\nenv | grep -E '^(NIGHTSHIFT_|X=)' | grep -v METRICS | sort\n");
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"show\"\ncommand = [\"./show.sh\", \"{{ ds }}\", \"{{ ds_nodash }}\", \"{{ run_id }}\", \"{{ data_interval_start }}\", \"{{ data_interval_end }}\", \"{{ try_number }}\", \"{{ pipeline }}/{{ task_id }}\", \"$(touch pwned); `touch pwned2` | x\"]\nenv = { X = \"{{ ds }}-x\" }\n"),
+    );
+    let out = p.run(&["run", "p", "--date", "2024-06-01"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stdout(&p.run(&["logs", "20240602_0000", "show"]));
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_once("[out] ").unwrap().1)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "arg:2024-06-01",
+            "arg:20240601",
+            "arg:20240602_0000",
+            "arg:2024-06-01T00:00:00Z",
+            "arg:2024-06-02T00:00:00Z",
+            "arg:1",
+            "arg:p/show",
+            "arg:$(touch pwned); `touch pwned2` | x",
+            "NIGHTSHIFT_DATA_INTERVAL_END=2024-06-02T00:00:00Z",
+            "NIGHTSHIFT_DATA_INTERVAL_START=2024-06-01T00:00:00Z",
+            "NIGHTSHIFT_DS=2024-06-01",
+            "NIGHTSHIFT_DS_NODASH=20240601",
+            "NIGHTSHIFT_PIPELINE=p",
+            "NIGHTSHIFT_RUN_ID=20240602_0000",
+            "NIGHTSHIFT_TASK_ID=show",
+            "NIGHTSHIFT_TRY_NUMBER=1",
+            "X=2024-06-01-x",
+        ]
+    );
+    assert!(
+        !p.path().join("pwned").exists() && !p.path().join("pwned2").exists(),
+        "an argument became shell syntax"
+    );
+}
+
+#[test]
+fn backfill_respects_max_active_runs() {
+    let p = TestProject::new();
+    p.file("work.sh", "#!/bin/sh\nsleep 0.2\n");
+    p.file("pipelines/p.toml", &(daily("p", "2024-06-01") + "[[task]]\nid = \"a\"\ncommand = [\"./work.sh\"]\n[[task]]\nid = \"b\"\ncommand = [\"./work.sh\"]\ndepends_on = [\"a\"]\n"));
+    let out = p.run(&[
+        "backfill",
+        "p",
+        "--from",
+        "2024-06-01",
+        "--to",
+        "2024-06-03",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut spans: Vec<(jiff::Timestamp, jiff::Timestamp)> = p
+        .runs("p")
+        .iter()
+        .map(|r| (ts(&r["start_time"]), ts(&r["end_time"])))
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3);
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "two runs were active at once with max_active_runs = 1: {spans:?}"
+        );
+    }
+}
+
+#[test]
+fn a_run_in_flight_keeps_the_pipeline_version_it_was_created_with() {
+    let p = TestProject::new();
+    p.file("slow.sh", "#!/bin/sh\ntouch started\nsleep 1\n");
+    let v1 = daily("p", &yesterday())
+        + "[[task]]\nid = \"slow\"\ncommand = [\"./slow.sh\"]\n\n[[task]]\nid = \"after\"\ncommand = [\"sh\", \"-c\", \"echo v1 >> versions.txt\"]\ndepends_on = [\"slow\"]\n";
+    p.file("pipelines/p.toml", &v1);
+    let mut up = p.spawn(&["up"], &[], "up");
+    p.wait_for("the first task", || p.path().join("started").exists());
+    p.file("pipelines/p.toml", &v1.replace("echo v1", "echo v2"));
+    p.wait_for("the run to finish", || {
+        p.runs("p")
+            .first()
+            .is_some_and(|r| r["status"] == "SUCCESS")
+    });
+    assert_eq!(
+        p.read("versions.txt"),
+        "v1\n",
+        "the run in flight used its own version"
+    );
+    // A run created after the edit uses the new version (the edit was picked up by `up` too).
+    p.wait_for("the reload", || {
+        p.read("up.stderr").contains("pipeline file changed")
+    });
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    let out = p.run(&["run", "p", "--date", "2024-01-01"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(p.read("versions.txt"), "v1\nv2\n");
+}
