@@ -747,6 +747,15 @@ impl Engine {
                     procs::kill_group_blocking(pid, self.project.settings.kill_grace);
                 }
             }
+            if ti.host.as_deref() == Some(self.host.as_str()) {
+                // Processes of the try whose pid was not recorded yet (it had just started).
+                let key = try_key(&self.store, ti.pk, ti.try_number);
+                if procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &key, self.project.settings.kill_grace)
+                    > 0
+                {
+                    warn!(task = %ti.task_id, "killed the processes of an orphaned try found by its key");
+                }
+            }
             let now = self.clock.now();
             let retry = self.retry_decision(&ti, now)?;
             let who = owner
@@ -770,6 +779,7 @@ impl Engine {
                 rows_loaded: None,
                 extra_tries: 0,
                 log_path: None,
+                pid: None,
             })?;
             if written {
                 warn!(pipeline = %ti.pipeline, task = %ti.task_id, try_number = ti.try_number, next = %retry.0, "recovered an orphaned try");
@@ -932,6 +942,16 @@ struct TryCtx {
     crash_at: Option<CrashPoint>,
 }
 
+/// How long a try runs before its pid is recorded on its own (see `run_try`).
+const RECORD_PID_AFTER: Duration = Duration::from_millis(200);
+
+/// Identifies a try's processes on this machine through their environment, for recovery
+/// when the pid was not recorded yet: unique per store, task instance and try.
+fn try_key(store: &Store, ti_pk: i64, try_number: u32) -> String {
+    let store_id = nightshift_store::version_hash("store", &store.path().to_string_lossy());
+    format!("{store_id}:{ti_pk}:{try_number}")
+}
+
 fn rfc3339(us: i64) -> String {
     from_micros(us).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -964,6 +984,10 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         TaskKind::Shell(s) => s.command.iter().map(|a| ctx.render(a)).collect(),
     };
     let mut env = ctx.env();
+    env.push((
+        "NIGHTSHIFT_TRY_KEY".to_owned(),
+        try_key(&c.store, c.ti.pk, c.try_number),
+    ));
     env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
     let cwd = match &task.cwd {
         Some(d) => c.project_dir.join(d),
@@ -979,6 +1003,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         timeout: task.timeout,
         kill_grace: c.kill_grace,
     };
+    let mut spawned_pid = None;
     let outcome = match executor::spawn(spec, c.clock.clone()) {
         Err(msg) => executor::ChildOutcome {
             exit: Exit::SpawnFailed(msg),
@@ -986,27 +1011,30 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
             metrics_warnings: vec![],
         },
         Ok(running) => {
+            spawned_pid = Some(running.pid);
             let pid = running.pid;
-            let recorded = c
-                .store
-                .record_spawn(
-                    c.ti.pk,
-                    c.try_number,
-                    &c.owner,
-                    pid,
-                    procs::start_time(pid),
-                    &log_path.to_string_lossy(),
-                )
-                .unwrap_or(false);
-            if !recorded {
-                warn!(task = %task.id, "claim lost before the process was recorded; stopping it");
-                let grace = c.kill_grace;
-                let _ = tokio::task::spawn_blocking(move || procs::kill_group_blocking(pid, grace))
-                    .await;
-                return;
-            }
             crash_if(&c.crash_at, "after_spawn", Some(&task.id));
-            running.wait(cancel, c.clock.clone()).await
+            let wait = running.wait(cancel, c.clock.clone());
+            tokio::pin!(wait);
+            // Short tries finish before their pid is worth a transaction: the pid is written
+            // with the outcome. Longer ones record it, so a restart can find and kill them;
+            // in the window before, recovery finds them by their NIGHTSHIFT_TRY_KEY.
+            tokio::select! {
+                o = &mut wait => o,
+                _ = tokio::time::sleep(RECORD_PID_AFTER) => {
+                    let recorded = c
+                        .store
+                        .record_spawn(c.ti.pk, c.try_number, &c.owner, pid, procs::start_time(pid), &log_path.to_string_lossy())
+                        .unwrap_or(false);
+                    if !recorded {
+                        warn!(task = %task.id, "claim lost while the try ran; stopping it");
+                        procs::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        let _ = wait.await;
+                        return;
+                    }
+                    wait.await
+                }
+            }
         }
     };
     crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
@@ -1087,6 +1115,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         rows_loaded,
         extra_tries,
         log_path: Some(&log_path_text),
+        pid: spawned_pid,
     };
     // The store may be locked for a while (another process, a backup): keep trying, since
     // an unrecorded outcome would leave the task RUNNING until recovery.

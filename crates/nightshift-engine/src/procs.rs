@@ -76,6 +76,48 @@ pub fn kill_group_blocking(pgid: u32, grace: Duration) {
     }
 }
 
+/// Kills every process (with its group) whose environment holds `name=value`, then waits
+/// until they are gone. Returns how many processes matched.
+pub fn kill_by_env(name: &str, value: &str, grace: Duration) -> usize {
+    let needle = format!("{name}={value}");
+    let find = || -> Vec<(u32, i64)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id())
+            .filter_map(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let hit = env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
+                let (_, state, pgrp) = stat(pid)?;
+                (hit && state != 'Z' && state != 'X').then_some((pid, pgrp))
+            })
+            .collect()
+    };
+    let found = find();
+    for (pid, pgrp) in &found {
+        if *pgrp > 1 {
+            signal_group(*pgrp as u32, Signal::SIGTERM);
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while !find().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (pid, pgrp) in find() {
+        if pgrp > 1 {
+            signal_group(pgrp as u32, Signal::SIGKILL);
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !find().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    found.len()
+}
+
 /// This machine's name, for the `host` of tries and leases.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -151,8 +151,10 @@ pub struct FinishTry<'a> {
     pub rows_loaded: Option<i64>,
     /// Tries added to the task's budget (a try stopped by a shutdown does not count).
     pub extra_tries: u32,
-    /// The try's log, when it was not recorded at spawn (the process never started).
+    /// The try's log, when it was not recorded at spawn.
     pub log_path: Option<&'a str>,
+    /// The try's process, when it was not recorded at spawn (a short try).
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -642,8 +644,8 @@ impl Store {
                 return Ok(false);
             }
             tx.prepare_cached("UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
-                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10)
-                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path],
+                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10), pid = COALESCE(pid, ?11)
+                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path, f.pid],
             )?;
             // The try row holds start, end and outcome; the event log adds the task's next
             // state only when it is not simply the try's success.
@@ -934,6 +936,7 @@ mod tests {
             rows_loaded: None,
             extra_tries: 0,
             log_path: None,
+            pid: None,
         };
         assert!(!s.finish_try(&fin("B", 1)).unwrap(), "wrong owner");
         assert!(s.finish_try(&fin("A", 1)).unwrap());
