@@ -99,6 +99,28 @@ pub enum Command {
         #[arg(long)]
         pipeline: Option<String>,
     },
+    /// Generate days of the demo shop source database (the reference pipeline's source).
+    Shop {
+        /// The SQLite file to fill.
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: String,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: String,
+        /// Average orders per day.
+        #[arg(long, default_value_t = 10_000)]
+        orders: u32,
+        /// Leave the days incomplete (no `source_batches` row), as if the batch were late.
+        #[arg(long)]
+        hold_batch: bool,
+        /// Add one bad row per day (a negative payment).
+        #[arg(long)]
+        bad_row: bool,
+        /// Only mark the days complete (the late batch arrives).
+        #[arg(long)]
+        release: bool,
+    },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod output;
 mod scaffold;
+mod shop;
 
 use clap::Parser;
 

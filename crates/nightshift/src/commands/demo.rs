@@ -96,7 +96,9 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     );
     let d = dir.display();
     // Hints name the binary that is running, so they work after `cargo run` too.
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "nightshift".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nightshift".into());
     output::note(format!(
         "\nPublished data: {d}/data/marts/daily_revenue/dt=<ds>/\nRaw partitions: {d}/data/raw/orders/dt=<ds>/\nTry logs:       {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} logs 20240602_0000 extract_data\n  {exe} --project {d} next nightly"
     ));

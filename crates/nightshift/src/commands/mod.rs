@@ -6,6 +6,7 @@ mod init;
 mod inspect;
 mod next;
 mod run;
+mod shop;
 mod up;
 mod validate;
 
@@ -78,6 +79,25 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             try_number,
             pipeline,
         } => inspect::logs(&dir, &run_id, &task, try_number, pipeline.as_deref()),
+        Command::Shop {
+            db,
+            from,
+            to,
+            orders,
+            hold_batch,
+            bad_row,
+            release,
+        } => shop::exec(
+            &db,
+            &from,
+            &to,
+            crate::shop::Options {
+                orders_per_day: orders,
+                hold_batch,
+                bad_row,
+            },
+            release,
+        ),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
     }
 }
