@@ -87,18 +87,107 @@ pub struct ShellSpec {
     pub shell: bool,
 }
 
+/// What an extract does when a table's row count is outside its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIncomplete {
+    Fail,
+    Warn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExtractTable {
+    /// Names the output folder `<output>/<name>/dt=<ds>/`.
+    pub name: String,
+    /// A query with bound parameters `:start`, `:end` (the data interval, RFC 3339 UTC),
+    /// `:ds` and `:run_id`; values are bound, never spliced into the text.
+    pub sql: String,
+}
+
+/// Source tables to date-partitioned Parquet, one partition per run, replaced atomically.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExtractSpec {
+    pub connection: String,
+    pub tables: Vec<ExtractTable>,
+    /// Folder for the partitions, relative to the project.
+    pub output: String,
+    /// A table's rows must be at least this share of its trailing 7-run average.
+    pub min_ratio: Option<f64>,
+    pub on_incomplete: OnIncomplete,
+}
+
+/// What the engine hands an extract child process (`nightshift __extract REQUEST`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExtractRequest {
+    pub spec: ExtractSpec,
+    /// With its path made absolute.
+    pub connection: crate::project::Connection,
+    pub project_dir: String,
+    pub ds: String,
+    pub start: String,
+    pub end: String,
+    pub run_id: String,
+    /// Row counts per table of the latest successful runs before this one, newest first.
+    pub history: std::collections::BTreeMap<String, Vec<i64>>,
+}
+
 /// The closed set of task kinds. Every kind ends up as a child process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     Shell(ShellSpec),
+    Extract(ExtractSpec),
 }
 
 impl TaskKind {
     pub fn name(&self) -> &'static str {
         match self {
             TaskKind::Shell(_) => "shell",
+            TaskKind::Extract(_) => "extract",
         }
     }
+}
+
+/// The parameters an extract query may use.
+pub const SQL_PARAMS: &[&str] = &["start", "end", "ds", "run_id"];
+
+/// Named parameters (`:name`) in a SQL text, outside string literals and comments, with
+/// their byte offsets.
+pub fn sql_params(sql: &str) -> Vec<(usize, String)> {
+    let b = sql.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b':' if b
+                .get(i + 1)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                && (i == 0 || b[i - 1] != b':') =>
+            {
+                let start = i;
+                i += 1;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push((start, sql[start + 1..i].to_owned()));
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,12 +320,10 @@ const DEFAULT_KEYS: &[&str] = &[
     "pool",
     "env",
 ];
-const TASK_KEYS: &[&str] = &[
+const COMMON_TASK_KEYS: &[&str] = &[
     "id",
     "description",
     "kind",
-    "command",
-    "shell",
     "depends_on",
     "trigger_rule",
     "retries",
@@ -248,7 +335,54 @@ const TASK_KEYS: &[&str] = &[
     "env",
     "cwd",
 ];
-const KINDS: &[&str] = &["shell"];
+const SHELL_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "command",
+    "shell",
+];
+const EXTRACT_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "connection",
+    "table",
+    "output",
+    "min_ratio",
+    "on_incomplete",
+];
+const TABLE_KEYS: &[&str] = &["name", "sql"];
+const KINDS: &[&str] = &["shell", "extract"];
+
+/// The keys a task of this kind may have.
+fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
+    match kind.unwrap_or("shell") {
+        "shell" => SHELL_KEYS,
+        "extract" => EXTRACT_KEYS,
+        _ => COMMON_TASK_KEYS,
+    }
+}
 
 /// Whether a name is safe as an identifier and as one path component.
 pub fn valid_identifier(s: &str) -> bool {
@@ -588,7 +722,8 @@ fn read_pipeline(
             Some(id) => format!("task `{id}`"),
             None => format!("task #{}", i + 1),
         };
-        let r = TableReader::new(table, span.clone(), label, TASK_KEYS);
+        let kind = table.get("kind").and_then(|v| v.get_ref().as_str());
+        let r = TableReader::new(table, span.clone(), label, task_keys(kind));
         if let Some((task, deps)) = read_task(&r, &defaults, settings, diags) {
             if id_spans.contains_key(&task.id) {
                 diags.push(
@@ -703,9 +838,9 @@ fn read_task(
     let kind_name = r
         .string("kind", diags)
         .unwrap_or_else(|| Located::new("shell".into(), r.span()));
-    let shell = r.bool("shell", diags).map(|b| b.value).unwrap_or(false);
     let kind = match kind_name.value.as_str() {
         "shell" => {
+            let shell = r.bool("shell", diags).map(|b| b.value).unwrap_or(false);
             let command = match r.string_list("command", shell, diags) {
                 Some(c) if c.is_empty() => {
                     diags.push(Diagnostic::error(
@@ -758,6 +893,7 @@ fn read_task(
                 shell,
             })
         }
+        "extract" => TaskKind::Extract(read_extract(r, &id, settings, diags)?),
         other => {
             let mut d = Diagnostic::error(
                 format!("unknown task kind `{other}`"),
@@ -846,6 +982,163 @@ fn read_task(
         cwd: r.string("cwd", diags).map(|c| c.value),
     };
     Some((task, deps))
+}
+
+fn read_extract(
+    r: &TableReader<'_, '_>,
+    id: &str,
+    settings: &ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ExtractSpec> {
+    let connection = match r.string("connection", diags) {
+        Some(c) => {
+            if !settings.connections.contains_key(&c.value) {
+                let mut d = Diagnostic::error(
+                    format!("unknown connection `{}` in task `{id}`", c.value),
+                    Some(c.span.clone()),
+                );
+                d = match did_you_mean(&c.value, settings.connections.keys().map(String::as_str)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!(
+                        "declare it in nightshift.toml:\n[connections.{}]\nkind = \"sqlite\"\npath = \"source/shop.db\"",
+                        c.value
+                    )),
+                };
+                diags.push(d);
+            }
+            c.value
+        }
+        None => {
+            if !r.has("connection") {
+                diags.push(
+                    Diagnostic::error(
+                        format!("extract task `{id}` has no `connection`"),
+                        Some(r.span()),
+                    )
+                    .with_help("add `connection = \"shop\"`, a connection of nightshift.toml"),
+                );
+            }
+            return None;
+        }
+    };
+    let mut tables = vec![];
+    let table_tables = r.tables("table", diags);
+    if table_tables.is_empty() && !r.has("table") {
+        diags.push(
+            Diagnostic::error(format!("extract task `{id}` has no tables"), Some(r.span()))
+                .with_help("add `[[task.table]]` with `name` and `sql`"),
+        );
+    }
+    for (t, span) in table_tables {
+        let tr = TableReader::new(
+            t,
+            span.clone(),
+            format!("a table of task `{id}`"),
+            TABLE_KEYS,
+        );
+        let name = tr.string("name", diags);
+        let sql = tr.string("sql", diags);
+        tr.finish(diags);
+        let (Some(name), Some(sql)) = (name, sql) else {
+            diags.push(Diagnostic::error(
+                format!("a table of task `{id}` needs `name` and `sql`"),
+                Some(span),
+            ));
+            continue;
+        };
+        if !valid_identifier(&name.value) {
+            diags.push(
+                Diagnostic::error(
+                    format!("invalid table name `{}`", name.value),
+                    Some(name.span.clone()),
+                )
+                .with_help("use letters, digits, `_`, `-` and `.`"),
+            );
+        }
+        if tables.iter().any(|t: &ExtractTable| t.name == name.value) {
+            diags.push(Diagnostic::error(
+                format!("duplicate table `{}` in task `{id}`", name.value),
+                Some(name.span.clone()),
+            ));
+        }
+        for (at, p) in sql_params(&sql.value) {
+            if !SQL_PARAMS.contains(&p.as_str()) {
+                let pos = if sql.span.end - sql.span.start == sql.value.len() + 2 {
+                    sql.span.start + 1 + at
+                } else {
+                    sql.span.start
+                };
+                diags.push(
+                    Diagnostic::error(format!("unknown query parameter `:{p}`"), Some(pos..pos + p.len() + 1))
+                        .with_help("available: :start and :end (the data interval, RFC 3339 UTC), :ds, :run_id"),
+                );
+            }
+        }
+        if sql.value.trim().is_empty() {
+            diags.push(Diagnostic::error("empty `sql`", Some(sql.span.clone())));
+        }
+        tables.push(ExtractTable {
+            name: name.value,
+            sql: sql.value,
+        });
+    }
+    let output = r
+        .string("output", diags)
+        .map(|o| o.value)
+        .unwrap_or_else(|| "data/raw".to_owned());
+    if output.split('/').any(|c| c == "..") || output.starts_with('/') {
+        diags.push(
+            Diagnostic::error(
+                format!("`output` of task `{id}` must stay inside the project"),
+                r.raw("output").map(|v| v.span()),
+            )
+            .with_help("write a relative path such as `data/raw`"),
+        );
+    }
+    let min_ratio = match r.raw("min_ratio") {
+        Some(v) => match v.get_ref() {
+            toml::de::DeValue::Float(f) => f
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=1.0).contains(x)),
+            toml::de::DeValue::Integer(i) => i
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=1.0).contains(x)),
+            _ => None,
+        }
+        .or_else(|| {
+            diags.push(
+                Diagnostic::error("`min_ratio` must be a number from 0 to 1", Some(v.span()))
+                    .with_help("e.g. `min_ratio = 0.5`: at least half the trailing average"),
+            );
+            None
+        }),
+        None => None,
+    };
+    let on_incomplete = match r.string("on_incomplete", diags) {
+        Some(v) => match v.value.as_str() {
+            "fail" => OnIncomplete::Fail,
+            "warn" => OnIncomplete::Warn,
+            other => {
+                diags.push(
+                    Diagnostic::error(format!("unknown on_incomplete `{other}`"), Some(v.span))
+                        .with_help("use `fail` or `warn`"),
+                );
+                OnIncomplete::Fail
+            }
+        },
+        None => OnIncomplete::Fail,
+    };
+    Some(ExtractSpec {
+        connection,
+        tables,
+        output,
+        min_ratio,
+        on_incomplete,
+    })
 }
 
 /// A cycle as a list of task ids (first repeated at the end), if the graph has one.

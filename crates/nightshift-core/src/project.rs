@@ -25,6 +25,17 @@ pub struct ProjectSettings {
     pub kill_grace: Duration,
     pub default_retries: u32,
     pub default_timeout: Duration,
+    /// Named connections to source systems.
+    pub connections: BTreeMap<String, Connection>,
+}
+
+/// A source system a task reads from. Secrets never live here: a connection names the
+/// environment variable that holds them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Connection {
+    /// A SQLite file, relative to the project folder.
+    Sqlite { path: String },
 }
 
 impl Default for ProjectSettings {
@@ -38,6 +49,7 @@ impl Default for ProjectSettings {
             kill_grace: Duration::from_secs(10),
             default_retries: 0,
             default_timeout: Duration::from_secs(6 * 3600),
+            connections: BTreeMap::new(),
         }
     }
 }
@@ -50,7 +62,9 @@ const ROOT_KEYS: &[&str] = &[
     "shutdown_grace",
     "kill_grace",
     "defaults",
+    "connections",
 ];
+const CONNECTION_KEYS: &[&str] = &["kind", "path"];
 const STORE_KEYS: &[&str] = &["path"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
 const DEFAULT_KEYS: &[&str] = &["retries", "timeout"];
@@ -172,6 +186,46 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                     s.pools.insert(name.get_ref().to_string(), n as u32);
                 }
             }
+        }
+    }
+    if let Some((t, _)) = root.table("connections", &mut diags) {
+        for (name, v) in t.iter() {
+            let label = format!("connection `{}`", name.get_ref());
+            let toml::de::DeValue::Table(ct) = v.get_ref() else {
+                diags.push(
+                    Diagnostic::error(format!("{label} must be a table"), Some(v.span()))
+                        .with_help("write `[connections.shop]` with `kind = \"sqlite\"` and `path = \"source/shop.db\"`"),
+                );
+                continue;
+            };
+            let r = TableReader::new(ct, v.span(), label.clone(), CONNECTION_KEYS);
+            let kind = r.string("kind", &mut diags);
+            match kind.as_ref().map(|k| k.value.as_str()) {
+                Some("sqlite") => match r.string("path", &mut diags) {
+                    Some(p) if !p.value.trim().is_empty() => {
+                        s.connections.insert(
+                            name.get_ref().to_string(),
+                            Connection::Sqlite { path: p.value },
+                        );
+                    }
+                    _ => diags.push(Diagnostic::error(
+                        format!("{label} needs a `path`"),
+                        Some(v.span()),
+                    )),
+                },
+                Some(other) => diags.push(
+                    Diagnostic::error(
+                        format!("unknown connection kind `{other}` in {label}"),
+                        kind.map(|k| k.span),
+                    )
+                    .with_help("use `sqlite`"),
+                ),
+                None => diags.push(
+                    Diagnostic::error(format!("{label} needs a `kind`"), Some(v.span()))
+                        .with_help("write `kind = \"sqlite\"`"),
+                ),
+            }
+            r.finish(&mut diags);
         }
     }
     root.finish(&mut diags);

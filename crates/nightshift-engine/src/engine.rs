@@ -669,6 +669,7 @@ impl Engine {
             },
         );
         let ctx = TryCtx {
+            connections: self.project.settings.connections.clone(),
             store: self.store.clone(),
             clock: self.clock.clone(),
             pipeline: p,
@@ -929,6 +930,7 @@ impl Engine {
 }
 
 struct TryCtx {
+    connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     pipeline: Arc<Pipeline>,
@@ -940,6 +942,54 @@ struct TryCtx {
     logs_dir: PathBuf,
     kill_grace: Duration,
     crash_at: Option<CrashPoint>,
+}
+
+/// argv of an extract try: this binary, re-executed as `nightshift __extract REQUEST`.
+fn extract_argv(
+    c: &TryCtx,
+    spec: &nightshift_core::pipeline::ExtractSpec,
+) -> Result<Vec<String>, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
+    let connection = match c.connections.get(&spec.connection) {
+        Some(nightshift_core::project::Connection::Sqlite { path }) => {
+            nightshift_core::project::Connection::Sqlite {
+                path: c.project_dir.join(path).to_string_lossy().into_owned(),
+            }
+        }
+        None => return Err(format!("unknown connection `{}`", spec.connection)),
+    };
+    let mut history: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    let recent = c
+        .store
+        .recent_metrics(&c.run.pipeline, &c.ti.task_id, c.run.data_interval_start, 7)
+        .unwrap_or_default();
+    for m in recent {
+        let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, f64>>(&m) else {
+            continue;
+        };
+        for t in &spec.tables {
+            if let Some(v) = map.get(&format!("rows.{}", t.name)) {
+                history.entry(t.name.clone()).or_default().push(*v as i64);
+            }
+        }
+    }
+    let request = nightshift_core::pipeline::ExtractRequest {
+        spec: spec.clone(),
+        connection,
+        project_dir: c.project_dir.to_string_lossy().into_owned(),
+        ds: c.run.logical_date.clone(),
+        start: rfc3339(c.run.data_interval_start),
+        end: rfc3339(c.run.data_interval_end),
+        run_id: c.run.run_id.clone(),
+        history,
+    };
+    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exe.to_string_lossy().into_owned(),
+        "__extract".to_owned(),
+        json,
+    ])
 }
 
 /// How long a try runs before its pid is recorded on its own (see `run_try`).
@@ -975,7 +1025,16 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         pipeline: c.run.pipeline.clone(),
         task_id: task.id.clone(),
     };
+    let mut cannot_start: Option<String> = None;
     let argv = match &task.kind {
+        TaskKind::Extract(spec) => match extract_argv(&c, spec) {
+            Ok(argv) => argv,
+            Err(e) => {
+                // The work cannot even be described: fail the try without a process.
+                cannot_start = Some(e);
+                vec![]
+            }
+        },
         TaskKind::Shell(s) if s.shell => vec![
             "sh".to_owned(),
             "-c".to_owned(),
@@ -1004,7 +1063,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         kill_grace: c.kill_grace,
     };
     let mut spawned_pid = None;
-    let outcome = match executor::spawn(spec, c.clock.clone()) {
+    let spawned = match cannot_start {
+        Some(msg) => Err(msg),
+        None => executor::spawn(spec, c.clock.clone()),
+    };
+    let outcome = match spawned {
         Err(msg) => executor::ChildOutcome {
             exit: Exit::SpawnFailed(msg),
             metrics: Default::default(),
@@ -1090,8 +1153,22 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         )));
     }
     let rows_loaded = outcome.metrics.get("rows_loaded").map(|v| *v as i64);
-    let metrics = (!outcome.metrics.is_empty())
-        .then(|| serde_json::to_string(&outcome.metrics).unwrap_or_default());
+    // Whole numbers are stored as integers (`"rows_loaded": 12417`, not `12417.0`).
+    let metrics = (!outcome.metrics.is_empty()).then(|| {
+        let map: serde_json::Map<String, serde_json::Value> = outcome
+            .metrics
+            .iter()
+            .map(|(k, v)| {
+                let n = if v.fract() == 0.0 && v.abs() < 9e15 {
+                    serde_json::Value::from(*v as i64)
+                } else {
+                    serde_json::Value::from(*v)
+                };
+                (k.clone(), n)
+            })
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    });
     if let Some(e) = &error {
         executor::log_note(
             &log_path,

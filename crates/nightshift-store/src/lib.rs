@@ -694,6 +694,26 @@ impl Store {
         })
     }
 
+    /// Figures (the metrics JSON) of a task's successful tries in the `limit` latest runs
+    /// whose interval starts before `before`, newest first.
+    pub fn recent_metrics(
+        &self,
+        pipeline: &str,
+        task_id: &str,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT t.metrics FROM task_tries t JOIN pipeline_runs r ON r.id = t.run
+                 WHERE r.pipeline = ?1 AND t.task_id = ?2 AND t.state = 'SUCCESS' AND r.data_interval_start < ?3
+                   AND t.metrics IS NOT NULL
+                 ORDER BY r.data_interval_start DESC, t.try_number DESC LIMIT ?4",
+            )?;
+            s.query_map(params![pipeline, task_id, before, limit], |r| r.get(0))?.collect()
+        })
+    }
+
     pub fn tries(&self, run_pk: i64) -> Result<Vec<TryRow>> {
         self.read(|c| {
             let mut s = c.prepare_cached(&format!(

@@ -121,6 +121,9 @@ pub enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Runs an extract try (started by the engine, not by people).
+    #[command(name = "__extract", hide = true)]
+    InternalExtract { request: String },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

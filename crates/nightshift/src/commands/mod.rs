@@ -4,6 +4,7 @@ pub mod backfill;
 mod demo;
 mod init;
 mod inspect;
+mod internal;
 mod next;
 mod run;
 mod shop;
@@ -98,6 +99,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             },
             release,
         ),
+        Command::InternalExtract { request } => internal::extract(&request),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
     }
 }

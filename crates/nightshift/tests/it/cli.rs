@@ -150,7 +150,7 @@ fn run_prints_the_seed_lines_and_records_the_run() {
     let doc = p.tasks("20240602_0000");
     assert_eq!(
         task(&doc, "extract_data")["tries"][0]["metrics"]["rows_loaded"],
-        expected_rows as f64
+        expected_rows
     );
 
     // Running a finished interval again needs --rerun; history is kept, no run is added.

@@ -2,5 +2,6 @@
 
 mod cli;
 mod crash;
+mod extract;
 mod scheduler;
 mod support;
