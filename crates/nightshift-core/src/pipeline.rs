@@ -131,11 +131,45 @@ pub struct ExtractRequest {
     pub history: std::collections::BTreeMap<String, Vec<i64>>,
 }
 
+/// What a sensor waits for, for the run's interval.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorCondition {
+    /// True when the query's first column of its first row is neither NULL, 0 nor ''.
+    /// Bound parameters as for extracts.
+    Sql { connection: String, sql: String },
+    /// True when the path (templated, relative to the project) exists.
+    Path { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorSpec {
+    pub condition: SensorCondition,
+    /// Between pokes the task holds no slot.
+    pub poke_interval: Duration,
+}
+
+/// What the engine hands a sensor poke (`nightshift __sensor REQUEST`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SensorRequest {
+    /// Connection paths and the condition path made absolute, templates rendered.
+    pub condition: SensorCondition,
+    pub connection: Option<crate::project::Connection>,
+    pub ds: String,
+    pub start: String,
+    pub end: String,
+    pub run_id: String,
+}
+
+/// Exit code of a sensor poke whose condition is not true yet (EX_TEMPFAIL).
+pub const SENSOR_NOT_YET: i32 = 75;
+
 /// The closed set of task kinds. Every kind ends up as a child process.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     Shell(ShellSpec),
     Extract(ExtractSpec),
+    Sensor(SensorSpec),
 }
 
 impl TaskKind {
@@ -143,6 +177,7 @@ impl TaskKind {
         match self {
             TaskKind::Shell(_) => "shell",
             TaskKind::Extract(_) => "extract",
+            TaskKind::Sensor(_) => "sensor",
         }
     }
 }
@@ -372,14 +407,34 @@ const EXTRACT_KEYS: &[&str] = &[
     "min_ratio",
     "on_incomplete",
 ];
+const SENSOR_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "connection",
+    "sql",
+    "path",
+    "poke_interval",
+];
 const TABLE_KEYS: &[&str] = &["name", "sql"];
-const KINDS: &[&str] = &["shell", "extract"];
+const KINDS: &[&str] = &["shell", "extract", "sensor"];
 
 /// The keys a task of this kind may have.
 fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
     match kind.unwrap_or("shell") {
         "shell" => SHELL_KEYS,
         "extract" => EXTRACT_KEYS,
+        "sensor" => SENSOR_KEYS,
         _ => COMMON_TASK_KEYS,
     }
 }
@@ -894,6 +949,7 @@ fn read_task(
             })
         }
         "extract" => TaskKind::Extract(read_extract(r, &id, settings, diags)?),
+        "sensor" => TaskKind::Sensor(read_sensor(r, &id, settings, diags)?),
         other => {
             let mut d = Diagnostic::error(
                 format!("unknown task kind `{other}`"),
@@ -982,6 +1038,98 @@ fn read_task(
         cwd: r.string("cwd", diags).map(|c| c.value),
     };
     Some((task, deps))
+}
+
+fn check_connection(
+    c: &Located<String>,
+    id: &str,
+    settings: &ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if !settings.connections.contains_key(&c.value) {
+        let mut d = Diagnostic::error(
+            format!("unknown connection `{}` in task `{id}`", c.value),
+            Some(c.span.clone()),
+        );
+        d = match did_you_mean(&c.value, settings.connections.keys().map(String::as_str)) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!("declare it in nightshift.toml:\n[connections.{}]\nkind = \"sqlite\"\npath = \"source/shop.db\"", c.value)),
+        };
+        diags.push(d);
+    }
+}
+
+fn check_sql_params(sql: &Located<String>, diags: &mut Vec<Diagnostic>) {
+    for (at, p) in sql_params(&sql.value) {
+        if !SQL_PARAMS.contains(&p.as_str()) {
+            let pos = if sql.span.end - sql.span.start == sql.value.len() + 2 {
+                sql.span.start + 1 + at
+            } else {
+                sql.span.start
+            };
+            diags.push(
+                Diagnostic::error(
+                    format!("unknown query parameter `:{p}`"),
+                    Some(pos..pos + p.len() + 1),
+                )
+                .with_help(
+                    "available: :start and :end (the data interval, RFC 3339 UTC), :ds, :run_id",
+                ),
+            );
+        }
+    }
+}
+
+fn read_sensor(
+    r: &TableReader<'_, '_>,
+    id: &str,
+    settings: &ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SensorSpec> {
+    let connection = r.string("connection", diags);
+    let sql = r.string("sql", diags);
+    let path = r.string("path", diags);
+    let condition = match (connection, sql, path) {
+        (Some(c), Some(q), None) => {
+            check_connection(&c, id, settings, diags);
+            check_sql_params(&q, diags);
+            SensorCondition::Sql {
+                connection: c.value,
+                sql: q.value,
+            }
+        }
+        (None, None, Some(p)) => {
+            check_template(&p.value, &p.span, diags);
+            SensorCondition::Path { path: p.value }
+        }
+        _ => {
+            diags.push(
+                Diagnostic::error(format!("sensor `{id}` needs either `connection` and `sql`, or `path`"), Some(r.span()))
+                    .with_help("e.g. `connection = \"shop\"` and `sql = \"SELECT COUNT(*) FROM source_batches WHERE business_date = :ds\"`"),
+            );
+            return None;
+        }
+    };
+    let poke_interval = match r.string("poke_interval", diags) {
+        Some(v) => match time::parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                diags.push(
+                    Diagnostic::error(
+                        format!("invalid duration `{}` for `poke_interval`", v.value),
+                        Some(v.span),
+                    )
+                    .with_help("e.g. `30s` or `5m`"),
+                );
+                Duration::from_secs(60)
+            }
+        },
+        None => Duration::from_secs(60),
+    };
+    Some(SensorSpec {
+        condition,
+        poke_interval,
+    })
 }
 
 fn read_extract(

@@ -558,8 +558,8 @@ impl Engine {
             }
             for ti in tis {
                 match ti.state {
-                    TaskState::Queued => candidates.push((p.clone(), run.clone(), ti)),
-                    TaskState::UpForRetry => match ti.next_try_at {
+                    // A QUEUED task may wait for a time too (a sensor between pokes).
+                    TaskState::Queued | TaskState::UpForRetry => match ti.next_try_at {
                         Some(at) if at > now_us => {
                             let at = from_micros(at);
                             out.next_due = Some(out.next_due.map_or(at, |n| n.min(at)));
@@ -944,6 +944,71 @@ struct TryCtx {
     crash_at: Option<CrashPoint>,
 }
 
+/// One sensor poke runs at most this long.
+const POKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn describe_condition(c: &nightshift_core::pipeline::SensorCondition) -> String {
+    match c {
+        nightshift_core::pipeline::SensorCondition::Sql { connection, sql } => {
+            format!("`{sql}` on `{connection}`")
+        }
+        nightshift_core::pipeline::SensorCondition::Path { path } => format!("`{path}` to exist"),
+    }
+}
+
+/// argv of a sensor poke: this binary, re-executed as `nightshift __sensor REQUEST`.
+fn sensor_argv(
+    c: &TryCtx,
+    spec: &nightshift_core::pipeline::SensorSpec,
+    ctx: &Context,
+) -> Result<Vec<String>, String> {
+    use nightshift_core::pipeline::{SensorCondition, SensorRequest};
+    use nightshift_core::project::Connection;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
+    let (condition, connection) = match &spec.condition {
+        SensorCondition::Sql { connection, sql } => {
+            let conn = match c.connections.get(connection) {
+                Some(Connection::Sqlite { path }) => Connection::Sqlite {
+                    path: c.project_dir.join(path).to_string_lossy().into_owned(),
+                },
+                None => return Err(format!("unknown connection `{connection}`")),
+            };
+            (
+                SensorCondition::Sql {
+                    connection: connection.clone(),
+                    sql: sql.clone(),
+                },
+                Some(conn),
+            )
+        }
+        SensorCondition::Path { path } => (
+            SensorCondition::Path {
+                path: c
+                    .project_dir
+                    .join(ctx.render(path))
+                    .to_string_lossy()
+                    .into_owned(),
+            },
+            None,
+        ),
+    };
+    let request = SensorRequest {
+        condition,
+        connection,
+        ds: c.run.logical_date.clone(),
+        start: rfc3339(c.run.data_interval_start),
+        end: rfc3339(c.run.data_interval_end),
+        run_id: c.run.run_id.clone(),
+    };
+    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exe.to_string_lossy().into_owned(),
+        "__sensor".to_owned(),
+        json,
+    ])
+}
+
 /// argv of an extract try: this binary, re-executed as `nightshift __extract REQUEST`.
 fn extract_argv(
     c: &TryCtx,
@@ -1027,6 +1092,13 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
     };
     let mut cannot_start: Option<String> = None;
     let argv = match &task.kind {
+        TaskKind::Sensor(spec) => match sensor_argv(&c, spec, &ctx) {
+            Ok(argv) => argv,
+            Err(e) => {
+                cannot_start = Some(e);
+                vec![]
+            }
+        },
         TaskKind::Extract(spec) => match extract_argv(&c, spec) {
             Ok(argv) => argv,
             Err(e) => {
@@ -1052,6 +1124,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         Some(d) => c.project_dir.join(d),
         None => c.project_dir.clone(),
     };
+    let started = c.clock.now();
     crash_if(&c.crash_at, "after_claim", Some(&task.id));
     let spec = ChildSpec {
         argv,
@@ -1059,7 +1132,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         cwd,
         log_path: log_path.clone(),
         metrics_path,
-        timeout: task.timeout,
+        // A sensor's `timeout` bounds the whole wait; one poke gets at most a minute.
+        timeout: match &task.kind {
+            TaskKind::Sensor(_) => Some(task.timeout.unwrap_or(POKE_TIMEOUT).min(POKE_TIMEOUT)),
+            _ => task.timeout,
+        },
         kill_grace: c.kill_grace,
     };
     let mut spawned_pid = None;
@@ -1102,7 +1179,52 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
     };
     crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
     let end = c.clock.now();
+    let mut sensor_error = None;
+    if let (TaskKind::Sensor(spec), Exit::Code(nightshift_core::pipeline::SENSOR_NOT_YET)) =
+        (&task.kind, &outcome.exit)
+    {
+        let since = c.ti.waiting_since.map(from_micros).unwrap_or(started);
+        let waited = end.duration_since(since);
+        let limit = task.timeout.and_then(|t| SignedDuration::try_from(t).ok());
+        let next = plus(end, spec.poke_interval);
+        if limit.is_none_or(|l| {
+            waited + SignedDuration::try_from(spec.poke_interval).unwrap_or_default() <= l
+        }) {
+            match c.store.reschedule(
+                c.ti.pk,
+                c.try_number,
+                &c.owner,
+                to_micros(started),
+                to_micros(next),
+            ) {
+                Ok(Some(_)) => {
+                    info!(task = %task.id, next_poke = %next, "sensor condition not met yet; waiting without a slot")
+                }
+                Ok(None) => {
+                    warn!(task = %task.id, "sensor poke not recorded: the try lost its claim")
+                }
+                Err(e) => {
+                    error!(task = %task.id, error = %e, "cannot reschedule the sensor; recovery will retry it")
+                }
+            }
+            return;
+        }
+        sensor_error = Some(format!(
+            "sensor timed out after {} waiting for {}",
+            // The configured timeout: the next poke would have come after it.
+            nightshift_core::time::format_duration(
+                task.timeout.unwrap_or_else(|| waited.unsigned_abs())
+            ),
+            describe_condition(&spec.condition)
+        ));
+    }
     let (mut ti_state, error, exit_code, signal) = match &outcome.exit {
+        _ if sensor_error.is_some() => (
+            TaskState::Failed,
+            sensor_error.clone(),
+            Some(nightshift_core::pipeline::SENSOR_NOT_YET),
+            None,
+        ),
         Exit::Code(0) => (TaskState::Success, None, Some(0), None),
         Exit::Code(n) => (
             TaskState::Failed,
@@ -1145,7 +1267,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         // A try stopped by the operator's shutdown does not use up the task's retries.
         extra_tries = 1;
         next_try_at = Some(to_micros(end));
-    } else if ti_state == TaskState::Failed && c.try_number < c.ti.max_tries {
+    } else if ti_state == TaskState::Failed
+        && c.try_number < c.ti.max_tries
+        && sensor_error.is_none()
+    {
+        // (A sensor that timed out is not retried: the data did not arrive in time.)
         ti_state = TaskState::UpForRetry;
         next_try_at = Some(to_micros(plus(
             end,

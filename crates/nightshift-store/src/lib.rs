@@ -20,7 +20,10 @@ use std::time::Duration;
 use nightshift_core::{RunState, TaskState, Trigger};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema.sql")),
+    (2, include_str!("migration_2.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,6 +86,10 @@ pub struct TiRow {
     pub pid: Option<i64>,
     pub pid_start: Option<i64>,
     pub lease_until: Option<i64>,
+    /// For sensors: when the first poke began.
+    pub waiting_since: Option<i64>,
+    /// For sensors: pokes that found the condition false.
+    pub pokes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +203,7 @@ pub fn version_hash(pipeline: &str, source: &str) -> String {
 }
 
 const RUN_COLS: &str = "id, run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version";
-const TI_COLS: &str = "id, run, pipeline, task_id, state, try_number, max_tries, next_try_at, pool, owner, host, pid, pid_start, lease_until";
+const TI_COLS: &str = "id, run, pipeline, task_id, state, try_number, max_tries, next_try_at, pool, owner, host, pid, pid_start, lease_until, waiting_since, pokes";
 const TRY_COLS: &str = "ti, run, task_id, try_number, state, start_time, end_time, duration_ms, exit_code, signal, pid, host, log_path, error, metrics, rows_loaded";
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
@@ -239,6 +246,8 @@ fn ti_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TiRow> {
         pid: r.get(11)?,
         pid_start: r.get(12)?,
         lease_until: r.get(13)?,
+        waiting_since: r.get(14)?,
+        pokes: r.get(15)?,
     })
 }
 
@@ -611,6 +620,36 @@ impl Store {
         })
     }
 
+    /// A sensor's try found its condition false: the task goes back to QUEUED until
+    /// `next_poke`, its try number and try row are given back (a poke is not a try), and it
+    /// holds no slot meanwhile. Fenced like [`Store::finish_try`]. Returns when the waiting
+    /// began.
+    pub fn reschedule(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        owner: &str,
+        started: i64,
+        next_poke: i64,
+    ) -> Result<Option<i64>> {
+        self.write(|tx| {
+            let since: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE task_instances SET state = 'QUEUED', try_number = try_number - 1, next_try_at = ?4, owner = NULL,
+                         pid = NULL, pid_start = NULL, lease_until = NULL, updated_at = ?5,
+                         waiting_since = COALESCE(waiting_since, ?5), pokes = pokes + 1
+                     WHERE id = ?1 AND try_number = ?2 AND owner = ?3 AND state = 'RUNNING'
+                     RETURNING waiting_since",
+                )?
+                .query_row(params![ti_pk, try_number, owner, next_poke, started], |r| r.get(0))
+                .optional()?;
+            if since.is_some() {
+                tx.prepare_cached("DELETE FROM task_tries WHERE ti = ?1 AND try_number = ?2")?.execute(params![ti_pk, try_number])?;
+            }
+            Ok(since)
+        })
+    }
+
     /// Records the process of a claimed try. Fenced: false if the claim was lost.
     pub fn record_spawn(
         &self,
@@ -743,6 +782,7 @@ impl Store {
             for (task, tries) in max_tries {
                 tx.execute(
                     "UPDATE task_instances SET state = 'PENDING', next_try_at = NULL, owner = NULL, pid = NULL, pid_start = NULL,
+                        waiting_since = NULL, pokes = 0,
                         lease_until = NULL, max_tries = try_number + ?3, updated_at = ?4
                      WHERE run = ?1 AND task_id = ?2",
                     params![pk, task, tries, now],

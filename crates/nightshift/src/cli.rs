@@ -124,6 +124,9 @@ pub enum Command {
     /// Runs an extract try (started by the engine, not by people).
     #[command(name = "__extract", hide = true)]
     InternalExtract { request: String },
+    /// Runs one sensor poke (started by the engine, not by people).
+    #[command(name = "__sensor", hide = true)]
+    InternalSensor { request: String },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

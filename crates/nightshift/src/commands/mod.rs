@@ -100,6 +100,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             release,
         ),
         Command::InternalExtract { request } => internal::extract(&request),
+        Command::InternalSensor { request } => internal::sensor(&request),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
     }
 }

@@ -160,3 +160,110 @@ fn bad_extract_settings_are_reported_with_their_location() {
         "{err}"
     );
 }
+
+const SENSOR: &str = r#"
+[[task]]
+id = "wait_for_batch"
+kind = "sensor"
+connection = "shop"
+sql = "SELECT COUNT(*) FROM source_batches WHERE business_date = :ds"
+poke_interval = "200ms"
+timeout = "TIMEOUT"
+
+[[task]]
+id = "other"
+command = ["sh", "-c", "date +%s%N > other.txt"]
+"#;
+
+fn sensor_project(day: &str, timeout: &str) -> TestProject {
+    let p = TestProject::new();
+    p.file(
+        "nightshift.toml",
+        "parallelism = 1\n[connections.shop]\nkind = \"sqlite\"\npath = \"source/shop.db\"\n",
+    );
+    let db = p.path().join("source/shop.db");
+    let out = p.run(&[
+        "shop",
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        day,
+        "--to",
+        day,
+        "--orders",
+        "300",
+        "--hold-batch",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let extract = EXTRACT.replace("retries = 1", "depends_on = [\"wait_for_batch\"]");
+    p.file(
+        "pipelines/nightly.toml",
+        &(daily("nightly", day) + &SENSOR.replace("TIMEOUT", timeout) + &extract),
+    );
+    p
+}
+
+#[test]
+fn a_sensor_that_times_out_fails_the_run_and_writes_no_partition() {
+    let day = "2024-06-01";
+    let p = sensor_project(day, "1s");
+    let out = p.run(&["run", "nightly", "--date", day]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc = p.tasks("20240602_0000");
+    let sensor = task(&doc, "wait_for_batch");
+    assert_eq!(sensor["state"], "FAILED");
+    let tries = sensor["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 1, "pokes are not tries: {sensor}");
+    let err = tries[0]["error"].as_str().unwrap();
+    assert!(
+        err.starts_with(
+            "sensor timed out after 1s waiting for `SELECT COUNT(*) FROM source_batches"
+        ),
+        "{err}"
+    );
+    assert_eq!(task(&doc, "extract_data")["state"], "UPSTREAM_FAILED");
+    assert_eq!(doc["run"]["status"], "FAILED");
+    assert!(
+        !p.path().join("data/raw/orders").exists(),
+        "no empty partition was written"
+    );
+}
+
+#[test]
+fn a_sensor_waits_without_a_slot_and_the_run_succeeds_when_the_batch_arrives() {
+    let day = "2024-06-01";
+    let p = sensor_project(day, "60s");
+    let mut run = p.spawn(&["run", "nightly", "--date", day], &[], "run");
+    // With one slot, `other` can only run if the waiting sensor does not hold it.
+    p.wait_for("the independent task", || {
+        p.path().join("other.txt").exists()
+    });
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "still waiting for the batch"
+    );
+    let db = p.path().join("source/shop.db");
+    let out = p.run(&[
+        "shop",
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        day,
+        "--to",
+        day,
+        "--release",
+    ]);
+    assert!(out.status.success());
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{}", p.read("run.stderr"));
+    let doc = p.tasks("20240602_0000");
+    assert_eq!(task(&doc, "wait_for_batch")["state"], "SUCCESS");
+    assert_eq!(
+        task(&doc, "wait_for_batch")["tries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(parquet_rows(&p.path().join(format!("data/raw/orders/dt={day}"))) > 0);
+}
