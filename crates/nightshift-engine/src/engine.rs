@@ -238,6 +238,28 @@ pub fn create_run(
     )?)
 }
 
+/// Puts a finished run back to run again on the pipeline's current version.
+pub fn rerun(
+    store: &Store,
+    lp: &LoadedPipeline,
+    run_pk: i64,
+    trigger: Trigger,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let p = &lp.pipeline;
+    let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
+    let tasks: Vec<NewTask<'_>> = p
+        .tasks
+        .iter()
+        .map(|t| NewTask {
+            task_id: &t.id,
+            max_tries: t.max_tries(),
+            pool: t.pool.as_deref(),
+        })
+        .collect();
+    Ok(store.reset_run(run_pk, to_micros(now), trigger, &version, &tasks)?)
+}
+
 impl Engine {
     pub fn new(
         project: Project,

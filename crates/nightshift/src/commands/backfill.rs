@@ -122,11 +122,6 @@ pub async fn exec(
         ));
         return Ok(0);
     }
-    let tries: Vec<(String, u32)> = p
-        .tasks
-        .iter()
-        .map(|t| (t.id.clone(), t.max_tries()))
-        .collect();
     let mut pks = HashSet::new();
     let mut skipped = 0;
     for (iv, step, existing) in &plan {
@@ -137,7 +132,7 @@ pub async fn exec(
             }
             Plan::Rerun => {
                 let run = existing.as_ref().expect("rerun has a run");
-                store.reset_run(run.pk, to_micros(now), Trigger::Backfill, &tries)?;
+                nightshift_engine::engine::rerun(&store, &lp, run.pk, Trigger::Backfill, now)?;
                 pks.insert(run.pk);
             }
             Plan::InProgress => {

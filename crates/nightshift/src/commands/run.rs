@@ -45,17 +45,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
                         1
                     });
                 }
-                let tries: Vec<(String, u32)> = p
-                    .tasks
-                    .iter()
-                    .map(|t| (t.id.clone(), t.max_tries()))
-                    .collect();
-                store.reset_run(
-                    pk,
-                    nightshift_core::time::to_micros(now),
-                    Trigger::Manual,
-                    &tries,
-                )?;
+                nightshift_engine::engine::rerun(&store, &lp, pk, Trigger::Manual, now)?;
             } else {
                 output::note(format!(
                     "run {} is already {}; following it",
