@@ -164,12 +164,43 @@ pub struct SensorRequest {
 /// Exit code of a sensor poke whose condition is not true yet (EX_TEMPFAIL).
 pub const SENSOR_NOT_YET: i32 = 75;
 
+/// A dbt command on an existing, unmodified dbt project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbtSpec {
+    /// `run`, `test`, `build`, `seed`, `snapshot` or `source freshness`.
+    pub command: Vec<String>,
+    /// Relative to the nightshift project.
+    pub project_dir: String,
+    pub profiles_dir: String,
+    pub target: Option<String>,
+    pub select: Vec<String>,
+    pub exclude: Vec<String>,
+    pub selector: Option<String>,
+    pub threads: Option<u32>,
+    /// The dbt to run; default `.venv/bin/dbt` in the project when it exists, else `dbt`.
+    pub executable: Option<String>,
+    /// Extra `--vars` (templated), beside ds, data_interval_start/end and run_id.
+    pub vars: Vec<(String, String)>,
+    /// Further flags, passed as they are (templated).
+    pub args: Vec<String>,
+}
+
+pub const DBT_COMMANDS: &[&str] = &[
+    "run",
+    "test",
+    "build",
+    "seed",
+    "snapshot",
+    "source freshness",
+];
+
 /// The closed set of task kinds. Every kind ends up as a child process.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     Shell(ShellSpec),
     Extract(ExtractSpec),
     Sensor(SensorSpec),
+    Dbt(DbtSpec),
 }
 
 impl TaskKind {
@@ -178,6 +209,7 @@ impl TaskKind {
             TaskKind::Shell(_) => "shell",
             TaskKind::Extract(_) => "extract",
             TaskKind::Sensor(_) => "sensor",
+            TaskKind::Dbt(_) => "dbt",
         }
     }
 }
@@ -426,8 +458,34 @@ const SENSOR_KEYS: &[&str] = &[
     "path",
     "poke_interval",
 ];
+const DBT_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "command",
+    "project_dir",
+    "profiles_dir",
+    "target",
+    "select",
+    "exclude",
+    "selector",
+    "threads",
+    "executable",
+    "vars",
+    "args",
+];
 const TABLE_KEYS: &[&str] = &["name", "sql"];
-const KINDS: &[&str] = &["shell", "extract", "sensor"];
+const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt"];
 
 /// The keys a task of this kind may have.
 fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
@@ -435,6 +493,7 @@ fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
         "shell" => SHELL_KEYS,
         "extract" => EXTRACT_KEYS,
         "sensor" => SENSOR_KEYS,
+        "dbt" => DBT_KEYS,
         _ => COMMON_TASK_KEYS,
     }
 }
@@ -950,6 +1009,7 @@ fn read_task(
         }
         "extract" => TaskKind::Extract(read_extract(r, &id, settings, diags)?),
         "sensor" => TaskKind::Sensor(read_sensor(r, &id, settings, diags)?),
+        "dbt" => TaskKind::Dbt(read_dbt(r, &id, diags)?),
         other => {
             let mut d = Diagnostic::error(
                 format!("unknown task kind `{other}`"),
@@ -1078,6 +1138,70 @@ fn check_sql_params(sql: &Located<String>, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+}
+
+fn read_dbt(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> Option<DbtSpec> {
+    let command = match r.string("command", diags) {
+        Some(c) => {
+            if !DBT_COMMANDS.contains(&c.value.as_str()) {
+                let mut d = Diagnostic::error(
+                    format!("unsupported dbt command `{}` in task `{id}`", c.value),
+                    Some(c.span.clone()),
+                );
+                d = match did_you_mean(&c.value, DBT_COMMANDS.iter().copied()) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!("use one of: {}", DBT_COMMANDS.join(", "))),
+                };
+                diags.push(d);
+            }
+            c.value.split_whitespace().map(str::to_owned).collect()
+        }
+        None => {
+            if !r.has("command") {
+                diags.push(Diagnostic::error(format!("dbt task `{id}` has no `command`"), Some(r.span())).with_help("add `command = \"run\"` (or test, build, seed, snapshot, source freshness)"));
+            }
+            return None;
+        }
+    };
+    let project_dir = r
+        .string("project_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| "dbt".to_owned());
+    let profiles_dir = r
+        .string("profiles_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| project_dir.clone());
+    let list = |key: &str, diags: &mut Vec<Diagnostic>| -> Vec<String> {
+        let v = r.string_list(key, true, diags).unwrap_or_default();
+        for item in &v {
+            check_template(&item.value, &item.span, diags);
+        }
+        v.into_iter().map(|x| x.value).collect()
+    };
+    let select = list("select", diags);
+    let exclude = list("exclude", diags);
+    let args = list("args", diags);
+    let vars = r.string_map("vars", diags);
+    for (k, v) in &vars {
+        if ["ds", "data_interval_start", "data_interval_end", "run_id"].contains(&k.value.as_str())
+        {
+            diags.push(Diagnostic::error(format!("`vars.{}` is set by nightshift", k.value), Some(k.span.clone())).with_help("nightshift passes ds, data_interval_start, data_interval_end and run_id itself"));
+        }
+        check_template(&v.value, &v.span, diags);
+    }
+    Some(DbtSpec {
+        command,
+        project_dir,
+        profiles_dir,
+        target: r.string("target", diags).map(|t| t.value),
+        select,
+        exclude,
+        selector: r.string("selector", diags).map(|t| t.value),
+        threads: r.uint("threads", 256, diags).map(|t| t.value as u32),
+        executable: r.string("executable", diags).map(|t| t.value),
+        vars: vars.into_iter().map(|(k, v)| (k.value, v.value)).collect(),
+        args,
+    })
 }
 
 fn read_sensor(

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, real_now_us};
+use crate::dbt;
 use crate::executor::{self, ChildSpec, Exit, KillReason};
 use crate::procs::{self, Owner};
 use crate::project::{self, LoadedPipeline, Project};
@@ -1113,7 +1114,47 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         task_id: task.id.clone(),
     };
     let mut cannot_start: Option<String> = None;
+    let mut extra_env: Vec<(String, String)> = vec![];
+    let dbt_dir = dbt::try_dir(
+        &c.project_dir,
+        &c.run.pipeline,
+        &c.run.run_id,
+        &task.id,
+        c.try_number,
+    );
     let argv = match &task.kind {
+        TaskKind::Dbt(spec) => {
+            // A retry runs only what failed or was skipped, when the previous try says so.
+            let prev = (c.try_number > 1)
+                .then(|| {
+                    dbt::read_results(&dbt::try_dir(
+                        &c.project_dir,
+                        &c.run.pipeline,
+                        &c.run.run_id,
+                        &task.id,
+                        c.try_number - 1,
+                    ))
+                })
+                .flatten();
+            let only = prev.as_deref().and_then(dbt::remaining_nodes);
+            if let Some(nodes) = &only {
+                executor::log_note(
+                    &log_path,
+                    c.clock.as_ref(),
+                    &format!(
+                        "retrying only the {} node(s) that did not succeed: {}",
+                        nodes.len(),
+                        nodes.join(" ")
+                    ),
+                );
+            }
+            if let Err(e) = std::fs::create_dir_all(&dbt_dir) {
+                cannot_start = Some(format!("cannot create `{}`: {e}", dbt_dir.display()));
+            }
+            let (argv, env) = dbt::command(spec, &c.project_dir, &dbt_dir, &ctx, only.as_deref());
+            extra_env = env;
+            argv
+        }
         TaskKind::Sensor(spec) => match sensor_argv(&c, spec, &ctx) {
             Ok(argv) => argv,
             Err(e) => {
@@ -1141,6 +1182,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         "NIGHTSHIFT_TRY_KEY".to_owned(),
         try_key(&c.store, c.ti.pk, c.try_number),
     ));
+    env.extend(extra_env);
     env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
     let cwd = match &task.cwd {
         Some(d) => c.project_dir.join(d),
@@ -1160,6 +1202,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
             _ => task.timeout,
         },
         kill_grace: c.kill_grace,
+        stop_signal: match &task.kind {
+            TaskKind::Dbt(_) => nix::sys::signal::Signal::SIGINT,
+            _ => nix::sys::signal::Signal::SIGTERM,
+        },
+        dbt_json_log: matches!(task.kind, TaskKind::Dbt(_)),
     };
     let mut spawned_pid = None;
     let spawned = match cannot_start {
@@ -1201,6 +1248,23 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
     };
     crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
     let end = c.clock.now();
+    let mut outcome = outcome;
+    let mut dbt_reason = None;
+    if let TaskKind::Dbt(_) = &task.kind {
+        if let Some(nodes) = dbt::read_results(&dbt_dir) {
+            if let Err(e) =
+                c.store
+                    .record_dbt_nodes(c.run.pk, c.ti.pk, c.try_number, &task.id, &nodes)
+            {
+                error!(task = %task.id, error = %e, "cannot record dbt results");
+            }
+            outcome.metrics.extend(dbt::summary(&nodes));
+            dbt_reason = dbt::failure_reason(&nodes);
+        }
+        if matches!(outcome.exit, Exit::Code(2)) && dbt_reason.is_none() {
+            dbt_reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
+        }
+    }
     let mut sensor_error = None;
     if let (TaskKind::Sensor(spec), Exit::Code(nightshift_core::pipeline::SENSOR_NOT_YET)) =
         (&task.kind, &outcome.exit)
@@ -1250,7 +1314,11 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         Exit::Code(0) => (TaskState::Success, None, Some(0), None),
         Exit::Code(n) => (
             TaskState::Failed,
-            Some(format!("exited with code {n}")),
+            Some(
+                dbt_reason
+                    .clone()
+                    .unwrap_or_else(|| format!("exited with code {n}")),
+            ),
             Some(*n),
             None,
         ),

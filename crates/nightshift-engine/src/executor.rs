@@ -37,6 +37,10 @@ pub struct ChildSpec {
     pub metrics_path: PathBuf,
     pub timeout: Option<Duration>,
     pub kill_grace: Duration,
+    /// Sent to the group first when the try must stop (dbt cancels queries on SIGINT).
+    pub stop_signal: Signal,
+    /// stdout is dbt's JSON log: keep its messages, readable, in the try's log.
+    pub dbt_json_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +119,17 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     log: Arc<Mutex<LazyLog>>,
     clock: Arc<dyn Clock>,
     stream: &'static str,
+    dbt_json: bool,
 ) -> tokio::task::JoinHandle<()> {
+    let emit = move |log: &Mutex<LazyLog>, clock: &dyn Clock, line: &[u8]| {
+        if dbt_json {
+            if let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line)) {
+                write_log_line(log, clock, stream, text.as_bytes());
+                return;
+            }
+        }
+        write_log_line(log, clock, stream, line);
+    };
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
         let mut line: Vec<u8> = Vec::new();
@@ -126,19 +140,19 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             };
             for &b in &buf[..n] {
                 if b == b'\n' {
-                    write_log_line(&log, clock.as_ref(), stream, &line);
+                    emit(&log, clock.as_ref(), &line);
                     line.clear();
                 } else {
                     line.push(b);
                     if line.len() >= MAX_LINE {
-                        write_log_line(&log, clock.as_ref(), stream, &line);
+                        emit(&log, clock.as_ref(), &line);
                         line.clear();
                     }
                 }
             }
         }
         if !line.is_empty() {
-            write_log_line(&log, clock.as_ref(), stream, &line);
+            emit(&log, clock.as_ref(), &line);
         }
     })
 }
@@ -183,10 +197,16 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> 
     let pid = child.id().unwrap_or(0);
     let mut readers = vec![];
     if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(out, log.clone(), clock.clone(), "out"));
+        readers.push(spawn_reader(
+            out,
+            log.clone(),
+            clock.clone(),
+            "out",
+            spec.dbt_json_log,
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, log.clone(), clock.clone(), "err"));
+        readers.push(spawn_reader(err, log.clone(), clock.clone(), "err", false));
     }
     Ok(Running {
         child,
@@ -243,7 +263,7 @@ impl Running {
                 }
             };
             write_log_line(&self.log, clock.as_ref(), "nightshift", note.as_bytes());
-            procs::signal_group(pid, Signal::SIGTERM);
+            procs::signal_group(pid, self.spec.stop_signal);
             let _ = tokio::time::timeout(self.spec.kill_grace, self.child.wait()).await;
         }
         // Leftovers (a backgrounded grandchild, a member that ignored SIGTERM) must not outlive

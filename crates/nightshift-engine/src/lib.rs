@@ -4,10 +4,12 @@
 //! - [`clock`]: the `Clock` seam (system time, simulated time) and real time for leases.
 //! - [`project`]: loading a project folder and noticing edits.
 //! - [`engine`]: the scheduler loop, run creation, orphan recovery.
+//! - [`dbt`]: the dbt kind's command line, retries of failed nodes, run_results.json.
 //! - [`executor`]: one try as a child process in its own group, with logs and metrics.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
 pub mod clock;
+pub mod dbt;
 pub mod engine;
 pub mod executor;
 pub mod procs;

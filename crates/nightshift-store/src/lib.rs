@@ -23,6 +23,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("migration_2.sql")),
+    (3, include_str!("migration_3.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +163,19 @@ pub struct FinishTry<'a> {
     pub log_path: Option<&'a str>,
     /// The try's process, when it was not recorded at spawn (a short try).
     pub pid: Option<u32>,
+}
+
+/// One dbt node's result in one try.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbtNode {
+    pub unique_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub execution_time: Option<f64>,
+    pub failures: Option<i64>,
+    pub rows_affected: Option<i64>,
+    pub message: Option<String>,
+    pub invocation_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -895,6 +909,58 @@ impl Store {
             other => return Err(Error::Corrupt(format!("no table `{other}`"))),
         };
         self.read(|c| c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)))
+    }
+
+    /// Stores the dbt node results of one try (replacing any recorded before for it).
+    pub fn record_dbt_nodes(
+        &self,
+        run: i64,
+        ti: i64,
+        try_number: u32,
+        task_id: &str,
+        nodes: &[DbtNode],
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM dbt_nodes WHERE ti = ?1 AND try_number = ?2", params![ti, try_number])?;
+            let mut s = tx.prepare_cached(
+                "INSERT INTO dbt_nodes (run, ti, try_number, task_id, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for n in nodes {
+                s.execute(params![
+                    run, ti, try_number, task_id, n.unique_id, n.resource_type, n.status, n.execution_time, n.failures, n.rows_affected, n.message,
+                    n.invocation_id
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// dbt node results of a run, by task and try.
+    pub fn dbt_nodes(&self, run: i64) -> Result<Vec<(String, u32, DbtNode)>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT task_id, try_number, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id
+                 FROM dbt_nodes WHERE run = ?1 ORDER BY task_id, try_number, id",
+            )?;
+            s.query_map([run], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    DbtNode {
+                        unique_id: r.get(2)?,
+                        resource_type: r.get(3)?,
+                        status: r.get(4)?,
+                        execution_time: r.get(5)?,
+                        failures: r.get(6)?,
+                        rows_affected: r.get(7)?,
+                        message: r.get(8)?,
+                        invocation_id: r.get(9)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
     }
 
     /// Runs a closure inside one write transaction; used by benchmarks and tests to seed

@@ -89,6 +89,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The dbt models and tests of one run, with status, time, failures and rows.
+    DbtResults {
+        run_id: String,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The log of one try of a task.
     Logs {
         run_id: String,

@@ -292,3 +292,69 @@ pub fn logs(
     output::line(String::from_utf8_lossy(&text).trim_end());
     Ok(0)
 }
+
+pub fn dbt_results(
+    dir: &Path,
+    run_id: &str,
+    task: Option<&str>,
+    pipeline: Option<&str>,
+    as_json: bool,
+) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let run = find_run(&store, run_id, pipeline)?;
+    let nodes: Vec<_> = store
+        .dbt_nodes(run.pk)?
+        .into_iter()
+        .filter(|(t, _, _)| task.is_none_or(|x| x == t))
+        .collect();
+    if as_json {
+        let v: Vec<Value> = nodes
+            .iter()
+            .map(|(t, n, d)| {
+                json!({
+                    "task_id": t, "try_number": n, "unique_id": d.unique_id, "resource_type": d.resource_type,
+                    "status": d.status, "execution_time": d.execution_time, "failures": d.failures,
+                    "rows_affected": d.rows_affected, "message": d.message, "invocation_id": d.invocation_id,
+                })
+            })
+            .collect();
+        output::line(serde_json::to_string_pretty(&Value::Array(v))?);
+        return Ok(0);
+    }
+    if nodes.is_empty() {
+        output::note(format!("run {run_id} has no dbt results (yet)"));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|(t, n, d)| {
+            vec![
+                t.clone(),
+                n.to_string(),
+                d.unique_id.clone(),
+                d.status.to_uppercase(),
+                d.execution_time
+                    .map(|e| format!("{e:.2}s"))
+                    .unwrap_or_else(|| "-".into()),
+                d.failures
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                d.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "TASK", "TRY", "NODE", "STATUS", "TIME", "FAILURES", "MESSAGE",
+        ],
+        &rows,
+    );
+    Ok(0)
+}

@@ -74,6 +74,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             pipeline,
             json,
         } => inspect::tasks(&dir, &run_id, pipeline.as_deref(), json),
+        Command::DbtResults {
+            run_id,
+            task,
+            pipeline,
+            json,
+        } => inspect::dbt_results(&dir, &run_id, task.as_deref(), pipeline.as_deref(), json),
         Command::Logs {
             run_id,
             task,
