@@ -122,11 +122,9 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     dbt_json: bool,
 ) -> tokio::task::JoinHandle<()> {
     let emit = move |log: &Mutex<LazyLog>, clock: &dyn Clock, line: &[u8]| {
-        if dbt_json {
-            if let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line)) {
-                write_log_line(log, clock, stream, text.as_bytes());
-                return;
-            }
+        if dbt_json && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line)) {
+            write_log_line(log, clock, stream, text.as_bytes());
+            return;
         }
         write_log_line(log, clock, stream, line);
     };
