@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README quickstart, second command).
-# Installs nothing today: the engine's tests need only the Rust toolchain, sh and /proc.
+# Installs what the tests need: the pinned dbt in .venv (tools/dbt/install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== dbt"
+bash tools/dbt/install
+export NIGHTSHIFT_TEST_DBT="$PWD/.venv/bin/dbt"
 
 echo "== format"
 cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod dbt;
 mod extract;
 mod scheduler;
 mod support;

@@ -386,7 +386,7 @@ fn up_picks_up_added_changed_and_broken_pipeline_files() {
 #[test]
 fn templates_render_into_single_arguments_and_the_environment() {
     let p = TestProject::new();
-    p.file("show.sh", "#!/bin/sh\nfor a in \"$@\"; do echo \"arg:$a\"; done\nenv | grep -E '^(NIGHTSHIFT_|X=)' | grep -v -e METRICS -e TRY_KEY | sort\n");
+    p.file("show.sh", "#!/bin/sh\nfor a in \"$@\"; do echo \"arg:$a\"; done\nenv | grep -E '^(NIGHTSHIFT_|X=)' | grep -v -e METRICS -e TRY_KEY -e NIGHTSHIFT_TEST_ | sort\n");
     p.file(
         "pipelines/p.toml",
         &(daily("p", "2024-06-01")

@@ -1,0 +1,173 @@
+//! The dbt kind with real dbt (dbt-core + dbt-duckdb from tools/dbt/install), real
+//! Parquet from a real SQLite source, and the reference dbt project.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::*;
+
+/// The pinned dbt the test command installs.
+fn dbt() -> String {
+    #[allow(clippy::disallowed_methods)]
+    let from_env = std::env::var("NIGHTSHIFT_TEST_DBT").ok();
+    let path = from_env
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/dbt"));
+    assert!(
+        path.exists(),
+        "dbt is not installed at {}: run `bash tools/dbt/install` (tools/test.sh does)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+const PIPELINE: &str = r#"
+[[task]]
+id = "extract_data"
+kind = "extract"
+connection = "shop"
+
+[[task.table]]
+name = "orders"
+sql = "SELECT * FROM orders WHERE order_ts >= :start AND order_ts < :end"
+
+[[task.table]]
+name = "order_items"
+sql = "SELECT i.* FROM order_items i JOIN orders o USING (order_id) WHERE o.order_ts >= :start AND o.order_ts < :end"
+
+[[task.table]]
+name = "payments"
+sql = "SELECT * FROM payments WHERE paid_ts >= :start AND paid_ts < :end"
+
+[[task.table]]
+name = "customers"
+sql = "SELECT * FROM customers WHERE created_at < :end"
+
+[[task]]
+id = "dbt_run"
+kind = "dbt"
+command = "run"
+executable = "DBT"
+depends_on = ["extract_data"]
+pool = "warehouse"
+
+[[task]]
+id = "dbt_test"
+kind = "dbt"
+command = "test"
+executable = "DBT"
+depends_on = ["dbt_run"]
+pool = "warehouse"
+
+[[task]]
+id = "notify"
+command = ["sh", "-c", "echo \"$NIGHTSHIFT_RUN_ID notified\" >> notifications.txt"]
+depends_on = ["dbt_test"]
+trigger_rule = "all_done"
+"#;
+
+#[test]
+fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
+    let p = TestProject::new();
+    p.file(
+        "nightshift.toml",
+        "[pools]\nwarehouse = { slots = 1 }\n[connections.shop]\nkind = \"sqlite\"\npath = \"source/shop.db\"\n",
+    );
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scaffold/reference/dbt"),
+        &p.path().join("dbt"),
+    );
+    std::fs::create_dir_all(p.path().join("warehouse")).unwrap();
+    let db = p.path().join("source/shop.db");
+    let shop = |day: &str, bad: bool| {
+        let mut args = vec![
+            "shop",
+            "--db",
+            db.to_str().unwrap(),
+            "--from",
+            day,
+            "--to",
+            day,
+            "--orders",
+            "300",
+        ];
+        if bad {
+            args.push("--bad-row");
+        }
+        let out = p.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    shop("2024-06-01", false);
+    shop("2024-06-02", true);
+    p.file(
+        "pipelines/nightly.toml",
+        &(daily("nightly", "2024-06-01") + &PIPELINE.replace("DBT", &dbt())),
+    );
+
+    let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let nodes = p.json(&["dbt-results", "20240602_0000", "--json"]);
+    let nodes = nodes.as_array().unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["unique_id"] == "model.shop.fct_orders" && n["status"] == "success"),
+        "{nodes:?}"
+    );
+    assert!(nodes.iter().any(|n| {
+        n["unique_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("test.shop.reconcile_fct_orders_with_raw")
+            && n["status"] == "pass"
+    }));
+
+    // A negative payment in the source: the models build, a data test fails.
+    let out = p.run(&["run", "nightly", "--date", "2024-06-02"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc = p.tasks("20240603_0000");
+    assert_eq!(task(&doc, "dbt_run")["state"], "SUCCESS");
+    assert_eq!(task(&doc, "dbt_test")["state"], "FAILED");
+    let err = task(&doc, "dbt_test")["tries"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.starts_with("dbt: 0 error(s), 1 failed test(s); first: test.shop.non_negative_stg_payments_amount_cents"), "{err}");
+    assert_eq!(
+        task(&doc, "notify")["state"],
+        "SUCCESS",
+        "notify runs after the failure"
+    );
+    assert_eq!(doc["run"]["status"], "FAILED");
+    assert!(
+        p.read("notifications.txt")
+            .contains("20240603_0000 notified")
+    );
+    let nodes = p.json(&[
+        "dbt-results",
+        "20240603_0000",
+        "--task",
+        "dbt_test",
+        "--json",
+    ]);
+    let failing: Vec<_> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "fail")
+        .collect();
+    assert_eq!(failing.len(), 1, "{nodes}");
+    assert_eq!(failing[0]["failures"], 1);
+}
