@@ -185,6 +185,33 @@ pub struct DbtSpec {
     pub args: Vec<String>,
 }
 
+/// Write-audit-publish: makes the tested ds partition of each output visible under
+/// `<output>/<name>/dt=<ds>/` with a `_manifest.json`, atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// dbt models to publish.
+    pub outputs: Vec<String>,
+    /// Folder of published partitions, relative to the project.
+    pub output: String,
+    /// The dbt project holding the audited models (for `dbt run-operation nightshift_export`).
+    pub dbt: DbtSpec,
+}
+
+/// What the engine hands a publish child (`nightshift __publish REQUEST`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PublishRequest {
+    pub outputs: Vec<String>,
+    pub root: String,
+    /// `dbt run-operation nightshift_export` and its flags, without `--args`.
+    pub dbt_argv: Vec<String>,
+    pub dbt_env: Vec<(String, String)>,
+    pub ds: String,
+    pub run_id: String,
+    /// dbt test results of this run: status → count.
+    pub checks: std::collections::BTreeMap<String, u32>,
+    pub dbt_invocation_id: Option<String>,
+}
+
 pub const DBT_COMMANDS: &[&str] = &[
     "run",
     "test",
@@ -201,6 +228,7 @@ pub enum TaskKind {
     Extract(ExtractSpec),
     Sensor(SensorSpec),
     Dbt(DbtSpec),
+    Publish(PublishSpec),
 }
 
 impl TaskKind {
@@ -210,6 +238,7 @@ impl TaskKind {
             TaskKind::Extract(_) => "extract",
             TaskKind::Sensor(_) => "sensor",
             TaskKind::Dbt(_) => "dbt",
+            TaskKind::Publish(_) => "publish",
         }
     }
 }
@@ -484,8 +513,29 @@ const DBT_KEYS: &[&str] = &[
     "vars",
     "args",
 ];
+const PUBLISH_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "outputs",
+    "output",
+    "project_dir",
+    "profiles_dir",
+    "target",
+    "executable",
+];
 const TABLE_KEYS: &[&str] = &["name", "sql"];
-const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt"];
+const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt", "publish"];
 
 /// The keys a task of this kind may have.
 fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
@@ -494,6 +544,7 @@ fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
         "extract" => EXTRACT_KEYS,
         "sensor" => SENSOR_KEYS,
         "dbt" => DBT_KEYS,
+        "publish" => PUBLISH_KEYS,
         _ => COMMON_TASK_KEYS,
     }
 }
@@ -1010,6 +1061,7 @@ fn read_task(
         "extract" => TaskKind::Extract(read_extract(r, &id, settings, diags)?),
         "sensor" => TaskKind::Sensor(read_sensor(r, &id, settings, diags)?),
         "dbt" => TaskKind::Dbt(read_dbt(r, &id, diags)?),
+        "publish" => TaskKind::Publish(read_publish(r, &id, diags)?),
         other => {
             let mut d = Diagnostic::error(
                 format!("unknown task kind `{other}`"),
@@ -1138,6 +1190,67 @@ fn check_sql_params(sql: &Located<String>, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+}
+
+fn read_publish(
+    r: &TableReader<'_, '_>,
+    id: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PublishSpec> {
+    let outputs = r.string_list("outputs", true, diags).unwrap_or_default();
+    if outputs.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                format!("publish task `{id}` has no `outputs`"),
+                Some(r.span()),
+            )
+            .with_help("add `outputs = [\"fct_daily_revenue\"]`: the dbt models to publish"),
+        );
+        return None;
+    }
+    for o in &outputs {
+        if !valid_identifier(&o.value) {
+            diags.push(Diagnostic::error(
+                format!("invalid output name `{}`", o.value),
+                Some(o.span.clone()),
+            ));
+        }
+    }
+    let output = r
+        .string("output", diags)
+        .map(|o| o.value)
+        .unwrap_or_else(|| "published".to_owned());
+    if output.split('/').any(|c| c == "..") || output.starts_with('/') {
+        diags.push(Diagnostic::error(
+            format!("`output` of task `{id}` must stay inside the project"),
+            r.raw("output").map(|v| v.span()),
+        ));
+    }
+    let project_dir = r
+        .string("project_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| "dbt".to_owned());
+    let profiles_dir = r
+        .string("profiles_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| project_dir.clone());
+    Some(PublishSpec {
+        outputs: outputs.into_iter().map(|o| o.value).collect(),
+        output,
+        dbt: DbtSpec {
+            command: vec!["run-operation".into(), "nightshift_export".into()],
+            project_dir,
+            profiles_dir,
+            target: r.string("target", diags).map(|t| t.value),
+            select: vec![],
+            exclude: vec![],
+            selector: None,
+            threads: None,
+            executable: r.string("executable", diags).map(|t| t.value),
+            vars: vec![],
+            args: vec![],
+        },
+    })
 }
 
 fn read_dbt(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> Option<DbtSpec> {

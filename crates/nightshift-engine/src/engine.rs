@@ -967,6 +967,64 @@ struct TryCtx {
     crash_at: Option<CrashPoint>,
 }
 
+/// argv of a publish try: `nightshift __publish REQUEST`. Refuses when a dbt test of this
+/// run failed, whatever the trigger rules let through: only tested data is published.
+fn publish_argv(
+    c: &TryCtx,
+    spec: &nightshift_core::pipeline::PublishSpec,
+    ctx: &Context,
+    dir: &std::path::Path,
+) -> Result<Vec<String>, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
+    let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
+    // The latest try of each dbt task speaks for it.
+    let mut latest: std::collections::BTreeMap<&str, u32> = Default::default();
+    for (task, try_number, _) in &nodes {
+        let e = latest.entry(task.as_str()).or_insert(0);
+        *e = (*e).max(*try_number);
+    }
+    let mut checks: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut invocation = None;
+    for (task, try_number, n) in &nodes {
+        if latest.get(task.as_str()) != Some(try_number) {
+            continue;
+        }
+        invocation = invocation.or(n.invocation_id.clone());
+        if n.resource_type == "test" {
+            *checks.entry(n.status.clone()).or_insert(0) += 1;
+        }
+    }
+    let bad = checks.get("fail").copied().unwrap_or(0) + checks.get("error").copied().unwrap_or(0);
+    if bad > 0 {
+        return Err(format!(
+            "refusing to publish: {bad} dbt test(s) of this run failed"
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    let (dbt_argv, dbt_env) = dbt::command(&spec.dbt, &c.project_dir, dir, ctx, None);
+    let request = nightshift_core::pipeline::PublishRequest {
+        outputs: spec.outputs.clone(),
+        root: c
+            .project_dir
+            .join(&spec.output)
+            .to_string_lossy()
+            .into_owned(),
+        dbt_argv,
+        dbt_env,
+        ds: c.run.logical_date.clone(),
+        run_id: c.run.run_id.clone(),
+        checks,
+        dbt_invocation_id: invocation,
+    };
+    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exe.to_string_lossy().into_owned(),
+        "__publish".to_owned(),
+        json,
+    ])
+}
+
 /// One sensor poke runs at most this long.
 const POKE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -1123,6 +1181,13 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         c.try_number,
     );
     let argv = match &task.kind {
+        TaskKind::Publish(spec) => match publish_argv(&c, spec, &ctx, &dbt_dir) {
+            Ok(argv) => argv,
+            Err(e) => {
+                cannot_start = Some(e);
+                vec![]
+            }
+        },
         TaskKind::Dbt(spec) => {
             // A retry runs only what failed or was skipped, when the previous try says so.
             let prev = (c.try_number > 1)

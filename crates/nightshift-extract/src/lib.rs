@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`run`]: one extract try (what `nightshift __extract REQUEST` executes).
 //! - `sqlite`: reading a query into Arrow batches with the interval bound as parameters.
+//! - [`publish`]: write-audit-publish of tested dbt outputs into `published/`.
 //! - `partition`: writing a partition aside and swapping it in atomically.
 //!
 //! A partition is written into a hidden folder next to its final place, fsynced, then
@@ -12,6 +13,7 @@
 //! is swapped in.
 
 mod partition;
+mod publish;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -22,6 +24,7 @@ use nightshift_core::pipeline::{ExtractRequest, OnIncomplete};
 use nightshift_core::project::Connection;
 
 pub use partition::{PartitionWriter, swap_in};
+pub use publish::publish;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -62,6 +62,11 @@ impl PartitionWriter {
         })
     }
 
+    /// The hidden folder being filled; for writers other than Arrow (a dbt export).
+    pub fn staging_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn final_path(&self) -> PathBuf {
         self.table_dir.join(format!("dt={}", self.ds))
     }

@@ -138,6 +138,9 @@ pub enum Command {
     /// Runs one sensor poke (started by the engine, not by people).
     #[command(name = "__sensor", hide = true)]
     InternalSensor { request: String },
+    /// Runs a publish try (started by the engine, not by people).
+    #[command(name = "__publish", hide = true)]
+    InternalPublish { request: String },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

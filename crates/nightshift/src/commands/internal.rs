@@ -2,7 +2,9 @@
 //! timeouts, kills, logs and recovery work for them exactly as for shell tasks.
 
 use anyhow::{Context as _, Result};
-use nightshift_core::pipeline::{ExtractRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest};
+use nightshift_core::pipeline::{
+    ExtractRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
+};
 use nightshift_core::project::Connection;
 use rusqlite::types::ValueRef;
 
@@ -98,4 +100,21 @@ fn poke_sql(path: &str, sql: &str, req: &SensorRequest) -> Result<bool> {
         ValueRef::Text(t) => !t.is_empty(),
         ValueRef::Blob(b) => !b.is_empty(),
     })
+}
+
+pub fn publish(request: &str) -> Result<i32> {
+    let req: PublishRequest =
+        serde_json::from_str(request).context("reading the publish request")?;
+    let mut log = std::io::stdout();
+    match nightshift_extract::publish(&req, &mut log) {
+        Ok(done) => {
+            let rows: i64 = done.iter().map(|d| d.1).sum();
+            output::line(format!("published {} output(s), {rows} rows", done.len()));
+            Ok(0)
+        }
+        Err(e) => {
+            output::note(format!("error: {e}"));
+            Ok(1)
+        }
+    }
 }

@@ -72,9 +72,17 @@ depends_on = ["dbt_run"]
 pool = "warehouse"
 
 [[task]]
+id = "publish"
+kind = "publish"
+executable = "DBT"
+outputs = ["fct_daily_revenue", "fct_orders"]
+depends_on = ["dbt_test"]
+pool = "warehouse"
+
+[[task]]
 id = "notify"
 command = ["sh", "-c", "echo \"$NIGHTSHIFT_RUN_ID notified\" >> notifications.txt"]
-depends_on = ["dbt_test"]
+depends_on = ["publish"]
 trigger_rule = "all_done"
 "#;
 
@@ -134,6 +142,23 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
             && n["status"] == "pass"
     }));
 
+    let manifest: serde_json::Value =
+        serde_json::from_str(&p.read("published/fct_daily_revenue/dt=2024-06-01/_manifest.json"))
+            .unwrap();
+    assert_eq!(manifest["run_id"], "20240602_0000");
+    assert_eq!(manifest["rows"], 1);
+    assert_eq!(manifest["checks"]["pass"], 19);
+    assert!(manifest["dbt_invocation_id"].is_string());
+    let orders_manifest: serde_json::Value =
+        serde_json::from_str(&p.read("published/fct_orders/dt=2024-06-01/_manifest.json")).unwrap();
+    let raw_orders =
+        p.tasks("20240602_0000")["tasks"][0]["tries"][0]["metrics"]["rows.orders"].clone();
+    assert_eq!(
+        orders_manifest["rows"], raw_orders,
+        "every extracted order is published"
+    );
+    let published_before = p.read("published/fct_orders/dt=2024-06-01/_manifest.json");
+
     // A negative payment in the source: the models build, a data test fails.
     let out = p.run(&["run", "nightly", "--date", "2024-06-02"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -145,6 +170,17 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
         .unwrap()
         .to_owned();
     assert!(err.starts_with("dbt: 0 error(s), 1 failed test(s); first: test.shop.non_negative_stg_payments_amount_cents"), "{err}");
+    assert_eq!(
+        task(&doc, "publish")["state"],
+        "UPSTREAM_FAILED",
+        "untested data is never published"
+    );
+    assert!(!p.path().join("published/fct_orders/dt=2024-06-02").exists());
+    assert_eq!(
+        p.read("published/fct_orders/dt=2024-06-01/_manifest.json"),
+        published_before,
+        "the previous good state stays"
+    );
     assert_eq!(
         task(&doc, "notify")["state"],
         "SUCCESS",
