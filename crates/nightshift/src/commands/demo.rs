@@ -1,22 +1,111 @@
-//! `nightshift demo`: the README's first command. Scaffolds the example project, rehearses
-//! three nights on a simulated clock, backfills an earlier date, and summarises.
+//! `nightshift demo`: the README's first command. Scaffolds the reference project (a SQLite
+//! shop source, dbt on DuckDB, Parquet outputs), installs the pinned dbt into the project's
+//! `.venv` when it is missing, generates the source data, rehearses three nights on a
+//! simulated clock, backfills an earlier date, and summarises.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use nightshift_engine::{Clock, Event, Mode, SimClock};
 
 use crate::commands::{backfill, drive, load_project, new_engine, open_store, usage};
 use crate::output;
-use crate::scaffold;
+use crate::{scaffold, shop};
 
 const SIM_FROM: &str = "2024-06-01T23:00:00Z";
 const SIM_UNTIL: &str = "2024-06-04T01:00:00Z";
 const BACKFILL_DS: &str = "2024-05-31";
+/// The source holds these business days: the three nights and the backfilled day.
+const SOURCE_DAYS: (&str, &str) = ("2024-05-31", "2024-06-03");
+const ORDERS_PER_DAY: u32 = 10_000;
+
+/// The dbt version the project pins (first `dbt-core==` line of its requirements).
+fn pinned_dbt(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("requirements-dbt.txt")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("dbt-core==").map(str::to_owned))
+}
+
+/// Makes sure `<dir>/.venv` has the pinned dbt, installing it with visible progress.
+fn ensure_dbt(dir: &Path) -> Result<()> {
+    let want = pinned_dbt(dir).ok_or_else(|| usage("requirements-dbt.txt pins no dbt-core"))?;
+    let venv = dir.join(".venv");
+    let python = venv.join("bin/python");
+    let have = Command::new(&python)
+        .args(["-c", "import dbt.version; print(dbt.version.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if have.as_deref() == Some(want.as_str()) {
+        output::note(format!("dbt {want} is installed in {}", venv.display()));
+        return Ok(());
+    }
+    output::note(format!(
+        "installing dbt {want} (dbt-duckdb) into {} — about half a minute",
+        venv.display()
+    ));
+    let status = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .context("running `python3 -m venv`: is Python 3 installed? (apt-get install python3 python3-venv)")?;
+    if !status.success() {
+        anyhow::bail!(
+            "`python3 -m venv {}` failed; install python3-venv and try again",
+            venv.display()
+        );
+    }
+    // pip's progress goes to stderr: stdout stays the run log.
+    let status = Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-r",
+        ])
+        .arg(dir.join("requirements-dbt.txt"))
+        .stdout(std::io::stderr())
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        anyhow::bail!(
+            "installing dbt failed (see pip's output above); the package index must be reachable"
+        );
+    }
+    Ok(())
+}
+
+fn generate_source(dir: &Path) -> Result<()> {
+    let mut conn = shop::open(&dir.join("source/shop.db"))?;
+    let from = nightshift_core::time::parse_date(SOURCE_DAYS.0)?;
+    let to = nightshift_core::time::parse_date(SOURCE_DAYS.1)?;
+    let opts = shop::Options {
+        orders_per_day: ORDERS_PER_DAY,
+        hold_batch: false,
+        bad_row: false,
+    };
+    let mut d = from;
+    let mut total = 0;
+    while d <= to {
+        total += shop::generate_day(&mut conn, d, &opts)?.orders;
+        d = d.tomorrow()?;
+    }
+    output::note(format!(
+        "source: {total} orders over {} .. {} in {}/source/shop.db",
+        SOURCE_DAYS.0,
+        SOURCE_DAYS.1,
+        dir.display()
+    ));
+    Ok(())
+}
 
 pub async fn exec(dir: &Path) -> Result<i32> {
-    let written = scaffold::write_example(dir, false)?;
+    let written = scaffold::write_reference(dir)?;
     if written.is_empty() {
         output::note(format!(
             "using the existing demo project in `{}`",
@@ -24,18 +113,20 @@ pub async fn exec(dir: &Path) -> Result<i32> {
         ));
     } else {
         output::note(format!(
-            "scaffolded the example project in `{}`",
+            "scaffolded the reference project in `{}`",
             dir.display()
         ));
     }
+    ensure_dbt(dir)?;
+    generate_source(dir)?;
     let project = load_project(dir)?;
     if project.has_errors() {
         return Err(usage("the demo project has errors (see above)"));
     }
     let store = open_store(&project)?;
 
-    output::note(format!(
-        "\n== Three nights on a simulated clock ({SIM_FROM} .. {SIM_UNTIL}) =="
+    output::line(format!(
+        "== Three nights on a simulated clock ({SIM_FROM} .. {SIM_UNTIL}) ==\n"
     ));
     let from: jiff::Timestamp = SIM_FROM.parse()?;
     let clock: Arc<dyn Clock> = Arc::new(SimClock::new(from));
@@ -72,12 +163,12 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     })
     .await?;
 
-    output::note(format!(
-        "== Backfill of an earlier date (ds {BACKFILL_DS}) =="
+    output::line(format!(
+        "== Backfill of an earlier date (ds {BACKFILL_DS}) ==\n"
     ));
     let code = backfill::exec(dir, "nightly", BACKFILL_DS, BACKFILL_DS, false, false).await?;
 
-    output::note("\n== Summary ==");
+    output::line("\n== Summary ==\n");
     let runs = store.runs("nightly", 20)?;
     output::table(
         &["RUN_ID", "DS", "TRIGGER", "STATUS", "ROWS_LOADED"],
@@ -94,13 +185,45 @@ pub async fn exec(dir: &Path) -> Result<i32> {
             })
             .collect::<Vec<_>>(),
     );
+    let mut published = vec![];
+    for output_name in ["fct_daily_revenue", "fct_orders"] {
+        let odir = dir.join("published").join(output_name);
+        let mut parts: Vec<_> = std::fs::read_dir(&odir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        parts.sort();
+        for p in parts.into_iter().filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("dt="))
+        }) {
+            let manifest: serde_json::Value = std::fs::read_to_string(p.join("_manifest.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            published.push(vec![
+                output_name.to_owned(),
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                manifest["rows"].to_string(),
+                manifest["run_id"].as_str().unwrap_or("-").to_owned(),
+                manifest["checks"].to_string(),
+            ]);
+        }
+    }
+    output::line("");
+    output::table(
+        &["PUBLISHED", "PARTITION", "ROWS", "RUN_ID", "CHECKS"],
+        &published,
+    );
     let d = dir.display();
     // Hints name the binary that is running, so they work after `cargo run` too.
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "nightshift".into());
     output::note(format!(
-        "\nPublished data: {d}/data/marts/daily_revenue/dt=<ds>/\nRaw partitions: {d}/data/raw/orders/dt=<ds>/\nTry logs:       {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} logs 20240602_0000 extract_data\n  {exe} --project {d} next nightly"
+        "\nPublished outputs: {d}/published/<output>/dt=<ds>/ (part-0.parquet + _manifest.json)\nRaw partitions:    {d}/data/raw/<table>/dt=<ds>/\nWarehouse:         {d}/warehouse/shop.duckdb\nTry logs:          {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} dbt-results 20240602_0000\n  {exe} --project {d} logs 20240602_0000 dbt_run"
     ));
     Ok(code)
 }

@@ -207,3 +207,101 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
     assert_eq!(failing.len(), 1, "{nodes}");
     assert_eq!(failing[0]["failures"], 1);
 }
+
+/// The README's first command, end to end (with the test command's dbt, so the install
+/// step is skipped): three nights, a backfill, published partitions with manifests; run
+/// again, it changes nothing.
+#[test]
+fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
+    let p = TestProject::new();
+    let venv = Path::new(&dbt())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let demo = p.path().join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::os::unix::fs::symlink(&venv, demo.join(".venv")).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("demo")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for night in ["2024-06-02", "2024-06-03", "2024-06-04"] {
+        for task in ["extract_data", "dbt_run", "dbt_test", "notify"] {
+            assert!(
+                text.contains(&format!("Task {task}: SUCCESS ({night} 00:")),
+                "{task} on {night}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        text.contains("Run nightly 20240601_0000 (ds 2024-05-31): SUCCESS"),
+        "{text}"
+    );
+    let mut manifests = vec![];
+    for ds in ["2024-05-31", "2024-06-01", "2024-06-02", "2024-06-03"] {
+        for output in ["fct_daily_revenue", "fct_orders"] {
+            let m = std::fs::read_to_string(
+                demo.join(format!("published/{output}/dt={ds}/_manifest.json")),
+            )
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+            assert_eq!(v["ds"], ds);
+            assert!(v["rows"].as_i64().unwrap() > 0);
+            manifests.push(m);
+        }
+    }
+    // rows_loaded of each run equals the source's rows for its interval.
+    let runs: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new(bin())
+            .args(["--project"])
+            .arg(&demo)
+            .args(["runs", "nightly", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let c = rusqlite::Connection::open(demo.join("source/shop.db")).unwrap();
+    for r in runs.as_array().unwrap() {
+        let ds = r["logical_date"].as_str().unwrap();
+        let end = r["data_interval_end"].as_str().unwrap();
+        let start = r["data_interval_start"].as_str().unwrap();
+        let n: i64 = c
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM orders WHERE order_ts >= ?1 AND order_ts < ?2)
+                      + (SELECT COUNT(*) FROM order_items i JOIN orders o USING (order_id) WHERE o.order_ts >= ?1 AND o.order_ts < ?2)
+                      + (SELECT COUNT(*) FROM payments WHERE paid_ts >= ?1 AND paid_ts < ?2)
+                      + (SELECT COUNT(*) FROM customers WHERE created_at < ?2)",
+                rusqlite::params![start, end],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(r["rows_loaded"], n, "rows_loaded of ds {ds}");
+    }
+    let again = std::process::Command::new(bin())
+        .arg("demo")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let mut after = vec![];
+    for ds in ["2024-05-31", "2024-06-01", "2024-06-02", "2024-06-03"] {
+        for output in ["fct_daily_revenue", "fct_orders"] {
+            after.push(
+                std::fs::read_to_string(
+                    demo.join(format!("published/{output}/dt={ds}/_manifest.json")),
+                )
+                .unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        manifests, after,
+        "a second demo changes no published partition"
+    );
+}
