@@ -212,6 +212,39 @@ pub struct PublishRequest {
     pub dbt_invocation_id: Option<String>,
 }
 
+/// Sends a run summary to channels of nightshift.toml (default: all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySpec {
+    pub channels: Vec<String>,
+}
+
+/// One task's line in a run summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub state: String,
+    pub tries: u32,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What the engine hands a notify child (`nightshift __notify REQUEST`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NotifyRequest {
+    pub pipeline: String,
+    pub run_id: String,
+    pub ds: String,
+    /// FAILED when any task failed so far, else SUCCESS.
+    pub status: String,
+    pub rows_loaded: i64,
+    pub tasks: Vec<TaskSummary>,
+    /// Names of dbt tests that failed in this run.
+    pub failed_checks: Vec<String>,
+    /// (name, channel), with webhook URLs resolved from the environment.
+    pub channels: Vec<(String, crate::project::Channel)>,
+    pub project_dir: String,
+}
+
 pub const DBT_COMMANDS: &[&str] = &[
     "run",
     "test",
@@ -229,6 +262,7 @@ pub enum TaskKind {
     Sensor(SensorSpec),
     Dbt(DbtSpec),
     Publish(PublishSpec),
+    Notify(NotifySpec),
 }
 
 impl TaskKind {
@@ -239,6 +273,7 @@ impl TaskKind {
             TaskKind::Sensor(_) => "sensor",
             TaskKind::Dbt(_) => "dbt",
             TaskKind::Publish(_) => "publish",
+            TaskKind::Notify(_) => "notify",
         }
     }
 }
@@ -534,8 +569,24 @@ const PUBLISH_KEYS: &[&str] = &[
     "target",
     "executable",
 ];
+const NOTIFY_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "kind",
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "max_retry_delay",
+    "timeout",
+    "pool",
+    "env",
+    "cwd",
+    "channels",
+];
 const TABLE_KEYS: &[&str] = &["name", "sql"];
-const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt", "publish"];
+const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt", "publish", "notify"];
 
 /// The keys a task of this kind may have.
 fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
@@ -545,6 +596,7 @@ fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
         "sensor" => SENSOR_KEYS,
         "dbt" => DBT_KEYS,
         "publish" => PUBLISH_KEYS,
+        "notify" => NOTIFY_KEYS,
         _ => COMMON_TASK_KEYS,
     }
 }
@@ -1062,6 +1114,37 @@ fn read_task(
         "sensor" => TaskKind::Sensor(read_sensor(r, &id, settings, diags)?),
         "dbt" => TaskKind::Dbt(read_dbt(r, &id, diags)?),
         "publish" => TaskKind::Publish(read_publish(r, &id, diags)?),
+        "notify" => {
+            let channels: Vec<String> = match r.string_list("channels", true, diags) {
+                Some(list) => {
+                    for c in &list {
+                        if !settings.channels.contains_key(&c.value) {
+                            let mut d = Diagnostic::error(
+                                format!("unknown channel `{}` in task `{id}`", c.value),
+                                Some(c.span.clone()),
+                            );
+                            d = match did_you_mean(
+                                &c.value,
+                                settings.channels.keys().map(String::as_str),
+                            ) {
+                                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                                None => d.with_help(format!(
+                                    "declare it in nightshift.toml:\n[channels.{}]\nkind = \"log\"",
+                                    c.value
+                                )),
+                            };
+                            diags.push(d);
+                        }
+                    }
+                    list.into_iter().map(|c| c.value).collect()
+                }
+                None => settings.channels.keys().cloned().collect(),
+            };
+            if channels.is_empty() {
+                diags.push(Diagnostic::error(format!("notify task `{id}` has no channel"), Some(r.span())).with_help("declare one in nightshift.toml: `[channels.ops]` with `kind = \"log\"`"));
+            }
+            TaskKind::Notify(NotifySpec { channels })
+        }
         other => {
             let mut d = Diagnostic::error(
                 format!("unknown task kind `{other}`"),
@@ -1090,6 +1173,8 @@ fn read_task(
                 TriggerRule::AllSuccess
             }
         },
+        // A notification is most needed when something failed.
+        None if matches!(kind, TaskKind::Notify(_)) => TriggerRule::AllDone,
         None => TriggerRule::AllSuccess,
     };
     let own = read_inheritable(r, settings, diags);

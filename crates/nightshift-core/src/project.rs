@@ -27,6 +27,23 @@ pub struct ProjectSettings {
     pub default_timeout: Duration,
     /// Named connections to source systems.
     pub connections: BTreeMap<String, Connection>,
+    /// Named notification channels.
+    pub channels: BTreeMap<String, Channel>,
+}
+
+/// Where a `notify` task sends run summaries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Channel {
+    /// The summary in the try's log and one JSON line in `.nightshift/notifications.jsonl`.
+    Log,
+    /// A JSON POST. The URL may come from an environment variable (it often holds a token).
+    Webhook {
+        url: Option<String>,
+        url_env: Option<String>,
+        timeout_ms: u64,
+        retries: u32,
+    },
 }
 
 /// A source system a task reads from. Secrets never live here: a connection names the
@@ -50,6 +67,7 @@ impl Default for ProjectSettings {
             default_retries: 0,
             default_timeout: Duration::from_secs(6 * 3600),
             connections: BTreeMap::new(),
+            channels: BTreeMap::new(),
         }
     }
 }
@@ -63,7 +81,9 @@ const ROOT_KEYS: &[&str] = &[
     "kill_grace",
     "defaults",
     "connections",
+    "channels",
 ];
+const CHANNEL_KEYS: &[&str] = &["kind", "url", "url_env", "timeout", "retries"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path"];
 const STORE_KEYS: &[&str] = &["path"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
@@ -226,6 +246,82 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                 ),
             }
             r.finish(&mut diags);
+        }
+    }
+    if let Some((t, _)) = root.table("channels", &mut diags) {
+        for (name, v) in t.iter() {
+            let label = format!("channel `{}`", name.get_ref());
+            let toml::de::DeValue::Table(ct) = v.get_ref() else {
+                diags.push(
+                    Diagnostic::error(format!("{label} must be a table"), Some(v.span()))
+                        .with_help(
+                            "write `[channels.ops]` with `kind = \"log\"` or `kind = \"webhook\"`",
+                        ),
+                );
+                continue;
+            };
+            let r = TableReader::new(ct, v.span(), label.clone(), CHANNEL_KEYS);
+            let kind = r.string("kind", &mut diags);
+            let channel = match kind.as_ref().map(|k| k.value.as_str()) {
+                Some("log") => Some(Channel::Log),
+                Some("webhook") => {
+                    let url = r.string("url", &mut diags);
+                    let url_env = r.string("url_env", &mut diags);
+                    if let Some(u) = &url
+                        && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
+                    {
+                        diags.push(Diagnostic::error(
+                            format!("`url` of {label} must start with http:// or https://"),
+                            Some(u.span.clone()),
+                        ));
+                    }
+                    if url.is_none() && url_env.is_none() {
+                        diags.push(Diagnostic::error(format!("{label} needs `url` or `url_env`"), Some(v.span())).with_help("a URL with a token belongs in an environment variable: `url_env = \"OPS_WEBHOOK_URL\"`"));
+                    }
+                    let timeout = r.string("timeout", &mut diags).and_then(|t| {
+                        match time::parse_duration(&t.value) {
+                            Ok(d) if !d.is_zero() => Some(d),
+                            _ => {
+                                diags.push(Diagnostic::error(
+                                    format!("invalid duration `{}` for `timeout`", t.value),
+                                    Some(t.span),
+                                ));
+                                None
+                            }
+                        }
+                    });
+                    Some(Channel::Webhook {
+                        url: url.map(|u| u.value),
+                        url_env: url_env.map(|u| u.value),
+                        timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(10_000),
+                        retries: r
+                            .uint("retries", 20, &mut diags)
+                            .map(|v| v.value as u32)
+                            .unwrap_or(3),
+                    })
+                }
+                Some(other) => {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("unknown channel kind `{other}` in {label}"),
+                            kind.map(|k| k.span),
+                        )
+                        .with_help("use `log` or `webhook`"),
+                    );
+                    None
+                }
+                None => {
+                    diags.push(
+                        Diagnostic::error(format!("{label} needs a `kind`"), Some(v.span()))
+                            .with_help("`kind = \"log\"` or `kind = \"webhook\"`"),
+                    );
+                    None
+                }
+            };
+            r.finish(&mut diags);
+            if let Some(c) = channel {
+                s.channels.insert(name.get_ref().to_string(), c);
+            }
         }
     }
     root.finish(&mut diags);

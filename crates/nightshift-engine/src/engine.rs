@@ -692,6 +692,7 @@ impl Engine {
             },
         );
         let ctx = TryCtx {
+            channels: self.project.settings.channels.clone(),
             connections: self.project.settings.connections.clone(),
             store: self.store.clone(),
             clock: self.clock.clone(),
@@ -953,6 +954,7 @@ impl Engine {
 }
 
 struct TryCtx {
+    channels: std::collections::BTreeMap<String, nightshift_core::project::Channel>,
     connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
@@ -965,6 +967,77 @@ struct TryCtx {
     logs_dir: PathBuf,
     kill_grace: Duration,
     crash_at: Option<CrashPoint>,
+}
+
+/// argv of a notify try: `nightshift __notify REQUEST`, with the run's summary as the store
+/// has it now. Webhook URLs stay in the environment (`url_env`), out of argv and logs.
+fn notify_argv(
+    c: &TryCtx,
+    spec: &nightshift_core::pipeline::NotifySpec,
+) -> Result<Vec<String>, String> {
+    use nightshift_core::pipeline::{NotifyRequest, TaskSummary};
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
+    let tis = c
+        .store
+        .task_instances(c.run.pk)
+        .map_err(|e| e.to_string())?;
+    let tries = c.store.tries(c.run.pk).map_err(|e| e.to_string())?;
+    let mut tasks = vec![];
+    let mut failed = false;
+    let mut rows = 0;
+    for ti in tis.iter().filter(|t| t.pk != c.ti.pk) {
+        let last = tries
+            .iter()
+            .filter(|t| t.ti_pk == ti.pk)
+            .max_by_key(|t| t.try_number);
+        failed |= ti.state.is_failure();
+        if ti.state == TaskState::Success {
+            rows += last.and_then(|t| t.rows_loaded).unwrap_or(0);
+        }
+        tasks.push(TaskSummary {
+            task_id: ti.task_id.clone(),
+            state: ti.state.as_str().to_owned(),
+            tries: tries.iter().filter(|t| t.ti_pk == ti.pk).count() as u32,
+            duration_ms: last.and_then(|t| t.duration_ms),
+            error: last.and_then(|t| t.error.clone()),
+        });
+    }
+    let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
+    let failed_checks = nodes
+        .iter()
+        .filter(|(_, _, n)| {
+            n.resource_type == "test" && matches!(n.status.as_str(), "fail" | "error")
+        })
+        .map(|(_, _, n)| n.unique_id.clone())
+        .collect();
+    let channels = spec
+        .channels
+        .iter()
+        .map(|name| {
+            c.channels
+                .get(name)
+                .map(|ch| (name.clone(), ch.clone()))
+                .ok_or_else(|| format!("unknown channel `{name}`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = NotifyRequest {
+        pipeline: c.run.pipeline.clone(),
+        run_id: c.run.run_id.clone(),
+        ds: c.run.logical_date.clone(),
+        status: if failed { "FAILED" } else { "SUCCESS" }.to_owned(),
+        rows_loaded: rows,
+        tasks,
+        failed_checks,
+        channels,
+        project_dir: c.project_dir.to_string_lossy().into_owned(),
+    };
+    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exe.to_string_lossy().into_owned(),
+        "__notify".to_owned(),
+        json,
+    ])
 }
 
 /// argv of a publish try: `nightshift __publish REQUEST`. Refuses when a dbt test of this
@@ -1181,6 +1254,13 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         c.try_number,
     );
     let argv = match &task.kind {
+        TaskKind::Notify(spec) => match notify_argv(&c, spec) {
+            Ok(argv) => argv,
+            Err(e) => {
+                cannot_start = Some(e);
+                vec![]
+            }
+        },
         TaskKind::Publish(spec) => match publish_argv(&c, spec, &ctx, &dbt_dir) {
             Ok(argv) => argv,
             Err(e) => {

@@ -141,6 +141,9 @@ pub enum Command {
     /// Runs a publish try (started by the engine, not by people).
     #[command(name = "__publish", hide = true)]
     InternalPublish { request: String },
+    /// Runs a notify try (started by the engine, not by people).
+    #[command(name = "__notify", hide = true)]
+    InternalNotify { request: String },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

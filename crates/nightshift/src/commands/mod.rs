@@ -108,6 +108,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::InternalExtract { request } => internal::extract(&request),
         Command::InternalSensor { request } => internal::sensor(&request),
         Command::InternalPublish { request } => internal::publish(&request),
+        Command::InternalNotify { request } => internal::notify(&request),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
     }
 }

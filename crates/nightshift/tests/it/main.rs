@@ -4,5 +4,6 @@ mod cli;
 mod crash;
 mod dbt;
 mod extract;
+mod notify;
 mod scheduler;
 mod support;
