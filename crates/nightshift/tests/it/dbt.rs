@@ -81,9 +81,8 @@ pool = "warehouse"
 
 [[task]]
 id = "notify"
-command = ["sh", "-c", "echo \"$NIGHTSHIFT_RUN_ID notified\" >> notifications.txt"]
+kind = "notify"
 depends_on = ["publish"]
-trigger_rule = "all_done"
 "#;
 
 #[test]
@@ -91,7 +90,7 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
     let p = TestProject::new();
     p.file(
         "nightshift.toml",
-        "[pools]\nwarehouse = { slots = 1 }\n[connections.shop]\nkind = \"sqlite\"\npath = \"source/shop.db\"\n",
+        "[pools]\nwarehouse = { slots = 1 }\n[connections.shop]\nkind = \"sqlite\"\npath = \"source/shop.db\"\n[channels.ops_log]\nkind = \"log\"\n",
     );
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scaffold/reference/dbt"),
@@ -187,9 +186,21 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
         "notify runs after the failure"
     );
     assert_eq!(doc["run"]["status"], "FAILED");
+    let notes: Vec<serde_json::Value> = p
+        .read(".nightshift/notifications.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(notes.len(), 2, "one notification per run");
+    let failed = &notes[1]["summary"];
+    assert_eq!(failed["run_id"], "20240603_0000");
+    assert_eq!(failed["status"], "FAILED");
     assert!(
-        p.read("notifications.txt")
-            .contains("20240603_0000 notified")
+        failed["failed_checks"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("test.shop.non_negative_stg_payments_amount_cents"),
+        "{failed}"
     );
     let nodes = p.json(&[
         "dbt-results",
@@ -304,4 +315,66 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
         manifests, after,
         "a second demo changes no published partition"
     );
+
+    // Backfill of a prior date, reprocessed: no duplicates in raw, the warehouse or published.
+    let out = std::process::Command::new(bin())
+        .arg("--project")
+        .arg(&demo)
+        .args([
+            "backfill",
+            "nightly",
+            "--from",
+            "2024-06-01",
+            "--to",
+            "2024-06-01",
+            "--rerun",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("Run nightly 20240602_0000 (ds 2024-06-01): SUCCESS"),
+        "{}",
+        stdout(&out)
+    );
+    let orders: i64 = c
+        .query_row("SELECT COUNT(*) FROM orders WHERE order_ts >= '2024-06-01' AND order_ts < '2024-06-02'", [], |r| r.get(0))
+        .unwrap();
+    let raw = {
+        let f =
+            std::fs::File::open(demo.join("data/raw/orders/dt=2024-06-01/part-0.parquet")).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .num_rows()
+    };
+    assert_eq!(raw, orders, "raw");
+    let python = venv.join("bin/python");
+    let q = std::process::Command::new(&python)
+        .arg("-c")
+        .arg("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.execute(\"select count(*) from fct_orders where dt = date '2024-06-01'\").fetchone()[0], c.execute('select count(*) from fct_orders').fetchone()[0])")
+        .arg(demo.join("warehouse/shop.duckdb"))
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", stderr(&q));
+    let counts: Vec<i64> = stdout(&q)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(counts[0], orders, "warehouse partition");
+    let all: i64 = c
+        .query_row("SELECT COUNT(*) FROM orders WHERE order_ts >= '2024-05-31' AND order_ts < '2024-06-04'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        counts[1], all,
+        "the warehouse holds each order once, over all four days"
+    );
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(demo.join("published/fct_orders/dt=2024-06-01/_manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["rows"], orders, "published");
+    assert_eq!(m["run_id"], "20240602_0000");
 }
