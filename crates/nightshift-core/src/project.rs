@@ -29,6 +29,9 @@ pub struct ProjectSettings {
     pub connections: BTreeMap<String, Connection>,
     /// Named notification channels.
     pub channels: BTreeMap<String, Channel>,
+    /// Environment variables whose values are secrets: masked as `***` in every try log.
+    /// Webhook `url_env` variables are secrets too, without being listed.
+    pub secrets: Vec<String>,
 }
 
 /// Where a `notify` task sends run summaries.
@@ -68,6 +71,7 @@ impl Default for ProjectSettings {
             default_timeout: Duration::from_secs(6 * 3600),
             connections: BTreeMap::new(),
             channels: BTreeMap::new(),
+            secrets: vec![],
         }
     }
 }
@@ -82,6 +86,7 @@ const ROOT_KEYS: &[&str] = &[
     "defaults",
     "connections",
     "channels",
+    "secrets",
 ];
 const CHANNEL_KEYS: &[&str] = &["kind", "url", "url_env", "timeout", "retries"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path"];
@@ -246,6 +251,21 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                 ),
             }
             r.finish(&mut diags);
+        }
+    }
+    if let Some(list) = root.string_list("secrets", false, &mut diags) {
+        for v in list {
+            if v.value.is_empty() || v.value.contains('=') {
+                diags.push(Diagnostic::error(
+                    format!(
+                        "invalid environment variable name `{}` in `secrets`",
+                        v.value
+                    ),
+                    Some(v.span),
+                ));
+            } else {
+                s.secrets.push(v.value);
+            }
         }
     }
     if let Some((t, _)) = root.table("channels", &mut diags) {

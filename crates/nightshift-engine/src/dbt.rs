@@ -58,8 +58,49 @@ struct NodeResult {
     adapter_response: serde_json::Value,
 }
 
-/// The node results of a finished try, if dbt wrote them.
+#[derive(Debug, Default, Deserialize)]
+struct Sources {
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    results: Vec<SourceResult>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SourceResult {
+    unique_id: String,
+    status: String,
+    #[serde(default)]
+    execution_time: Option<f64>,
+    #[serde(default)]
+    max_loaded_at_time_ago_in_s: Option<f64>,
+}
+
+/// The node results of a finished try, if dbt wrote them: `run_results.json`, or for
+/// `source freshness` its `sources.json`.
 pub fn read_results(dir: &Path) -> Option<Vec<DbtNode>> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("sources.json"))
+        && !dir.join("run_results.json").exists()
+    {
+        let s: Sources = serde_json::from_str(&text).ok()?;
+        return Some(
+            s.results
+                .into_iter()
+                .map(|r| DbtNode {
+                    resource_type: "source".to_owned(),
+                    message: r
+                        .max_loaded_at_time_ago_in_s
+                        .map(|a| format!("loaded {a:.0} s ago")),
+                    unique_id: r.unique_id,
+                    status: r.status,
+                    execution_time: r.execution_time,
+                    failures: None,
+                    rows_affected: None,
+                    invocation_id: s.metadata.invocation_id.clone(),
+                })
+                .collect(),
+        );
+    }
     let text = std::fs::read_to_string(dir.join("run_results.json")).ok()?;
     let rr: RunResults = serde_json::from_str(&text).ok()?;
     Some(

@@ -692,6 +692,7 @@ impl Engine {
             },
         );
         let ctx = TryCtx {
+            secrets: secret_values(&self.project.settings),
             channels: self.project.settings.channels.clone(),
             connections: self.project.settings.connections.clone(),
             store: self.store.clone(),
@@ -954,6 +955,8 @@ impl Engine {
 }
 
 struct TryCtx {
+    /// Values of secret environment variables, masked in logs.
+    secrets: Vec<String>,
     channels: std::collections::BTreeMap<String, nightshift_core::project::Channel>,
     connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
     store: Arc<Store>,
@@ -1096,6 +1099,26 @@ fn publish_argv(
         "__publish".to_owned(),
         json,
     ])
+}
+
+/// The values of the project's secret environment variables (short values are left alone:
+/// masking `1` would garble every log).
+fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
+    let mut names: Vec<&str> = settings.secrets.iter().map(String::as_str).collect();
+    for ch in settings.channels.values() {
+        if let nightshift_core::project::Channel::Webhook {
+            url_env: Some(v), ..
+        } = ch
+        {
+            names.push(v);
+        }
+    }
+    #[allow(clippy::disallowed_methods)]
+    names
+        .into_iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .filter(|v| v.len() >= 4)
+        .collect()
 }
 
 /// One sensor poke runs at most this long.
@@ -1352,6 +1375,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
             _ => nix::sys::signal::Signal::SIGTERM,
         },
         dbt_json_log: matches!(task.kind, TaskKind::Dbt(_)),
+        mask: c.secrets.clone(),
     };
     let mut spawned_pid = None;
     let spawned = match cannot_start {

@@ -41,6 +41,8 @@ pub struct ChildSpec {
     pub stop_signal: Signal,
     /// stdout is dbt's JSON log: keep its messages, readable, in the try's log.
     pub dbt_json_log: bool,
+    /// Secret values, written as `***` wherever they appear in the log.
+    pub mask: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,11 +78,21 @@ const MAX_LINE: usize = 64 * 1024;
 pub struct LazyLog {
     path: PathBuf,
     file: Option<File>,
+    mask: Vec<String>,
 }
 
 impl LazyLog {
     pub fn new(path: PathBuf) -> Self {
-        LazyLog { path, file: None }
+        LazyLog {
+            path,
+            file: None,
+            mask: vec![],
+        }
+    }
+
+    pub fn masking(mut self, mask: Vec<String>) -> Self {
+        self.mask = mask;
+        self
     }
 
     fn file(&mut self) -> Option<&mut File> {
@@ -99,8 +111,14 @@ fn write_log_line(log: &Mutex<LazyLog>, clock: &dyn Clock, stream: &str, line: &
     let text = String::from_utf8_lossy(line);
     let ts = clock.now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let mut text = text.trim_end_matches(['\n', '\r']).to_owned();
+    for secret in &log.mask {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
     if let Some(f) = log.file() {
-        let _ = writeln!(f, "{ts} [{stream}] {}", text.trim_end_matches(['\n', '\r']));
+        let _ = writeln!(f, "{ts} [{stream}] {text}");
     }
 }
 
@@ -163,7 +181,9 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> 
         let msg = format!("cannot create log folder `{}`: {e}", dir.display());
         return Err(msg);
     }
-    let log = Arc::new(Mutex::new(LazyLog::new(spec.log_path.clone())));
+    let log = Arc::new(Mutex::new(
+        LazyLog::new(spec.log_path.clone()).masking(spec.mask.clone()),
+    ));
     // The metrics path names a new try number, so no earlier file can be there.
     let program = {
         let p = Path::new(&spec.argv[0]);

@@ -116,11 +116,15 @@ pub fn run(
         source: e,
     })?;
     let output = Path::new(&req.project_dir).join(&req.spec.output);
+    let extracted_at = jiff::Timestamp::try_from(std::time::SystemTime::now())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let params = sqlite::Params {
         start: &req.start,
         end: &req.end,
         ds: &req.ds,
         run_id: &req.run_id,
+        extracted_at: &extracted_at,
     };
     let mut staged = vec![];
     let mut warnings = vec![];

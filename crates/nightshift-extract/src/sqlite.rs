@@ -17,7 +17,12 @@ pub(crate) struct Params<'a> {
     pub end: &'a str,
     pub ds: &'a str,
     pub run_id: &'a str,
+    /// Stamped into every row with `run_id`, for lineage and source freshness checks.
+    pub extracted_at: &'a str,
 }
+
+/// Columns added to every extracted row: which run loaded it, and when.
+pub(crate) const LINEAGE: [&str; 2] = ["_run_id", "_extracted_at"];
 
 pub(crate) fn open(path: &str) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
@@ -199,12 +204,18 @@ pub(crate) fn read_into(
                             let sample = buf[c].iter().find(|v| !matches!(v, Value::Null));
                             Field::new(&names[c], type_of(decls[c].as_deref(), sample), true)
                         })
+                        .chain(
+                            LINEAGE
+                                .iter()
+                                .filter(|l| !names.iter().any(|n| n == *l))
+                                .map(|l| Field::new(*l, DataType::Utf8, false)),
+                        )
                         .collect::<Vec<_>>(),
                 ))
             })
             .clone();
         let n = buf.first().map(Vec::len).unwrap_or(0) as i64;
-        let arrays = (0..ncol)
+        let mut arrays = (0..ncol)
             .map(|c| {
                 column(
                     &names[c],
@@ -214,6 +225,13 @@ pub(crate) fn read_into(
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (name, value) in LINEAGE.iter().zip([p.run_id, p.extracted_at]) {
+            if !names.iter().any(|c| c == name) {
+                let constant: ArrayRef =
+                    Arc::new(arrow_array::StringArray::from(vec![value; n as usize]));
+                arrays.push(constant);
+            }
+        }
         let batch = RecordBatch::try_new(s, arrays).map_err(|e| e.to_string())?;
         out.write(&batch).map_err(|e| e.to_string())?;
         for b in buf.iter_mut() {

@@ -277,3 +277,24 @@ fn next_shows_dst_behaviour() {
     );
     assert!(text.contains("2024-11-04 01:30 EST 20241104_0130 2024-11-03 [2024-11-03T05:30:00Z, 2024-11-04T06:30:00Z)"), "{text}");
 }
+
+#[test]
+fn secrets_are_masked_in_try_logs() {
+    let p = TestProject::new();
+    p.file("nightshift.toml", "secrets = [\"SHOP_TOKEN\"]\n");
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"leaky\"\ncommand = [\"sh\", \"-c\", \"echo token=$SHOP_TOKEN; echo \\\"$SHOP_TOKEN\\\" >&2\"]\n"),
+    );
+    let out = p
+        .cmd(&["run", "p", "--date", "2024-06-01"])
+        .env("SHOP_TOKEN", "s3cr3t-v4lue")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stdout(&p.run(&["logs", "20240602_0000", "leaky"]));
+    assert!(log.contains("[out] token=***"), "{log}");
+    assert!(log.contains("[err] ***"), "{log}");
+    assert!(!log.contains("s3cr3t-v4lue"), "{log}");
+}
