@@ -466,76 +466,16 @@ const COMMON_TASK_KEYS: &[&str] = &[
     "env",
     "cwd",
 ];
-const SHELL_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
-    "command",
-    "shell",
-];
+const SHELL_KEYS: &[&str] = &["command", "shell"];
 const EXTRACT_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
     "connection",
     "table",
     "output",
     "min_ratio",
     "on_incomplete",
 ];
-const SENSOR_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
-    "connection",
-    "sql",
-    "path",
-    "poke_interval",
-];
+const SENSOR_KEYS: &[&str] = &["connection", "sql", "path", "poke_interval"];
 const DBT_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
     "command",
     "project_dir",
     "profiles_dir",
@@ -549,19 +489,6 @@ const DBT_KEYS: &[&str] = &[
     "args",
 ];
 const PUBLISH_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
     "outputs",
     "output",
     "project_dir",
@@ -569,27 +496,12 @@ const PUBLISH_KEYS: &[&str] = &[
     "target",
     "executable",
 ];
-const NOTIFY_KEYS: &[&str] = &[
-    "id",
-    "description",
-    "kind",
-    "depends_on",
-    "trigger_rule",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "max_retry_delay",
-    "timeout",
-    "pool",
-    "env",
-    "cwd",
-    "channels",
-];
+const NOTIFY_KEYS: &[&str] = &["channels"];
 const TABLE_KEYS: &[&str] = &["name", "sql"];
 const KINDS: &[&str] = &["shell", "extract", "sensor", "dbt", "publish", "notify"];
 
-/// The keys a task of this kind may have.
-fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
+/// The keys a task of this kind may have, beside the common ones.
+fn kind_keys(kind: Option<&str>) -> &'static [&'static str] {
     match kind.unwrap_or("shell") {
         "shell" => SHELL_KEYS,
         "extract" => EXTRACT_KEYS,
@@ -597,7 +509,7 @@ fn task_keys(kind: Option<&str>) -> &'static [&'static str] {
         "dbt" => DBT_KEYS,
         "publish" => PUBLISH_KEYS,
         "notify" => NOTIFY_KEYS,
-        _ => COMMON_TASK_KEYS,
+        _ => &[],
     }
 }
 
@@ -754,7 +666,7 @@ pub fn parse_pipeline(
         doc.get_ref(),
         doc.span(),
         "the pipeline file",
-        PIPELINE_KEYS,
+        &[PIPELINE_KEYS],
     );
     let p = read_pipeline(&root, file_stem, settings, &mut diags);
     root.finish(&mut diags);
@@ -913,7 +825,7 @@ fn read_pipeline(
 
     let defaults = match root.table("defaults", diags) {
         Some((t, span)) => {
-            let r = TableReader::new(t, span, "`[defaults]`", DEFAULT_KEYS);
+            let r = TableReader::new(t, span, "`[defaults]`", &[DEFAULT_KEYS]);
             let inh = read_inheritable(&r, settings, diags);
             r.finish(diags);
             inh
@@ -940,7 +852,12 @@ fn read_pipeline(
             None => format!("task #{}", i + 1),
         };
         let kind = table.get("kind").and_then(|v| v.get_ref().as_str());
-        let r = TableReader::new(table, span.clone(), label, task_keys(kind));
+        let r = TableReader::new(
+            table,
+            span.clone(),
+            label,
+            &[COMMON_TASK_KEYS, kind_keys(kind)],
+        );
         if let Some((task, deps)) = read_task(&r, &defaults, settings, diags) {
             if id_spans.contains_key(&task.id) {
                 diags.push(
@@ -1178,35 +1095,38 @@ fn read_task(
         None => TriggerRule::AllSuccess,
     };
     let own = read_inheritable(r, settings, diags);
-    let pick = |a: &Option<Located<u64>>, b: &Option<Located<u64>>| {
-        a.as_ref().or(b.as_ref()).map(|v| v.value)
-    };
-    let retries =
-        pick(&own.retries, &defaults.retries).unwrap_or(settings.default_retries as u64) as u32;
-    let retry_delay = own
-        .retry_delay
-        .as_ref()
-        .or(defaults.retry_delay.as_ref())
-        .map(|v| v.value)
-        .unwrap_or(Duration::from_secs(30));
-    let backoff = own
-        .retry_backoff
-        .as_ref()
-        .or(defaults.retry_backoff.as_ref())
-        .map(|v| v.value)
-        .unwrap_or(Backoff::Exponential);
-    let max_retry_delay = own
-        .max_retry_delay
-        .as_ref()
-        .or(defaults.max_retry_delay.as_ref())
-        .map(|v| v.value)
-        .unwrap_or(Duration::from_secs(600));
-    let timeout = own
-        .timeout
-        .as_ref()
-        .or(defaults.timeout.as_ref())
-        .map(|v| v.value)
-        .unwrap_or(Some(settings.default_timeout));
+    // A task's own setting, else the pipeline's `[defaults]`, else the project's default.
+    fn pick<T: Clone>(own: &Option<Located<T>>, defaults: &Option<Located<T>>, fallback: T) -> T {
+        own.as_ref()
+            .or(defaults.as_ref())
+            .map(|v| v.value.clone())
+            .unwrap_or(fallback)
+    }
+    let retries = pick(
+        &own.retries,
+        &defaults.retries,
+        u64::from(settings.default_retries),
+    ) as u32;
+    let retry_delay = pick(
+        &own.retry_delay,
+        &defaults.retry_delay,
+        Duration::from_secs(30),
+    );
+    let backoff = pick(
+        &own.retry_backoff,
+        &defaults.retry_backoff,
+        Backoff::Exponential,
+    );
+    let max_retry_delay = pick(
+        &own.max_retry_delay,
+        &defaults.max_retry_delay,
+        Duration::from_secs(600),
+    );
+    let timeout = pick(
+        &own.timeout,
+        &defaults.timeout,
+        Some(settings.default_timeout),
+    );
     let pool = own.pool.or_else(|| defaults.pool.clone()).map(|p| p.value);
     let mut env: Vec<(String, String)> = defaults
         .env
@@ -1504,7 +1424,7 @@ fn read_extract(
             t,
             span.clone(),
             format!("a table of task `{id}`"),
-            TABLE_KEYS,
+            &[TABLE_KEYS],
         );
         let name = tr.string("name", diags);
         let sql = tr.string("sql", diags);

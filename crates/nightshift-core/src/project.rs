@@ -102,7 +102,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
         Ok(d) => d,
         Err(d) => return (s, vec![d]),
     };
-    let root = TableReader::new(doc.get_ref(), doc.span(), "nightshift.toml", ROOT_KEYS);
+    let root = TableReader::new(doc.get_ref(), doc.span(), "nightshift.toml", &[ROOT_KEYS]);
     if let Some(tz) = root.string("timezone", &mut diags) {
         if time::parse_zone(&tz.value).is_err() {
             diags.push(
@@ -141,7 +141,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
         }
     }
     if let Some((t, span)) = root.table("store", &mut diags) {
-        let r = TableReader::new(t, span, "`[store]`", STORE_KEYS);
+        let r = TableReader::new(t, span, "`[store]`", &[STORE_KEYS]);
         if let Some(p) = r.string("path", &mut diags) {
             if p.value.trim().is_empty() {
                 diags.push(Diagnostic::error(
@@ -155,7 +155,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
         r.finish(&mut diags);
     }
     if let Some((t, span)) = root.table("defaults", &mut diags) {
-        let r = TableReader::new(t, span, "`[defaults]`", DEFAULT_KEYS);
+        let r = TableReader::new(t, span, "`[defaults]`", &[DEFAULT_KEYS]);
         if let Some(v) = r.uint("retries", 100, &mut diags) {
             s.default_retries = v.value as u32;
         }
@@ -175,7 +175,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
             let label = format!("pool `{}`", name.get_ref());
             let slots = match v.get_ref() {
                 toml::de::DeValue::Table(pt) => {
-                    let r = TableReader::new(pt, v.span(), label, POOL_KEYS);
+                    let r = TableReader::new(pt, v.span(), label, &[POOL_KEYS]);
                     let slots = r.uint("slots", 100_000, &mut diags);
                     if slots.is_none() && !r.has("slots") {
                         diags.push(
@@ -223,7 +223,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                 );
                 continue;
             };
-            let r = TableReader::new(ct, v.span(), label.clone(), CONNECTION_KEYS);
+            let r = TableReader::new(ct, v.span(), label.clone(), &[CONNECTION_KEYS]);
             let kind = r.string("kind", &mut diags);
             match kind.as_ref().map(|k| k.value.as_str()) {
                 Some("sqlite") => match r.string("path", &mut diags) {
@@ -280,7 +280,7 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                 );
                 continue;
             };
-            let r = TableReader::new(ct, v.span(), label.clone(), CHANNEL_KEYS);
+            let r = TableReader::new(ct, v.span(), label.clone(), &[CHANNEL_KEYS]);
             let kind = r.string("kind", &mut diags);
             let channel = match kind.as_ref().map(|k| k.value.as_str()) {
                 Some("log") => Some(Channel::Log),

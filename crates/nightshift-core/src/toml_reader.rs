@@ -40,16 +40,18 @@ pub(crate) struct TableReader<'a, 'i> {
     span: Span,
     /// How the table is named in messages, e.g. "`[defaults]`" or "task `dbt_run`".
     pub(crate) label: String,
-    known: &'static [&'static str],
+    known: Vec<&'static str>,
 }
 
 impl<'a, 'i> TableReader<'a, 'i> {
+    /// `known` lists the accepted keys, possibly in several parts (common and specific).
     pub(crate) fn new(
         table: &'a DeTable<'i>,
         span: Span,
         label: impl Into<String>,
-        known: &'static [&'static str],
+        known: &[&'static [&'static str]],
     ) -> Self {
+        let known = known.iter().flat_map(|k| k.iter().copied()).collect();
         TableReader {
             table,
             span,

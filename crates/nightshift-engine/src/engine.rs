@@ -979,8 +979,6 @@ fn notify_argv(
     spec: &nightshift_core::pipeline::NotifySpec,
 ) -> Result<Vec<String>, String> {
     use nightshift_core::pipeline::{NotifyRequest, TaskSummary};
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let tis = c
         .store
         .task_instances(c.run.pk)
@@ -1035,12 +1033,7 @@ fn notify_argv(
         channels,
         project_dir: c.project_dir.to_string_lossy().into_owned(),
     };
-    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-    Ok(vec![
-        exe.to_string_lossy().into_owned(),
-        "__notify".to_owned(),
-        json,
-    ])
+    internal_argv("__notify", &request)
 }
 
 /// argv of a publish try: `nightshift __publish REQUEST`. Refuses when a dbt test of this
@@ -1051,8 +1044,6 @@ fn publish_argv(
     ctx: &Context,
     dir: &std::path::Path,
 ) -> Result<Vec<String>, String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
     // The latest try of each dbt task speaks for it.
     let mut latest: std::collections::BTreeMap<&str, u32> = Default::default();
@@ -1093,12 +1084,7 @@ fn publish_argv(
         checks,
         dbt_invocation_id: invocation,
     };
-    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-    Ok(vec![
-        exe.to_string_lossy().into_owned(),
-        "__publish".to_owned(),
-        json,
-    ])
+    internal_argv("__publish", &request)
 }
 
 /// The values of the project's secret environment variables (short values are left alone:
@@ -1121,6 +1107,18 @@ fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
         .collect()
 }
 
+/// argv of a built-in kind: this binary, re-executed as `nightshift __<kind> REQUEST`.
+fn internal_argv(kind: &str, request: &impl serde::Serialize) -> Result<Vec<String>, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
+    let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exe.to_string_lossy().into_owned(),
+        kind.to_owned(),
+        json,
+    ])
+}
+
 /// One sensor poke runs at most this long.
 const POKE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -1141,8 +1139,6 @@ fn sensor_argv(
 ) -> Result<Vec<String>, String> {
     use nightshift_core::pipeline::{SensorCondition, SensorRequest};
     use nightshift_core::project::Connection;
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let (condition, connection) = match &spec.condition {
         SensorCondition::Sql { connection, sql } => {
             let conn = match c.connections.get(connection) {
@@ -1178,12 +1174,7 @@ fn sensor_argv(
         end: rfc3339(c.run.data_interval_end),
         run_id: c.run.run_id.clone(),
     };
-    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-    Ok(vec![
-        exe.to_string_lossy().into_owned(),
-        "__sensor".to_owned(),
-        json,
-    ])
+    internal_argv("__sensor", &request)
 }
 
 /// argv of an extract try: this binary, re-executed as `nightshift __extract REQUEST`.
@@ -1191,8 +1182,6 @@ fn extract_argv(
     c: &TryCtx,
     spec: &nightshift_core::pipeline::ExtractSpec,
 ) -> Result<Vec<String>, String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let connection = match c.connections.get(&spec.connection) {
         Some(nightshift_core::project::Connection::Sqlite { path }) => {
             nightshift_core::project::Connection::Sqlite {
@@ -1226,12 +1215,7 @@ fn extract_argv(
         run_id: c.run.run_id.clone(),
         history,
     };
-    let json = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-    Ok(vec![
-        exe.to_string_lossy().into_owned(),
-        "__extract".to_owned(),
-        json,
-    ])
+    internal_argv("__extract", &request)
 }
 
 /// How long a try runs before its pid is recorded on its own (see `run_try`).

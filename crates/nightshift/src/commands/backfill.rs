@@ -10,7 +10,8 @@ use nightshift_engine::engine::create_run;
 use nightshift_engine::{Clock, Event, Mode, SystemClock};
 
 use crate::commands::{
-    drive, load_project, new_engine, open_store, parse_date_flag, require_pipeline, usage,
+    drive, event_line, load_project, new_engine, open_store, parse_date_flag, require_pipeline,
+    usage,
 };
 use crate::output;
 
@@ -159,31 +160,13 @@ pub async fn exec(
     );
     let engine = new_engine(project, store.clone(), clock, Mode::Runs(pks.clone()))?;
     let mut failed = 0;
-    drive(engine, |e| match e {
-        Event::TaskEnded {
-            task_id,
-            state,
-            at,
-            tz,
-            ..
-        } => bar.suspend(|| output::line(output::task_line(&task_id, state, at, &tz))),
-        Event::TaskRetrying { .. } => {}
-        Event::RunEnded {
-            run_id,
-            ds,
-            state,
-            rows_loaded,
-            ..
-        } => {
-            if state != RunState::Success {
-                failed += 1;
-            }
-            bar.suspend(|| {
-                output::line(format!(
-                    "Run {name} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
-                ))
-            });
+    drive(engine, |e| {
+        if let Event::RunEnded { state, .. } = &e {
+            failed += usize::from(*state != RunState::Success);
             bar.inc(1);
+        }
+        if let Some(line) = event_line(&e) {
+            bar.suspend(|| output::line(line));
         }
     })
     .await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use nightshift_engine::{Clock, Event, Mode, SimClock};
 
-use crate::commands::{backfill, drive, load_project, new_engine, open_store, usage};
+use crate::commands::{backfill, drive, event_line, load_project, new_engine, open_store, usage};
 use crate::output;
 use crate::{scaffold, shop};
 
@@ -141,25 +141,16 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     engine
         .acquire_scheduler_lease()
         .map_err(|e| usage(e.to_string()))?;
-    drive(engine, |e| match e {
-        Event::TaskEnded {
-            task_id,
-            state,
-            at,
-            tz,
-            ..
-        } => output::line(output::task_line(&task_id, state, at, &tz)),
-        Event::RunEnded {
-            pipeline,
-            run_id,
-            ds,
-            state,
-            rows_loaded,
-            ..
-        } => output::line(format!(
-            "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}\n"
-        )),
-        Event::TaskRetrying { .. } => {}
+    drive(engine, |e| {
+        if let Some(line) = event_line(&e) {
+            // A blank line after each run keeps the nights apart.
+            let gap = if matches!(e, Event::RunEnded { .. }) {
+                "\n"
+            } else {
+                ""
+            };
+            output::line(format!("{line}{gap}"));
+        }
     })
     .await?;
 

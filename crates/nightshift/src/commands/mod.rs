@@ -221,6 +221,31 @@ pub fn engine_options() -> Result<Options> {
     Ok(opts)
 }
 
+/// The run log's line for an event: the seed's `Task extract_data: SUCCESS (2024-06-02 00:01)`
+/// for a task, and `Run nightly 20240602_0000 (ds 2024-06-01): SUCCESS rows_loaded=12417`.
+pub fn event_line(e: &Event) -> Option<String> {
+    match e {
+        Event::TaskEnded {
+            task_id,
+            state,
+            at,
+            tz,
+            ..
+        } => Some(output::task_line(task_id, *state, *at, tz)),
+        Event::RunEnded {
+            pipeline,
+            run_id,
+            ds,
+            state,
+            rows_loaded,
+            ..
+        } => Some(format!(
+            "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
+        )),
+        Event::TaskRetrying { .. } => None,
+    }
+}
+
 /// Runs an engine while forwarding its events to `on_event`.
 pub async fn drive(engine: Engine, mut on_event: impl FnMut(Event)) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();

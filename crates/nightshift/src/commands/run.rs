@@ -9,7 +9,8 @@ use nightshift_engine::{Event, Mode, SystemClock};
 use nightshift_store::Created;
 
 use crate::commands::{
-    drive, load_project, new_engine, open_store, parse_date_flag, require_pipeline, usage,
+    drive, event_line, load_project, new_engine, open_store, parse_date_flag, require_pipeline,
+    usage,
 };
 use crate::output;
 
@@ -61,14 +62,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
         clock,
         Mode::Runs(HashSet::from([pk])),
     )?;
-    drive(engine, |e| match e {
-        Event::TaskEnded {
-            task_id,
-            state,
-            at,
-            tz,
-            ..
-        } => output::line(output::task_line(&task_id, state, at, &tz)),
+    drive(engine, |e| match &e {
         Event::TaskRetrying {
             task_id,
             try_number,
@@ -77,6 +71,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
         } => output::note(format!(
             "  {task_id}: try {try_number} failed; retrying at {next_try_at}"
         )),
+        Event::TaskEnded { .. } => output::line(event_line(&e).unwrap_or_default()),
         Event::RunEnded { .. } => {}
     })
     .await?;

@@ -2,9 +2,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use nightshift_engine::{Clock, Event, Mode, SimClock, SystemClock};
+use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 
-use crate::commands::{drive, load_project, new_engine, open_store, parse_ts_flag, usage};
+use crate::commands::{
+    drive, event_line, load_project, new_engine, open_store, parse_ts_flag, usage,
+};
 use crate::output;
 
 pub async fn exec(dir: &Path, from: Option<&str>, until: Option<&str>) -> Result<i32> {
@@ -31,25 +33,10 @@ pub async fn exec(dir: &Path, from: Option<&str>, until: Option<&str>) -> Result
     engine
         .acquire_scheduler_lease()
         .map_err(|e| usage(e.to_string()))?;
-    drive(engine, |e| match e {
-        Event::TaskEnded {
-            task_id,
-            state,
-            at,
-            tz,
-            ..
-        } => output::line(output::task_line(&task_id, state, at, &tz)),
-        Event::TaskRetrying { .. } => {}
-        Event::RunEnded {
-            pipeline,
-            run_id,
-            ds,
-            state,
-            rows_loaded,
-            ..
-        } => output::line(format!(
-            "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
-        )),
+    drive(engine, |e| {
+        if let Some(line) = event_line(&e) {
+            output::line(line);
+        }
     })
     .await?;
     Ok(0)
