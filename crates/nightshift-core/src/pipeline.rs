@@ -1382,20 +1382,7 @@ fn read_extract(
 ) -> Option<ExtractSpec> {
     let connection = match r.string("connection", diags) {
         Some(c) => {
-            if !settings.connections.contains_key(&c.value) {
-                let mut d = Diagnostic::error(
-                    format!("unknown connection `{}` in task `{id}`", c.value),
-                    Some(c.span.clone()),
-                );
-                d = match did_you_mean(&c.value, settings.connections.keys().map(String::as_str)) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None => d.with_help(format!(
-                        "declare it in nightshift.toml:\n[connections.{}]\nkind = \"sqlite\"\npath = \"source/shop.db\"",
-                        c.value
-                    )),
-                };
-                diags.push(d);
-            }
+            check_connection(&c, id, settings, diags);
             c.value
         }
         None => {
@@ -1451,19 +1438,7 @@ fn read_extract(
                 Some(name.span.clone()),
             ));
         }
-        for (at, p) in sql_params(&sql.value) {
-            if !SQL_PARAMS.contains(&p.as_str()) {
-                let pos = if sql.span.end - sql.span.start == sql.value.len() + 2 {
-                    sql.span.start + 1 + at
-                } else {
-                    sql.span.start
-                };
-                diags.push(
-                    Diagnostic::error(format!("unknown query parameter `:{p}`"), Some(pos..pos + p.len() + 1))
-                        .with_help("available: :start and :end (the data interval, RFC 3339 UTC), :ds, :run_id"),
-                );
-            }
-        }
+        check_sql_params(&sql, diags);
         if sql.value.trim().is_empty() {
             diags.push(Diagnostic::error("empty `sql`", Some(sql.span.clone())));
         }

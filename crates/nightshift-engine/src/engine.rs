@@ -215,15 +215,7 @@ pub fn create_run(
     let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
     let run_id = p.schedule.run_id(&iv);
     let ds = p.schedule.ds(&iv).to_string();
-    let tasks: Vec<NewTask<'_>> = p
-        .tasks
-        .iter()
-        .map(|t| NewTask {
-            task_id: &t.id,
-            max_tries: t.max_tries(),
-            pool: t.pool.as_deref(),
-        })
-        .collect();
+    let tasks = new_tasks(p);
     Ok(store.create_run(
         &NewRun {
             run_id: &run_id,
@@ -239,6 +231,18 @@ pub fn create_run(
     )?)
 }
 
+/// One task instance per task of the pipeline, for a new or rerun run.
+fn new_tasks(p: &Pipeline) -> Vec<NewTask<'_>> {
+    p.tasks
+        .iter()
+        .map(|t| NewTask {
+            task_id: &t.id,
+            max_tries: t.max_tries(),
+            pool: t.pool.as_deref(),
+        })
+        .collect()
+}
+
 /// Puts a finished run back to run again on the pipeline's current version.
 pub fn rerun(
     store: &Store,
@@ -249,15 +253,7 @@ pub fn rerun(
 ) -> Result<bool, Error> {
     let p = &lp.pipeline;
     let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
-    let tasks: Vec<NewTask<'_>> = p
-        .tasks
-        .iter()
-        .map(|t| NewTask {
-            task_id: &t.id,
-            max_tries: t.max_tries(),
-            pool: t.pool.as_deref(),
-        })
-        .collect();
+    let tasks = new_tasks(p);
     Ok(store.reset_run(run_pk, to_micros(now), trigger, &version, &tasks)?)
 }
 
