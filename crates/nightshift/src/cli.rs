@@ -144,6 +144,10 @@ pub enum Command {
     /// Runs a notify try (started by the engine, not by people).
     #[command(name = "__notify", hide = true)]
     InternalNotify { request: String },
+    /// Stop the scheduler from creating and starting runs of a pipeline (running tasks finish).
+    Pause { pipeline: String },
+    /// Let the scheduler create and start runs of a pipeline again (catchup applies).
+    Unpause { pipeline: String },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

@@ -109,8 +109,24 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::InternalSensor { request } => internal::sensor(&request),
         Command::InternalPublish { request } => internal::publish(&request),
         Command::InternalNotify { request } => internal::notify(&request),
+        Command::Pause { pipeline } => pause(&dir, &pipeline, true),
+        Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
     }
+}
+
+/// `pause` / `unpause`: a flag in the store that every scheduler reads at its next heartbeat.
+fn pause(dir: &Path, name: &str, paused: bool) -> Result<i32> {
+    let project = load_project(dir)?;
+    require_pipeline(&project, name)?;
+    let store = open_store(&project)?;
+    let now = nightshift_engine::clock::real_now_us();
+    store.set_paused(name, paused, now)?;
+    output::line(format!(
+        "{name}: {}",
+        if paused { "paused" } else { "unpaused" }
+    ));
+    Ok(0)
 }
 
 /// Loads the project, printing every problem. Settings errors stop the command; a broken

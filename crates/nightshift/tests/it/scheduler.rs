@@ -486,3 +486,35 @@ fn a_run_in_flight_keeps_the_pipeline_version_it_was_created_with() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(p.read("versions.txt"), "v1\nv2\n");
 }
+
+#[test]
+fn a_paused_pipeline_gets_no_runs_until_unpaused() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01") + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n"),
+    );
+    let out = p.run(&["pause", "p"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "p: paused");
+    let sim = [
+        "up",
+        "--simulate-from",
+        "2024-06-01T23:00:00Z",
+        "--simulate-until",
+        "2024-06-03T01:00:00Z",
+    ];
+    assert!(p.run(&sim).status.success());
+    assert!(p.runs("p").is_empty(), "no run while paused");
+    assert!(p.run(&["unpause", "p"]).status.success());
+    assert!(p.run(&sim).status.success());
+    let runs = p.runs("p");
+    assert_eq!(
+        runs.len(),
+        2,
+        "catchup creates the missed runs once unpaused"
+    );
+    assert!(runs.iter().all(|r| r["status"] == "SUCCESS"));
+    let out = p.run(&["pause", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+}
