@@ -1127,6 +1127,20 @@ fn describe_condition(c: &nightshift_core::pipeline::SensorCondition) -> String 
     }
 }
 
+/// A named connection as a child process needs it: paths made absolute.
+fn resolve_connection(
+    c: &TryCtx,
+    name: &str,
+) -> Result<nightshift_core::project::Connection, String> {
+    use nightshift_core::project::Connection;
+    match c.connections.get(name) {
+        Some(Connection::Sqlite { path }) => Ok(Connection::Sqlite {
+            path: c.project_dir.join(path).to_string_lossy().into_owned(),
+        }),
+        None => Err(format!("unknown connection `{name}`")),
+    }
+}
+
 /// argv of a sensor poke: this binary, re-executed as `nightshift __sensor REQUEST`.
 fn sensor_argv(
     c: &TryCtx,
@@ -1134,15 +1148,9 @@ fn sensor_argv(
     ctx: &Context,
 ) -> Result<Vec<String>, String> {
     use nightshift_core::pipeline::{SensorCondition, SensorRequest};
-    use nightshift_core::project::Connection;
     let (condition, connection) = match &spec.condition {
         SensorCondition::Sql { connection, sql } => {
-            let conn = match c.connections.get(connection) {
-                Some(Connection::Sqlite { path }) => Connection::Sqlite {
-                    path: c.project_dir.join(path).to_string_lossy().into_owned(),
-                },
-                None => return Err(format!("unknown connection `{connection}`")),
-            };
+            let conn = resolve_connection(c, connection)?;
             (
                 SensorCondition::Sql {
                     connection: connection.clone(),
@@ -1178,14 +1186,7 @@ fn extract_argv(
     c: &TryCtx,
     spec: &nightshift_core::pipeline::ExtractSpec,
 ) -> Result<Vec<String>, String> {
-    let connection = match c.connections.get(&spec.connection) {
-        Some(nightshift_core::project::Connection::Sqlite { path }) => {
-            nightshift_core::project::Connection::Sqlite {
-                path: c.project_dir.join(path).to_string_lossy().into_owned(),
-            }
-        }
-        None => return Err(format!("unknown connection `{}`", spec.connection)),
-    };
+    let connection = resolve_connection(c, &spec.connection)?;
     let mut history: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
     let recent = c
         .store

@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Incomplete(String),
+    #[error("sensor condition: {0}")]
+    Condition(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +101,34 @@ fn completeness(table: &str, rows: i64, history: &[i64], min_ratio: Option<f64>)
             ratio * 100.0,
             history.len()
         )
+    })
+}
+
+/// A sensor's SQL condition on a SQLite source, for the run's interval.
+pub fn condition_holds(
+    req: &nightshift_core::pipeline::SensorRequest,
+    sql: &str,
+) -> Result<bool, Error> {
+    let Some(Connection::Sqlite { path }) = &req.connection else {
+        return Err(Error::Condition("the sensor has no connection".to_owned()));
+    };
+    if !Path::new(path).exists() {
+        return Err(Error::Write {
+            path: PathBuf::from(path),
+            message: "the source database does not exist".to_owned(),
+        });
+    }
+    let conn = sqlite::open(path)?;
+    let params = sqlite::Params {
+        start: &req.start,
+        end: &req.end,
+        ds: &req.ds,
+        run_id: &req.run_id,
+        extracted_at: "",
+    };
+    sqlite::holds(&conn, sql, &params).map_err(|message| Error::Table {
+        table: "(sensor)".to_owned(),
+        message,
     })
 }
 

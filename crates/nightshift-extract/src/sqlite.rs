@@ -62,6 +62,27 @@ fn bind(stmt: &mut Statement<'_>, p: &Params<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a condition query holds: its first column of its first row is neither NULL, 0
+/// nor empty (a sensor's poke). Same read-only connection and bound parameters as extracts.
+pub(crate) fn holds(conn: &Connection, sql: &str, p: &Params<'_>) -> Result<bool, String> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn
+        .prepare(sql)
+        .map_err(|e| format!("preparing `{sql}`: {e}"))?;
+    bind(&mut stmt, p)?;
+    let mut rows = stmt.raw_query();
+    let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    Ok(match row.get_ref(0).map_err(|e| e.to_string())? {
+        ValueRef::Null => false,
+        ValueRef::Integer(n) => n != 0,
+        ValueRef::Real(f) => f != 0.0,
+        ValueRef::Text(t) => !t.is_empty(),
+        ValueRef::Blob(b) => !b.is_empty(),
+    })
+}
+
 pub(crate) fn count(conn: &Connection, sql: &str, p: &Params<'_>) -> Result<i64, String> {
     let sql = format!(
         "SELECT COUNT(*) FROM ({})",

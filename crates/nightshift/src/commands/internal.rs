@@ -6,8 +6,7 @@ use nightshift_core::pipeline::NotifyRequest;
 use nightshift_core::pipeline::{
     ExtractRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
 };
-use nightshift_core::project::{Channel, Connection};
-use rusqlite::types::ValueRef;
+use nightshift_core::project::Channel;
 
 use crate::output;
 
@@ -46,61 +45,21 @@ pub fn sensor(request: &str) -> Result<i32> {
             ));
             ok
         }
-        SensorCondition::Sql { sql, .. } => {
-            let Some(Connection::Sqlite { path }) = &req.connection else {
-                output::note("error: the sensor has no connection");
-                return Ok(1);
-            };
-            match poke_sql(path, sql, &req) {
-                Ok(ok) => {
-                    output::line(format!(
-                        "`{sql}` is {}",
-                        if ok { "true" } else { "not true yet" }
-                    ));
-                    ok
-                }
-                Err(e) => {
-                    output::note(format!("error: {e}"));
-                    return Ok(1);
-                }
+        SensorCondition::Sql { sql, .. } => match nightshift_extract::condition_holds(&req, sql) {
+            Ok(ok) => {
+                output::line(format!(
+                    "`{sql}` is {}",
+                    if ok { "true" } else { "not true yet" }
+                ));
+                ok
             }
-        }
+            Err(e) => {
+                output::note(format!("error: {e}"));
+                return Ok(1);
+            }
+        },
     };
     Ok(if ready { 0 } else { SENSOR_NOT_YET })
-}
-
-fn poke_sql(path: &str, sql: &str, req: &SensorRequest) -> Result<bool> {
-    if !std::path::Path::new(path).exists() {
-        anyhow::bail!("the source database `{path}` does not exist");
-    }
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("opening `{path}`"))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mut stmt = conn
-        .prepare(sql)
-        .with_context(|| format!("preparing `{sql}`"))?;
-    for i in 1..=stmt.parameter_count() {
-        let v = match stmt.parameter_name(i) {
-            Some(":start") => &req.start,
-            Some(":end") => &req.end,
-            Some(":ds") => &req.ds,
-            Some(":run_id") => &req.run_id,
-            other => anyhow::bail!("unknown query parameter `{}`", other.unwrap_or("?")),
-        };
-        stmt.raw_bind_parameter(i, v)?;
-    }
-    let mut rows = stmt.raw_query();
-    let Some(row) = rows.next()? else {
-        return Ok(false);
-    };
-    Ok(match row.get_ref(0)? {
-        ValueRef::Null => false,
-        ValueRef::Integer(n) => n != 0,
-        ValueRef::Real(f) => f != 0.0,
-        ValueRef::Text(t) => !t.is_empty(),
-        ValueRef::Blob(b) => !b.is_empty(),
-    })
 }
 
 pub fn publish(request: &str) -> Result<i32> {
