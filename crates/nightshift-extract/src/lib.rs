@@ -113,10 +113,9 @@ pub fn condition_holds(
         return Err(Error::Condition("the sensor has no connection".to_owned()));
     };
     if !Path::new(path).exists() {
-        return Err(Error::Write {
-            path: PathBuf::from(path),
-            message: "the source database does not exist".to_owned(),
-        });
+        return Err(Error::Condition(format!(
+            "the source database `{path}` does not exist"
+        )));
     }
     let conn = sqlite::open(path)?;
     let params = sqlite::Params {
