@@ -1,6 +1,7 @@
 //! nightshift's pure logic: no I/O, no system clock.
 //!
 //! # Layout
+//! - [`deadline`]: deadline instants and the finish-time forecast.
 //! - [`diag`]: diagnostics with file positions, rendered like cargo's.
 //! - [`project`]: `nightshift.toml` settings.
 //! - [`pipeline`]: the pipeline model and the validation of pipeline files.
@@ -8,6 +9,7 @@
 //! - [`time`]: schedules, DST rules, data intervals, `ds` and `run_id`.
 //! - [`state`]: run and task states, trigger rules, run outcomes.
 
+pub mod deadline;
 pub mod diag;
 pub mod pipeline;
 pub mod project;

@@ -360,6 +360,14 @@ pub struct Pipeline {
     rank: Vec<usize>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum IntervalsError {
+    #[error(transparent)]
+    Time(#[from] time::Error),
+    #[error("the range holds more than {0} intervals; take it in parts")]
+    TooMany(usize),
+}
+
 /// Kahn-style layering in file order; tasks left out form a cycle (reported at validation).
 fn topo_indices(tasks: &[Task], index: &HashMap<String, usize>) -> Vec<usize> {
     let mut placed = vec![false; tasks.len()];
@@ -414,6 +422,41 @@ impl Pipeline {
             self.schedule.tz(),
             self.start_date.to_datetime(Time::midnight()),
         )
+    }
+
+    /// Every ended interval (by `now`) whose ds is in [from, to], oldest first, at most
+    /// `limit`. The flag says whether intervals of the range had not ended yet.
+    pub fn intervals_between(
+        &self,
+        from: jiff::civil::Date,
+        to: jiff::civil::Date,
+        now: jiff::Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<time::DataInterval>, bool), IntervalsError> {
+        let mut out = vec![];
+        let mut start = self.schedule.next_fire_inclusive(time::resolve(
+            self.schedule.tz(),
+            from.to_datetime(Time::midnight()),
+        ))?;
+        loop {
+            let iv = time::DataInterval {
+                start,
+                end: self.schedule.next_fire(start)?,
+            };
+            if self.schedule.ds(&iv) > to {
+                return Ok((out, false));
+            }
+            if iv.end > now {
+                return Ok((out, true));
+            }
+            if iv.start >= self.start_instant() || self.schedule.ds(&iv) >= from {
+                out.push(iv);
+            }
+            start = iv.end;
+            if out.len() > limit {
+                return Err(IntervalsError::TooMany(limit));
+            }
+        }
     }
 
     /// Whether an interval falls in [start_date, end_date].
@@ -817,7 +860,9 @@ fn read_pipeline(
                 Err(_) => {
                     diags.push(
                         Diagnostic::error(format!("invalid deadline `{}`", d.value), Some(d.span))
-                            .with_help("write a local time of day `HH:MM`, e.g. \"06:00\""),
+                            .with_help(
+                                "write a local time of day `HH:MM` or `HH:MM:SS`, e.g. \"06:00\"",
+                            ),
                     );
                     None
                 }

@@ -32,6 +32,139 @@ pub struct ProjectSettings {
     /// Environment variables whose values are secrets: masked as `***` in every try log.
     /// Webhook `url_env` variables are secrets too, without being listed.
     pub secrets: Vec<String>,
+    /// Which channels get alerts, and for which events.
+    pub alerts: AlertSettings,
+    /// The web UI and API served by `up`.
+    pub web: WebSettings,
+    /// How long finished runs are kept (`None`: forever).
+    pub retention: Option<Duration>,
+}
+
+/// Something that happened that a channel may be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// A task failed after its last try.
+    TaskFailed,
+    /// A task failed and will be tried again.
+    TaskRetrying,
+    RunFailed,
+    RunSucceeded,
+    DeadlineAtRisk,
+    DeadlineMissed,
+    /// A pipeline whose failure was alerted has a successful run again.
+    Recovered,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 7] = [
+        AlertKind::TaskFailed,
+        AlertKind::TaskRetrying,
+        AlertKind::RunFailed,
+        AlertKind::RunSucceeded,
+        AlertKind::DeadlineAtRisk,
+        AlertKind::DeadlineMissed,
+        AlertKind::Recovered,
+    ];
+    /// What a channel hears about unless it says otherwise: one alert per failure (the
+    /// failed task), deadlines, and recovery.
+    pub const DEFAULT: [AlertKind; 4] = [
+        AlertKind::TaskFailed,
+        AlertKind::DeadlineAtRisk,
+        AlertKind::DeadlineMissed,
+        AlertKind::Recovered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::TaskFailed => "task_failed",
+            AlertKind::TaskRetrying => "task_retrying",
+            AlertKind::RunFailed => "run_failed",
+            AlertKind::RunSucceeded => "run_succeeded",
+            AlertKind::DeadlineAtRisk => "deadline_at_risk",
+            AlertKind::DeadlineMissed => "deadline_missed",
+            AlertKind::Recovered => "recovered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether this kind opens an incident that a `recovered` alert closes.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            AlertKind::TaskFailed | AlertKind::RunFailed | AlertKind::DeadlineMissed
+        )
+    }
+}
+
+/// `[alerts]` and the alert keys of each channel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AlertSettings {
+    /// Channels that get alerts, by name.
+    pub channels: Vec<String>,
+    /// Base of the links in alerts (the UI's address as people reach it).
+    pub base_url: Option<String>,
+    /// Per channel: the events it wants and after how many consecutive failed runs.
+    pub subscriptions: BTreeMap<String, Subscription>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub events: Vec<AlertKind>,
+    /// Failure alerts only once this many runs in a row have failed (1: every failure).
+    pub after_failures: u32,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            events: AlertKind::DEFAULT.to_vec(),
+            after_failures: 1,
+        }
+    }
+}
+
+/// `[web]`: where `up` serves the UI and API, and the token actions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSettings {
+    pub bind: String,
+    /// A token written in the file (prefer `token_env`).
+    pub token: Option<String>,
+    /// The environment variable holding the token.
+    pub token_env: String,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            bind: "127.0.0.1:8080".into(),
+            token: None,
+            token_env: "NIGHTSHIFT_TOKEN".into(),
+        }
+    }
+}
+
+impl WebSettings {
+    /// The token actions need, if one is configured.
+    pub fn resolve_token(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| env(&self.token_env))
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// Body of a webhook call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// nightshift's JSON object.
+    #[default]
+    Json,
+    /// Slack's incoming-webhook payload (`text` and `blocks`).
+    Slack,
 }
 
 /// Where a `notify` task sends run summaries.
@@ -44,6 +177,26 @@ pub enum Channel {
     Webhook {
         url: Option<String>,
         url_env: Option<String>,
+        timeout_ms: u64,
+        retries: u32,
+        #[serde(default)]
+        format: WebhookFormat,
+    },
+    /// Email through an SMTP server; STARTTLS when asked for.
+    Smtp {
+        host: String,
+        port: u16,
+        from: String,
+        to: Vec<String>,
+        starttls: bool,
+        username_env: Option<String>,
+        password_env: Option<String>,
+        timeout_ms: u64,
+        retries: u32,
+    },
+    /// A program run with the message as JSON on stdin (argv, never a shell line).
+    Command {
+        command: Vec<String>,
         timeout_ms: u64,
         retries: u32,
     },
@@ -72,6 +225,9 @@ impl Default for ProjectSettings {
             connections: BTreeMap::new(),
             channels: BTreeMap::new(),
             secrets: vec![],
+            alerts: AlertSettings::default(),
+            web: WebSettings::default(),
+            retention: None,
         }
     }
 }
@@ -87,8 +243,25 @@ const ROOT_KEYS: &[&str] = &[
     "connections",
     "channels",
     "secrets",
+    "alerts",
+    "web",
+    "retention",
 ];
-const CHANNEL_KEYS: &[&str] = &["kind", "url", "url_env", "timeout", "retries"];
+const CHANNEL_KEYS: &[&str] = &["kind", "timeout", "retries", "events", "after_failures"];
+const WEBHOOK_KEYS: &[&str] = &["url", "url_env", "format"];
+const SMTP_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "from",
+    "to",
+    "starttls",
+    "username_env",
+    "password_env",
+];
+const COMMAND_KEYS: &[&str] = &["command"];
+const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
+const WEB_KEYS: &[&str] = &["bind", "token", "token_env"];
+const RETENTION_KEYS: &[&str] = &["max_age"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path"];
 const STORE_KEYS: &[&str] = &["path"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
@@ -280,8 +453,60 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                 );
                 continue;
             };
-            let r = TableReader::new(ct, v.span(), label.clone(), &[CHANNEL_KEYS]);
+            let kind_name = match ct.get("kind").map(|k| k.get_ref()) {
+                Some(toml::de::DeValue::String(k)) => k.to_string(),
+                _ => String::new(),
+            };
+            let extra: &[&str] = match kind_name.as_str() {
+                "webhook" => WEBHOOK_KEYS,
+                "smtp" => SMTP_KEYS,
+                "command" => COMMAND_KEYS,
+                _ => &[],
+            };
+            let r = TableReader::new(ct, v.span(), label.clone(), &[CHANNEL_KEYS, extra]);
             let kind = r.string("kind", &mut diags);
+            let timeout_ms = r
+                .string("timeout", &mut diags)
+                .and_then(|t| match time::parse_duration(&t.value) {
+                    Ok(d) if !d.is_zero() => Some(d.as_millis() as u64),
+                    _ => {
+                        diags.push(
+                            Diagnostic::error(
+                                format!("invalid duration `{}` for `timeout`", t.value),
+                                Some(t.span),
+                            )
+                            .with_help("write e.g. `10s`"),
+                        );
+                        None
+                    }
+                })
+                .unwrap_or(10_000);
+            let retries = r
+                .uint("retries", 20, &mut diags)
+                .map(|v| v.value as u32)
+                .unwrap_or(3);
+            let mut sub = Subscription::default();
+            if let Some(list) = r.string_list("events", false, &mut diags) {
+                sub.events.clear();
+                for e in list {
+                    match AlertKind::parse(&e.value) {
+                        Some(k) => sub.events.push(k),
+                        None => diags.push(
+                            Diagnostic::error(
+                                format!("unknown alert event `{}` in {label}", e.value),
+                                Some(e.span),
+                            )
+                            .with_help(format!(
+                                "use one of {}",
+                                AlertKind::ALL.map(AlertKind::as_str).join(", ")
+                            )),
+                        ),
+                    }
+                }
+            }
+            if let Some(n) = r.uint("after_failures", 1000, &mut diags) {
+                sub.after_failures = (n.value as u32).max(1);
+            }
             let channel = match kind.as_ref().map(|k| k.value.as_str()) {
                 Some("log") => Some(Channel::Log),
                 Some("webhook") => {
@@ -298,26 +523,80 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                     if url.is_none() && url_env.is_none() {
                         diags.push(Diagnostic::error(format!("{label} needs `url` or `url_env`"), Some(v.span())).with_help("a URL with a token belongs in an environment variable: `url_env = \"OPS_WEBHOOK_URL\"`"));
                     }
-                    let timeout = r.string("timeout", &mut diags).and_then(|t| {
-                        match time::parse_duration(&t.value) {
-                            Ok(d) if !d.is_zero() => Some(d),
-                            _ => {
-                                diags.push(Diagnostic::error(
-                                    format!("invalid duration `{}` for `timeout`", t.value),
-                                    Some(t.span),
-                                ));
-                                None
-                            }
+                    let format = match r.string("format", &mut diags) {
+                        None => WebhookFormat::Json,
+                        Some(f) if f.value == "json" => WebhookFormat::Json,
+                        Some(f) if f.value == "slack" => WebhookFormat::Slack,
+                        Some(f) => {
+                            diags.push(
+                                Diagnostic::error(
+                                    format!("unknown webhook format `{}` in {label}", f.value),
+                                    Some(f.span),
+                                )
+                                .with_help("use `json` or `slack`"),
+                            );
+                            WebhookFormat::Json
                         }
-                    });
+                    };
                     Some(Channel::Webhook {
                         url: url.map(|u| u.value),
                         url_env: url_env.map(|u| u.value),
-                        timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(10_000),
-                        retries: r
-                            .uint("retries", 20, &mut diags)
-                            .map(|v| v.value as u32)
-                            .unwrap_or(3),
+                        timeout_ms,
+                        retries,
+                        format,
+                    })
+                }
+                Some("smtp") => {
+                    let host = r.string("host", &mut diags);
+                    let from = r.string("from", &mut diags);
+                    let to = r.string_list("to", false, &mut diags).unwrap_or_default();
+                    if host.is_none() || from.is_none() || to.is_empty() {
+                        diags.push(
+                            Diagnostic::error(
+                                format!("{label} needs `host`, `from` and `to`"),
+                                Some(v.span()),
+                            )
+                            .with_help("write `host = \"smtp.example.com\"`, `from = \"nightshift@example.com\"`, `to = [\"ops@example.com\"]`"),
+                        );
+                    }
+                    for addr in from.iter().chain(to.iter()) {
+                        if !addr.value.contains('@') {
+                            diags.push(Diagnostic::error(
+                                format!("`{}` in {label} is not an email address", addr.value),
+                                Some(addr.span.clone()),
+                            ));
+                        }
+                    }
+                    let port = r.uint("port", 65_535, &mut diags).map(|p| p.value as u16);
+                    Some(Channel::Smtp {
+                        host: host.map(|h| h.value).unwrap_or_default(),
+                        port: port.unwrap_or(25),
+                        from: from.map(|f| f.value).unwrap_or_default(),
+                        to: to.into_iter().map(|t| t.value).collect(),
+                        starttls: r
+                            .bool("starttls", &mut diags)
+                            .map(|b| b.value)
+                            .unwrap_or(false),
+                        username_env: r.string("username_env", &mut diags).map(|u| u.value),
+                        password_env: r.string("password_env", &mut diags).map(|u| u.value),
+                        timeout_ms,
+                        retries,
+                    })
+                }
+                Some("command") => {
+                    let command = r
+                        .string_list("command", false, &mut diags)
+                        .unwrap_or_default();
+                    if command.is_empty() {
+                        diags.push(
+                            Diagnostic::error(format!("{label} needs a `command`"), Some(v.span()))
+                                .with_help("an argv array: `command = [\"/usr/local/bin/page-oncall\", \"--team\", \"data\"]`"),
+                        );
+                    }
+                    Some(Channel::Command {
+                        command: command.into_iter().map(|c| c.value).collect(),
+                        timeout_ms,
+                        retries,
                     })
                 }
                 Some(other) => {
@@ -326,23 +605,113 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                             format!("unknown channel kind `{other}` in {label}"),
                             kind.map(|k| k.span),
                         )
-                        .with_help("use `log` or `webhook`"),
+                        .with_help("use `log`, `webhook`, `smtp` or `command`"),
                     );
                     None
                 }
                 None => {
                     diags.push(
                         Diagnostic::error(format!("{label} needs a `kind`"), Some(v.span()))
-                            .with_help("`kind = \"log\"` or `kind = \"webhook\"`"),
+                            .with_help(
+                                "`kind = \"log\"`, `\"webhook\"`, `\"smtp\"` or `\"command\"`",
+                            ),
                     );
                     None
                 }
             };
+            s.alerts
+                .subscriptions
+                .insert(name.get_ref().to_string(), sub);
             r.finish(&mut diags);
             if let Some(c) = channel {
                 s.channels.insert(name.get_ref().to_string(), c);
             }
         }
+    }
+    if let Some((t, span)) = root.table("alerts", &mut diags) {
+        let r = TableReader::new(t, span, "`[alerts]`", &[ALERTS_KEYS]);
+        if let Some(list) = r.string_list("channels", false, &mut diags) {
+            for c in list {
+                if s.channels.contains_key(&c.value) {
+                    s.alerts.channels.push(c.value);
+                } else {
+                    let known: Vec<&str> = s.channels.keys().map(String::as_str).collect();
+                    diags.push(
+                        Diagnostic::error(
+                            format!(
+                                "`[alerts]` names channel `{}`, which is not defined",
+                                c.value
+                            ),
+                            Some(c.span),
+                        )
+                        .with_help(if known.is_empty() {
+                            "define it under `[channels.NAME]`".to_owned()
+                        } else {
+                            format!("defined channels: {}", known.join(", "))
+                        }),
+                    );
+                }
+            }
+        }
+        if let Some(u) = r.string("base_url", &mut diags) {
+            if u.value.starts_with("http://") || u.value.starts_with("https://") {
+                s.alerts.base_url = Some(u.value.trim_end_matches('/').to_owned());
+            } else {
+                diags.push(Diagnostic::error(
+                    "`base_url` must start with http:// or https://",
+                    Some(u.span),
+                ));
+            }
+        }
+        r.finish(&mut diags);
+    }
+    if let Some((t, span)) = root.table("web", &mut diags) {
+        let r = TableReader::new(t, span, "`[web]`", &[WEB_KEYS]);
+        if let Some(b) = r.string("bind", &mut diags) {
+            if b.value.parse::<std::net::SocketAddr>().is_ok() {
+                s.web.bind = b.value;
+            } else {
+                diags.push(
+                    Diagnostic::error(
+                        format!("invalid `bind` address `{}`", b.value),
+                        Some(b.span),
+                    )
+                    .with_help("write an IP address and port, e.g. \"127.0.0.1:8080\""),
+                );
+            }
+        }
+        if let Some(tok) = r.string("token", &mut diags) {
+            if tok.value.len() < 16 {
+                diags.push(
+                    Diagnostic::error("`token` is shorter than 16 characters", Some(tok.span))
+                        .with_help(
+                            "use a long random token, better kept in the environment (`token_env`)",
+                        ),
+                );
+            } else {
+                s.web.token = Some(tok.value);
+            }
+        }
+        if let Some(e) = r.string("token_env", &mut diags) {
+            s.web.token_env = e.value;
+        }
+        r.finish(&mut diags);
+    }
+    if let Some((t, span)) = root.table("retention", &mut diags) {
+        let r = TableReader::new(t, span, "`[retention]`", &[RETENTION_KEYS]);
+        if let Some(v) = r.string("max_age", &mut diags) {
+            match time::parse_duration(&v.value) {
+                Ok(d) if !d.is_zero() => s.retention = Some(d),
+                _ => diags.push(
+                    Diagnostic::error(
+                        format!("invalid duration `{}` for `max_age`", v.value),
+                        Some(v.span),
+                    )
+                    .with_help("write e.g. `90d`"),
+                ),
+            }
+        }
+        r.finish(&mut diags);
     }
     root.finish(&mut diags);
     (s, diags)

@@ -339,16 +339,18 @@ pub fn parse_date(s: &str) -> Result<Date, Error> {
     Date::from_str(s).map_err(|_| Error::Date(s.to_owned()))
 }
 
-/// Parses a local time of day `HH:MM`.
+/// Parses a local time of day `HH:MM` or `HH:MM:SS`.
 pub fn parse_time_of_day(s: &str) -> Result<Time, Error> {
     let bad = || Error::Date(s.to_owned());
-    let (h, m) = s.split_once(':').ok_or_else(bad)?;
-    if h.len() != 2 || m.len() != 2 {
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
         return Err(bad());
     }
-    let h: i8 = h.parse().map_err(|_| bad())?;
-    let m: i8 = m.parse().map_err(|_| bad())?;
-    Time::new(h, m, 0, 0).map_err(|_| bad())
+    let num = |p: &str| p.parse::<i8>().map_err(|_| bad());
+    let h = num(parts[0])?;
+    let m = num(parts[1])?;
+    let sec = parts.get(2).map(|p| num(p)).transpose()?.unwrap_or(0);
+    Time::new(h, m, sec, 0).map_err(|_| bad())
 }
 
 /// Microseconds since the Unix epoch: the store's representation of an instant.

@@ -8,10 +8,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
+use nightshift_core::deadline::{self, DeadlineState, TaskProgress};
 use nightshift_core::pipeline::parse_pipeline;
 use nightshift_core::state::{advance, run_outcome};
 use nightshift_core::template::Context;
@@ -83,6 +85,27 @@ pub enum Event {
         at: Timestamp,
         trigger: Trigger,
     },
+    /// A run's standing against its deadline changed (raised by one process only: the store
+    /// decides which).
+    Deadline {
+        pipeline: String,
+        run_id: String,
+        ds: String,
+        state: DeadlineState,
+        deadline: Timestamp,
+        forecast: Option<Timestamp>,
+        at: Timestamp,
+    },
+}
+
+/// Figures of the loop for metrics, readable from another thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// How late the last wake-up was against the time the loop meant to wake (µs).
+    pub loop_lag_us: AtomicI64,
+    pub passes: AtomicU64,
+    /// Runs and tries removed by retention since start.
+    pub pruned_runs: AtomicU64,
 }
 
 /// A named point where a test may have the engine kill itself with SIGKILL
@@ -190,6 +213,12 @@ pub struct Engine {
     done_rx: mpsc::UnboundedReceiver<TryDone>,
     holds_scheduler_lease: bool,
     paused: HashSet<String>,
+    /// Deadline state last written per active run, so unchanged states are not rewritten.
+    deadline_seen: HashMap<i64, DeadlineState>,
+    /// Duration estimates per run (from history before it), computed once per run.
+    estimates: HashMap<i64, HashMap<String, i64>>,
+    last_prune: Option<Instant>,
+    stats: Arc<Stats>,
 }
 
 fn us(d: Duration) -> i64 {
@@ -286,7 +315,24 @@ impl Engine {
             done_rx,
             holds_scheduler_lease: false,
             paused: HashSet::new(),
+            deadline_seen: HashMap::new(),
+            estimates: HashMap::new(),
+            last_prune: None,
+            stats: Arc::new(Stats::default()),
         }
+    }
+
+    pub fn project(&self) -> &Project {
+        &self.project
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The loop's figures, shared with whoever serves metrics.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {
@@ -526,6 +572,13 @@ impl Engine {
         }
         let now_us = to_micros(now);
         let mut candidates: Vec<(Arc<Pipeline>, RunRow, TiRow)> = vec![];
+        // Caches keyed by task instance or run keep only what is active, so memory follows
+        // the active work, not the history.
+        let live: HashSet<i64> = tis_by_run.values().flatten().map(|t| t.pk).collect();
+        self.seen.retain(|pk, _| live.contains(pk));
+        let live_runs: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
+        self.deadline_seen.retain(|pk, _| live_runs.contains(pk));
+        self.estimates.retain(|pk, _| live_runs.contains(pk));
         for mut run in runs {
             let Some(p) = self.pipeline_of_version(&run.version)? else {
                 continue;
@@ -561,6 +614,7 @@ impl Engine {
             }
             if let Some(outcome) = run_outcome(tis.iter().map(|t| t.state)) {
                 if self.store.finish_run(run.pk, outcome, now_us)? {
+                    self.judge_finished(&p, &run, now)?;
                     let rows = self.store.run(run.pk)?.map(|r| r.rows_loaded).unwrap_or(0);
                     info!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
                     self.emit(Event::RunEnded {
@@ -650,6 +704,188 @@ impl Engine {
         Ok(out)
     }
 
+    /// A finished run met its deadline or missed it.
+    fn judge_finished(&mut self, p: &Pipeline, run: &RunRow, now: Timestamp) -> Result<(), Error> {
+        let iv = DataInterval {
+            start: from_micros(run.data_interval_start),
+            end: from_micros(run.data_interval_end),
+        };
+        if let Some(d) = deadline::deadline_for(p, &iv) {
+            let state = if now <= d {
+                DeadlineState::Met
+            } else {
+                DeadlineState::Missed
+            };
+            if self
+                .store
+                .set_deadline(run.pk, to_micros(d), state.as_str(), None)?
+                && state == DeadlineState::Missed
+            {
+                self.emit_deadline(run, state, d, None, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_deadline(
+        &self,
+        run: &RunRow,
+        state: DeadlineState,
+        d: Timestamp,
+        forecast: Option<Timestamp>,
+        now: Timestamp,
+    ) {
+        match state {
+            DeadlineState::AtRisk => {
+                warn!(pipeline = %run.pipeline, run_id = %run.run_id, deadline = %d, forecast = ?forecast, "deadline at risk")
+            }
+            DeadlineState::Missed => {
+                warn!(pipeline = %run.pipeline, run_id = %run.run_id, deadline = %d, "deadline missed")
+            }
+            _ => {}
+        }
+        self.emit(Event::Deadline {
+            pipeline: run.pipeline.clone(),
+            run_id: run.run_id.clone(),
+            ds: run.logical_date.clone(),
+            state,
+            deadline: d,
+            forecast,
+            at: now,
+        });
+    }
+
+    /// Judges every unfinished run of a pipeline with a deadline: missed once the deadline
+    /// passed, at risk when the forecast from the remaining critical path passes it.
+    /// Returns the next deadline still ahead, so the loop wakes for it.
+    fn check_deadlines(&mut self, now: Timestamp) -> Result<Option<Timestamp>, Error> {
+        let mut next: Option<Timestamp> = None;
+        for run in self.store.active_runs()? {
+            let Some(p) = self.pipeline_of_version(&run.version)? else {
+                continue;
+            };
+            let iv = DataInterval {
+                start: from_micros(run.data_interval_start),
+                end: from_micros(run.data_interval_end),
+            };
+            let Some(d) = deadline::deadline_for(&p, &iv) else {
+                continue;
+            };
+            if !self.estimates.contains_key(&run.pk) {
+                let est: HashMap<String, i64> = self
+                    .store
+                    .recent_durations(&p.name, run.data_interval_start, 10)?
+                    .into_iter()
+                    .filter_map(|(t, xs)| deadline::median(xs).map(|m| (t, m)))
+                    .collect();
+                self.estimates.insert(run.pk, est);
+            }
+            let est = &self.estimates[&run.pk];
+            let tis = self.store.task_instances(run.pk)?;
+            let tries = if tis.iter().any(|t| t.state == TaskState::Running) {
+                self.store.tries(run.pk)?
+            } else {
+                vec![]
+            };
+            let now_us = to_micros(now);
+            let progress: HashMap<String, TaskProgress> = tis
+                .iter()
+                .map(|ti| {
+                    let running_ms = (ti.state == TaskState::Running)
+                        .then(|| {
+                            tries
+                                .iter()
+                                .find(|t| t.ti_pk == ti.pk && t.try_number == ti.try_number)
+                                .map(|t| (now_us - t.start_time) / 1000)
+                        })
+                        .flatten();
+                    (
+                        ti.task_id.clone(),
+                        TaskProgress {
+                            state: Some(ti.state),
+                            running_ms,
+                            estimate_ms: est.get(&ti.task_id).copied(),
+                        },
+                    )
+                })
+                .collect();
+            let remaining = deadline::forecast_remaining_ms(&p, &progress);
+            let state = deadline::judge(now, d, remaining);
+            let forecast = remaining.map(|ms| plus(now, Duration::from_millis(ms as u64)));
+            if self.deadline_seen.get(&run.pk) != Some(&state) {
+                self.deadline_seen.insert(run.pk, state);
+                let changed = self.store.set_deadline(
+                    run.pk,
+                    to_micros(d),
+                    state.as_str(),
+                    forecast.map(to_micros),
+                )?;
+                if changed && matches!(state, DeadlineState::AtRisk | DeadlineState::Missed) {
+                    self.emit_deadline(&run, state, d, forecast, now);
+                }
+            }
+            if d > now {
+                next = Some(next.map_or(d, |n: Timestamp| n.min(d)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Retention: removes finished runs older than the project's `max_age`, their history
+    /// and their log files. At most every ten minutes, by the scheduler only.
+    fn prune_if_due(&mut self) -> Result<(), Error> {
+        let Some(max_age) = self.project.settings.retention else {
+            return Ok(());
+        };
+        if !self.holds_scheduler_lease
+            || self
+                .last_prune
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(600))
+        {
+            return Ok(());
+        }
+        self.last_prune = Some(Instant::now());
+        let cutoff = to_micros(self.clock.now()) - us(max_age);
+        let pruned = self.store.prune(cutoff, 500)?;
+        if pruned.runs == 0 {
+            return Ok(());
+        }
+        let logs = self.project.logs_dir();
+        let logs = logs.canonicalize().unwrap_or(logs);
+        let mut dirs = HashSet::new();
+        for path in &pruned.log_paths {
+            let path = std::path::Path::new(path);
+            // Only files under the project's log folder: a store edited by hand cannot make
+            // retention delete anything else.
+            if let Ok(real) = path.canonicalize()
+                && real.starts_with(&logs)
+            {
+                let _ = std::fs::remove_file(&real);
+                if let Some(d) = real.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+            }
+        }
+        for d in dirs {
+            let mut d = Some(d.as_path());
+            while let Some(dir) = d.filter(|x| x.starts_with(&logs) && *x != logs) {
+                if std::fs::remove_dir(dir).is_err() {
+                    break;
+                }
+                d = dir.parent();
+            }
+        }
+        self.stats
+            .pruned_runs
+            .fetch_add(pruned.runs, Ordering::Relaxed);
+        info!(
+            runs = pruned.runs,
+            tries = pruned.tries,
+            "retention removed old runs"
+        );
+        Ok(())
+    }
+
     /// Reports task state changes (including those made by other processes) once each.
     fn observe(&mut self, p: &Pipeline, run: &RunRow, ti: &TiRow, now: Timestamp) {
         let key = (ti.state, ti.try_number);
@@ -737,7 +973,8 @@ impl Engine {
             return Err(Error::LostLease);
         }
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
-        self.recover_orphans()
+        self.recover_orphans()?;
+        self.prune_if_due()
     }
 
     /// Finds RUNNING tries whose engine is gone (dead process on this host, or an expired
@@ -911,6 +1148,11 @@ impl Engine {
                 next_fire = self.schedule_due_runs(now)?;
             }
             let pass = self.pass(now, !past_until)?;
+            self.stats.passes.fetch_add(1, Ordering::Relaxed);
+            if scheduling && !past_until {
+                let next_deadline = self.check_deadlines(now)?;
+                next_fire = [next_fire, next_deadline].into_iter().flatten().min();
+            }
             if past_until && self.running.is_empty() {
                 info!(until = %until.unwrap_or(now), "reached the end of the simulation");
                 return Ok(());
@@ -938,12 +1180,16 @@ impl Engine {
                 let wait = SignedDuration::from_micros(to_micros(due) - to_micros(now));
                 sleep_for = sleep_for.min(Duration::try_from(wait).unwrap_or(Duration::ZERO));
             }
+            let slept = Instant::now();
             tokio::select! {
                 Some(d) = self.done_rx.recv() => {
                     self.running.remove(&d.ti_pk);
                     while let Ok(d) = self.done_rx.try_recv() { self.running.remove(&d.ti_pk); }
                 }
-                _ = tokio::time::sleep(sleep_for) => {}
+                _ = tokio::time::sleep(sleep_for) => {
+                    let late = slept.elapsed().saturating_sub(sleep_for);
+                    self.stats.loop_lag_us.store(i64::try_from(late.as_micros()).unwrap_or(i64::MAX), Ordering::Relaxed);
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -1087,14 +1333,21 @@ fn publish_argv(
 /// masking `1` would garble every log).
 fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
     let mut names: Vec<&str> = settings.secrets.iter().map(String::as_str).collect();
+    use nightshift_core::project::Channel;
     for ch in settings.channels.values() {
-        if let nightshift_core::project::Channel::Webhook {
-            url_env: Some(v), ..
-        } = ch
-        {
-            names.push(v);
+        match ch {
+            Channel::Webhook {
+                url_env: Some(v), ..
+            } => names.push(v),
+            Channel::Smtp {
+                username_env,
+                password_env,
+                ..
+            } => names.extend(username_env.iter().chain(password_env).map(String::as_str)),
+            _ => {}
         }
     }
+    names.push(&settings.web.token_env);
     #[allow(clippy::disallowed_methods)]
     names
         .into_iter()

@@ -16,4 +16,4 @@ pub mod procs;
 pub mod project;
 
 pub use clock::{Clock, SimClock, SystemClock};
-pub use engine::{CrashPoint, Engine, Event, Mode, Options};
+pub use engine::{CrashPoint, Engine, Event, Mode, Options, Stats};

@@ -20,10 +20,18 @@ use std::time::Duration;
 use nightshift_core::{RunState, TaskState, Trigger};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod alerts;
+mod ops;
+mod views;
+
+pub use alerts::{AlertRow, NewAlert};
+pub use views::{DeadlineRow, EventRecord, Pruned};
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("migration_2.sql")),
     (3, include_str!("migration_3.sql")),
+    (4, include_str!("migration_4.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

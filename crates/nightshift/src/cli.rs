@@ -56,6 +56,13 @@ pub enum Command {
         /// Stop the simulation at this time (RFC 3339).
         #[arg(long, value_name = "TS", requires = "simulate_from")]
         simulate_until: Option<String>,
+        /// Serve the web UI, API and metrics here (default `[web] bind`, 127.0.0.1:8080;
+        /// port 0 picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+        /// Do not serve the web UI.
+        #[arg(long, conflicts_with = "bind")]
+        no_web: bool,
     },
     /// One run per interval whose ds is in [--from, --to].
     Backfill {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nightshift_core::time::to_micros;
-use nightshift_core::{DataInterval, RunState, Trigger};
+use nightshift_core::{RunState, Trigger};
 use nightshift_engine::engine::create_run;
 use nightshift_engine::{Clock, Event, Mode, SystemClock};
 
@@ -41,38 +41,11 @@ pub async fn exec(
     }
     let clock = Arc::new(SystemClock);
     let now = clock.now();
-    // Every interval whose ds is in [from, to] and which has ended.
-    let mut intervals: Vec<DataInterval> = vec![];
-    let mut start = p
-        .schedule
-        .next_fire_inclusive(nightshift_core::time::resolve(
-            p.schedule.tz(),
-            from.to_datetime(jiff::civil::Time::midnight()),
-        ))?;
-    loop {
-        let iv = DataInterval {
-            start,
-            end: p.schedule.next_fire(start)?,
-        };
-        if p.schedule.ds(&iv) > to {
-            break;
-        }
-        if iv.end > now {
-            output::note(format!(
-                "note: intervals from ds {} on have not ended yet and are left out",
-                p.schedule.ds(&iv)
-            ));
-            break;
-        }
-        if iv.start >= p.start_instant() || p.schedule.ds(&iv) >= from {
-            intervals.push(iv);
-        }
-        start = iv.end;
-        if intervals.len() > 100_000 {
-            return Err(usage(
-                "the range holds more than 100000 intervals; backfill it in parts",
-            ));
-        }
+    let (intervals, cut) = p
+        .intervals_between(from, to, now, 100_000)
+        .map_err(|e| usage(e.to_string()))?;
+    if cut {
+        output::note("note: intervals of the range that have not ended yet are left out");
     }
     if intervals.is_empty() {
         return Err(usage(format!(

@@ -112,106 +112,39 @@ fn summary_text(r: &NotifyRequest) -> String {
     out
 }
 
-/// Only the scheme and host of a URL: the path of a webhook URL is often its secret.
-fn redact(url: &str) -> String {
-    let rest = url.split_once("://");
-    match rest {
-        Some((scheme, r)) => format!("{scheme}://{}/…", r.split('/').next().unwrap_or("")),
-        None => "…".to_owned(),
-    }
-}
-
 /// Sends the run summary to each channel; fails (to be retried per policy) when a channel
 /// could not be reached after its own retries.
 pub fn notify(request: &str) -> Result<i32> {
     let req: NotifyRequest = serde_json::from_str(request).context("reading the notify request")?;
     let text = summary_text(&req);
-    let body = serde_json::json!({
-        "text": text,
-        "pipeline": req.pipeline, "run_id": req.run_id, "ds": req.ds, "status": req.status,
-        "rows_loaded": req.rows_loaded, "tasks": req.tasks, "failed_checks": req.failed_checks,
-    });
+    let msg = nightshift_alert::Message {
+        subject: format!(
+            "[nightshift] {} {} (ds {}): {}",
+            req.pipeline, req.run_id, req.ds, req.status
+        ),
+        text: text.clone(),
+        data: serde_json::json!({
+            "pipeline": req.pipeline, "run_id": req.run_id, "ds": req.ds, "status": req.status,
+            "rows_loaded": req.rows_loaded, "tasks": req.tasks, "failed_checks": req.failed_checks,
+        }),
+        link: None,
+    };
+    let dir = std::path::Path::new(&req.project_dir);
     let mut failures = vec![];
     for (name, channel) in &req.channels {
-        match channel {
-            Channel::Log => {
-                output::line(&text);
-                let path =
-                    std::path::Path::new(&req.project_dir).join(".nightshift/notifications.jsonl");
-                let line = serde_json::json!({"channel": name, "summary": body}).to_string();
-                let res = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| {
-                        use std::io::Write;
-                        writeln!(f, "{line}")
-                    });
-                if let Err(e) = res {
-                    failures.push(format!(
-                        "channel `{name}`: cannot write `{}`: {e}",
-                        path.display()
-                    ));
-                }
-            }
-            Channel::Webhook {
-                url,
-                url_env,
-                timeout_ms,
-                retries,
-            } => {
-                #[allow(clippy::disallowed_methods)]
-                let url = match (url, url_env) {
-                    (Some(u), _) => u.clone(),
-                    (None, Some(var)) => match std::env::var(var) {
-                        Ok(u) if !u.is_empty() => u,
-                        _ => {
-                            failures.push(format!(
-                                "channel `{name}`: environment variable `{var}` is not set"
-                            ));
-                            continue;
-                        }
-                    },
-                    (None, None) => continue,
-                };
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(std::time::Duration::from_millis(*timeout_ms)))
-                    .http_status_as_error(true)
-                    .build()
-                    .into();
-                let mut last = String::new();
-                let mut sent = false;
-                for attempt in 0..=*retries {
-                    if attempt > 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(500 << attempt.min(5)));
-                    }
-                    match agent
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .send(body.to_string())
-                    {
-                        Ok(_) => {
-                            output::line(format!(
-                                "channel `{name}`: delivered to {}",
-                                redact(&url)
-                            ));
-                            sent = true;
-                            break;
-                        }
-                        Err(e) => {
-                            // The error may quote the URL; say only where it went.
-                            last = e.to_string().replace(url.as_str(), &redact(&url));
-                            output::note(format!(
-                                "channel `{name}`: attempt {} failed: {last}",
-                                attempt + 1
-                            ));
-                        }
-                    }
-                }
-                if !sent {
-                    failures.push(format!("channel `{name}` ({}): {last}", redact(&url)));
-                }
-            }
+        if matches!(channel, Channel::Log) {
+            output::line(&text);
+        }
+        let out = nightshift_alert::deliver(
+            name,
+            channel,
+            &msg,
+            dir,
+            &nightshift_alert::channel::process_env,
+        );
+        match out.error {
+            None => output::line(format!("channel `{name}`: delivered")),
+            Some(e) => failures.push(format!("channel `{name}`: {e}")),
         }
     }
     if failures.is_empty() {

@@ -56,7 +56,18 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Up {
             simulate_from,
             simulate_until,
-        } => up::exec(&dir, simulate_from.as_deref(), simulate_until.as_deref()).await,
+            bind,
+            no_web,
+        } => {
+            up::exec(
+                &dir,
+                simulate_from.as_deref(),
+                simulate_until.as_deref(),
+                bind.as_deref(),
+                no_web,
+            )
+            .await
+        }
         Command::Backfill {
             pipeline,
             from,
@@ -258,26 +269,76 @@ pub fn event_line(e: &Event) -> Option<String> {
         } => Some(format!(
             "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
         )),
+        Event::Deadline {
+            pipeline,
+            run_id,
+            state,
+            deadline,
+            forecast,
+            ..
+        } => match state {
+            nightshift_core::deadline::DeadlineState::AtRisk => Some(format!(
+                "Deadline {pipeline} {run_id}: at risk (deadline {deadline}, forecast {})",
+                forecast.map(|f| f.to_string()).unwrap_or_default()
+            )),
+            nightshift_core::deadline::DeadlineState::Missed => Some(format!(
+                "Deadline {pipeline} {run_id}: missed (deadline {deadline})"
+            )),
+            _ => None,
+        },
         Event::TaskRetrying { .. } => None,
     }
 }
 
-/// Runs an engine while forwarding its events to `on_event`.
-pub async fn drive(engine: Engine, mut on_event: impl FnMut(Event)) -> Result<()> {
+/// Runs an engine while forwarding its events to `on_event`, to the project's alert
+/// channels, and (for `up`) to the metrics.
+pub async fn drive(engine: Engine, on_event: impl FnMut(Event)) -> Result<()> {
+    drive_with(engine, None, on_event).await
+}
+
+pub async fn drive_with(
+    engine: Engine,
+    metrics: Option<Arc<nightshift_web::Metrics>>,
+    mut on_event: impl FnMut(Event),
+) -> Result<()> {
+    let store = engine.store();
+    let hook: Option<nightshift_alert::FailureHook> = metrics.clone().map(|m| {
+        Arc::new(move |channel: &str| m.alert_failed(channel)) as nightshift_alert::FailureHook
+    });
+    let alerter = nightshift_alert::Alerter::new(
+        store.clone(),
+        engine.project().settings.clone(),
+        engine.project().dir.clone(),
+        hook,
+    );
+    alerter.deliver_stale();
+    let mut observe = |e: Event| {
+        alerter.handle(&e);
+        if let Some(m) = &metrics {
+            m.observe(&store, &e);
+        }
+        on_event(e);
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let engine = engine.with_events(tx);
     let shutdown = shutdown_signal();
     let handle = engine.run(shutdown);
     tokio::pin!(handle);
-    loop {
+    let res = loop {
         tokio::select! {
             res = &mut handle => {
-                while let Ok(e) = rx.try_recv() { on_event(e); }
-                return res.map_err(anyhow::Error::from);
+                while let Ok(e) = rx.try_recv() { observe(e); }
+                break res.map_err(anyhow::Error::from);
             }
-            Some(e) = rx.recv() => on_event(e),
+            Some(e) = rx.recv() => observe(e),
         }
+    };
+    // Alerts decided before the end go out before the process does (bounded: a hung
+    // endpoint cannot hold the command; what is left is delivered by the next scheduler).
+    if !alerter.is_empty() {
+        alerter.wait_idle(std::time::Duration::from_secs(30));
     }
+    res
 }
 
 pub fn new_engine(

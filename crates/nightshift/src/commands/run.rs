@@ -72,7 +72,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
             "  {task_id}: try {try_number} failed; retrying at {next_try_at}"
         )),
         Event::TaskEnded { .. } => output::line(event_line(&e).unwrap_or_default()),
-        Event::RunEnded { .. } => {}
+        Event::RunEnded { .. } | Event::Deadline { .. } => {}
     })
     .await?;
     let run = store

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -5,11 +6,17 @@ use anyhow::Result;
 use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 
 use crate::commands::{
-    drive, event_line, load_project, new_engine, open_store, parse_ts_flag, usage,
+    drive_with, event_line, load_project, new_engine, open_store, parse_ts_flag, usage,
 };
 use crate::output;
 
-pub async fn exec(dir: &Path, from: Option<&str>, until: Option<&str>) -> Result<i32> {
+pub async fn exec(
+    dir: &Path,
+    from: Option<&str>,
+    until: Option<&str>,
+    bind: Option<&str>,
+    no_web: bool,
+) -> Result<i32> {
     let project = load_project(dir)?;
     let (clock, until): (Arc<dyn Clock>, _) = match (from, until) {
         (Some(f), Some(u)) => {
@@ -22,6 +29,15 @@ pub async fn exec(dir: &Path, from: Option<&str>, until: Option<&str>) -> Result
         }
         _ => (Arc::new(SystemClock), None),
     };
+    let bind: Option<SocketAddr> = bind
+        .map(|b| {
+            b.parse().map_err(|_| {
+                usage(format!(
+                    "invalid --bind `{b}`: write an address and port, e.g. 127.0.0.1:8080"
+                ))
+            })
+        })
+        .transpose()?;
     if project.pipelines.is_empty() && project.broken.is_empty() {
         output::note(format!(
             "warning: no pipelines in `{}`; waiting for files to appear",
@@ -29,11 +45,49 @@ pub async fn exec(dir: &Path, from: Option<&str>, until: Option<&str>) -> Result
         ));
     }
     let store = open_store(&project)?;
+    let web_settings = project.settings.web.clone();
+    let web_project = project.clone();
     let mut engine = new_engine(project, store, clock, Mode::Scheduler { until })?;
     engine
         .acquire_scheduler_lease()
         .map_err(|e| usage(e.to_string()))?;
-    drive(engine, |e| {
+    let metrics = Arc::new(nightshift_web::Metrics::new());
+    // A simulation serves the UI only when asked (`--bind`); a real `up` serves it at the
+    // configured address unless `--no-web`.
+    let serve_at = match (bind, no_web, until.is_some()) {
+        (_, true, _) => None,
+        (Some(b), _, _) => Some((b, true)),
+        (None, _, true) => None,
+        (None, _, false) => web_settings.bind.parse().ok().map(|b| (b, false)),
+    };
+    if let Some((addr, explicit)) = serve_at {
+        #[allow(clippy::disallowed_methods)]
+        let token = web_settings.resolve_token(|k| std::env::var(k).ok());
+        let has_token = token.is_some();
+        match nightshift_web::serve(
+            nightshift_web::Config { bind: addr, token },
+            web_project,
+            metrics.clone(),
+            Some(engine.stats()),
+        ) {
+            Ok(bound) => {
+                output::note(format!(
+                    "web UI and API at http://{bound}/ (metrics at /metrics)"
+                ));
+                if !has_token {
+                    output::note(format!(
+                        "note: actions in the UI and API are disabled until a token is set in `{}`",
+                        web_settings.token_env
+                    ));
+                }
+            }
+            Err(e) if explicit => return Err(usage(e)),
+            Err(e) => output::note(format!(
+                "warning: the web UI is not served ({e}); choose another address with --bind"
+            )),
+        }
+    }
+    drive_with(engine, Some(metrics), |e| {
         if let Some(line) = event_line(&e) {
             output::line(line);
         }

@@ -1,0 +1,502 @@
+//! `/api/v1`: JSON for everything the UI shows, and the actions. Bodies and query values
+//! are checked here, and a mistake is answered `400 {"error": "..."}` naming the field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use nightshift_core::time::{parse_date, to_micros};
+use nightshift_core::{RunState, Trigger};
+use nightshift_engine::engine::{create_run, rerun};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{AppState, WebError};
+
+type St = State<Arc<AppState>>;
+type Q = Query<HashMap<String, String>>;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn now() -> Timestamp {
+    #[allow(clippy::disallowed_methods)]
+    Timestamp::now()
+}
+
+/// A positive integer query value within bounds, or a 400 naming it.
+pub fn query_int(
+    q: &HashMap<String, String>,
+    key: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, WebError> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(WebError::BadRequest(format!(
+                "query parameter `{key}` must be an integer from {min} to {max}, not `{v}`"
+            ))),
+        },
+    }
+}
+
+pub fn query_date(
+    q: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<jiff::civil::Date>, WebError> {
+    q.get(key)
+        .map(|v| {
+            parse_date(v).map_err(|_| {
+                WebError::BadRequest(format!("`{key}` must be a date YYYY-MM-DD, not `{v}`"))
+            })
+        })
+        .transpose()
+}
+
+/// Parses a JSON body into `T`, saying which field is wrong and where.
+pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WebError> {
+    if bytes.is_empty() {
+        return Err(WebError::BadRequest("the request needs a JSON body".into()));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| WebError::BadRequest(format!("invalid request body: {e}")))
+}
+
+fn date_field(v: &str, field: &str) -> Result<jiff::civil::Date, WebError> {
+    parse_date(v).map_err(|_| {
+        WebError::BadRequest(format!("`{field}` must be a date YYYY-MM-DD, not `{v}`"))
+    })
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let project = st.project();
+    let mut names: Vec<&String> = project.pipelines.keys().collect();
+    names.sort();
+    let mut out = vec![];
+    for n in names {
+        out.push(st.summary(n)?);
+    }
+    let problems: Vec<String> = project
+        .problems
+        .iter()
+        .filter(|p| p.has_errors())
+        .map(|p| p.to_string())
+        .collect();
+    Ok(Json(json!({"pipelines": out, "problems": problems})))
+}
+
+pub async fn pipeline(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    Ok(Json(
+        serde_json::to_value(st.summary(&p)?).unwrap_or_default(),
+    ))
+}
+
+pub async fn runs(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Query(q): Q,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let limit = query_int(&q, "limit", 1, 500)?.unwrap_or(25) as u32;
+    let before = query_int(&q, "before", i64::MIN, i64::MAX)?;
+    Ok(Json(
+        serde_json::to_value(st.grid(&p, before, limit)?).unwrap_or_default(),
+    ))
+}
+
+pub async fn run(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let (d, _) = st.run_detail(&p, &run_id)?;
+    Ok(Json(serde_json::to_value(d).unwrap_or_default()))
+}
+
+pub async fn calendar(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    Query(q): Q,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let (from, to) = calendar_range(&q)?;
+    Ok(Json(
+        json!({"pipeline": p, "days": st.calendar(&p, from, to)?}),
+    ))
+}
+
+/// `from`/`to` of a calendar, by default the last 16 weeks; at most two years.
+pub fn calendar_range(
+    q: &HashMap<String, String>,
+) -> Result<(jiff::civil::Date, jiff::civil::Date), WebError> {
+    let today = now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let to = query_date(q, "to")?.unwrap_or(today);
+    let from = query_date(q, "from")?
+        .unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(111)).unwrap_or(to));
+    if from > to {
+        return Err(WebError::BadRequest(format!(
+            "`from` {from} is after `to` {to}"
+        )));
+    }
+    if (to - from).get_days() > 731 {
+        return Err(WebError::BadRequest(
+            "a calendar spans at most two years".into(),
+        ));
+    }
+    Ok((from, to))
+}
+
+pub async fn alerts(
+    State(st): St,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let limit = query_int(&q, "limit", 1, 1000)?.unwrap_or(100) as u32;
+    let rows = st
+        .store
+        .alerts(q.get("pipeline").map(String::as_str), limit)?;
+    Ok(Json(json!({"alerts": rows})))
+}
+
+/// A chunk of a try's log from `offset`; `X-Next-Offset` says where to continue and
+/// `X-Complete` whether the try has ended (then no more will come).
+pub async fn log(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id, task, n)): Path<(String, String, String, String)>,
+    Query(q): Q,
+) -> Result<Response, WebError> {
+    st.require_read(&headers)?;
+    let (bytes, next, complete) = st.read_log(
+        &p,
+        &run_id,
+        &task,
+        &n,
+        query_int(&q, "offset", 0, i64::MAX)?.unwrap_or(0) as u64,
+    )?;
+    let mut res = (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        bytes,
+    )
+        .into_response();
+    let h = res.headers_mut();
+    h.insert("x-next-offset", next.into());
+    h.insert(
+        "x-complete",
+        (if complete { "true" } else { "false" })
+            .parse()
+            .expect("static header"),
+    );
+    Ok(res)
+}
+
+impl AppState {
+    /// Up to 256 KiB of a try's log from `offset`. The path comes from the store and must
+    /// resolve inside the project's log folder.
+    pub fn read_log(
+        &self,
+        p: &str,
+        run_id: &str,
+        task: &str,
+        n: &str,
+        offset: u64,
+    ) -> Result<(Vec<u8>, u64, bool), WebError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let n: u32 = n.parse().map_err(|_| {
+            WebError::BadRequest(format!("try number must be a positive integer, not `{n}`"))
+        })?;
+        let run = self.find_run(p, run_id)?;
+        let t = self
+            .store
+            .tries(run.pk)?
+            .into_iter()
+            .find(|t| t.task_id == task && t.try_number == n)
+            .ok_or_else(|| {
+                WebError::NotFound(format!("no try {n} of task `{task}` in run `{run_id}`"))
+            })?;
+        let complete = t.end_time.is_some();
+        let Some(path) = t.log_path else {
+            return Ok((vec![], offset, complete));
+        };
+        let Some(real) = crate::inside(&self.logs_dir, std::path::Path::new(&path)) else {
+            if std::path::Path::new(&path).exists() {
+                return Err(WebError::Forbidden(
+                    "the log of this try lies outside the project's log folder; it is not served"
+                        .into(),
+                ));
+            }
+            // Created on the try's first line: nothing written yet.
+            return Ok((vec![], offset, complete));
+        };
+        let mut f = std::fs::File::open(&real)
+            .map_err(|e| WebError::Internal(format!("reading the log: {e}")))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = offset.min(len);
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let mut buf = vec![];
+        f.take(256 * 1024)
+            .read_to_end(&mut buf)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let next = start + buf.len() as u64;
+        Ok((buf, next, complete && next >= len))
+    }
+
+    pub fn act_pause(&self, p: &str, paused: bool) -> Result<Value, WebError> {
+        self.pipeline(p)?;
+        self.store.set_paused(p, paused, to_micros(now()))?;
+        Ok(json!({"pipeline": p, "paused": paused}))
+    }
+
+    /// A run for the interval with this ds (manual trigger); an existing finished run is
+    /// run again only with `rerun`.
+    pub fn act_trigger(&self, p: &str, ds: &str, again: bool) -> Result<Value, WebError> {
+        let project = self.project();
+        let lp = project
+            .pipelines
+            .get(p)
+            .ok_or_else(|| WebError::NotFound(format!("no pipeline `{p}`")))?;
+        let date = date_field(ds, "ds")?;
+        let iv = lp
+            .pipeline
+            .schedule
+            .interval_for_ds(date)
+            .map_err(|e| WebError::BadRequest(e.to_string()))?
+            .ok_or_else(|| {
+                WebError::BadRequest(format!("the schedule of `{p}` starts no interval on {ds}"))
+            })?;
+        let t = now();
+        let created = create_run(&self.store, lp, iv, Trigger::Manual, t)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let run = self
+            .store
+            .run(created.pk())?
+            .ok_or_else(|| WebError::Internal("run vanished".into()))?;
+        let what = match created {
+            nightshift_store::Created::New(_) => "created",
+            nightshift_store::Created::Existing(_) if run.status.is_terminal() && again => {
+                rerun(&self.store, lp, run.pk, Trigger::Manual, t)
+                    .map_err(|e| WebError::Internal(e.to_string()))?;
+                "rerun"
+            }
+            nightshift_store::Created::Existing(_) if run.status.is_terminal() => {
+                return Err(WebError::Conflict(format!(
+                    "run {} (ds {}) already finished {}; send \"rerun\": true to run it again",
+                    run.run_id, run.logical_date, run.status
+                )));
+            }
+            nightshift_store::Created::Existing(_) => "already active",
+        };
+        Ok(json!({"pipeline": p, "run_id": run.run_id, "ds": run.logical_date, "result": what}))
+    }
+
+    /// Backfill runs for every ended interval with a ds in [from, to]: new ones created,
+    /// failed ones run again, succeeded ones only with `rerun`. The scheduler runs them.
+    pub fn act_backfill(
+        &self,
+        p: &str,
+        from: &str,
+        to: &str,
+        again: bool,
+    ) -> Result<Value, WebError> {
+        let project = self.project();
+        let lp = project
+            .pipelines
+            .get(p)
+            .ok_or_else(|| WebError::NotFound(format!("no pipeline `{p}`")))?;
+        let from_d = date_field(from, "from")?;
+        let to_d = date_field(to, "to")?;
+        if to_d < from_d {
+            return Err(WebError::BadRequest(format!(
+                "`to` {to} is before `from` {from}"
+            )));
+        }
+        let t = now();
+        let (ivs, _) = lp
+            .pipeline
+            .intervals_between(from_d, to_d, t, 10_000)
+            .map_err(|e| WebError::BadRequest(e.to_string()))?;
+        if ivs.is_empty() {
+            return Err(WebError::BadRequest(format!(
+                "no ended interval of `{p}` has a ds from {from} to {to}"
+            )));
+        }
+        let (mut created, mut rerun_n, mut skipped) = (0, 0, 0);
+        for iv in ivs {
+            match self.store.find_run_by_interval(p, to_micros(iv.start))? {
+                None => {
+                    create_run(&self.store, lp, iv, Trigger::Backfill, t)
+                        .map_err(|e| WebError::Internal(e.to_string()))?;
+                    created += 1;
+                }
+                Some(r)
+                    if r.status == RunState::Failed || (again && r.status == RunState::Success) =>
+                {
+                    rerun(&self.store, lp, r.pk, Trigger::Backfill, t)
+                        .map_err(|e| WebError::Internal(e.to_string()))?;
+                    rerun_n += 1;
+                }
+                Some(_) => skipped += 1,
+            }
+        }
+        Ok(
+            json!({"pipeline": p, "from": from, "to": to, "created": created, "rerun": rerun_n, "skipped": skipped}),
+        )
+    }
+
+    /// Clears a task of a run (and with `downstream`, everything after it) to run again.
+    pub fn act_clear(
+        &self,
+        p: &str,
+        run_id: &str,
+        task: &str,
+        downstream: bool,
+    ) -> Result<Value, WebError> {
+        let run = self.find_run(p, run_id)?;
+        let pipe = self.version(&run.version)?;
+        if pipe.task(task).is_none() {
+            return Err(WebError::BadRequest(format!(
+                "run `{run_id}` has no task `{task}`"
+            )));
+        }
+        let mut ids = vec![task.to_owned()];
+        if downstream {
+            let mut i = 0;
+            while i < ids.len() {
+                for d in pipe.downstream(&ids[i]) {
+                    if !ids.contains(&d.id) {
+                        ids.push(d.id.clone());
+                    }
+                }
+                i += 1;
+            }
+        }
+        let list: Vec<(&str, u32)> = ids
+            .iter()
+            .filter_map(|id| pipe.task(id).map(|t| (id.as_str(), t.max_tries())))
+            .collect();
+        let cleared = self.store.clear_tasks(
+            run.pk,
+            &list,
+            to_micros(now()),
+            "cleared from the web UI or API",
+        )?;
+        if cleared.is_empty() {
+            return Err(WebError::Conflict(format!(
+                "nothing to clear: `{task}` is not finished in run `{run_id}`"
+            )));
+        }
+        Ok(json!({"pipeline": p, "run_id": run_id, "cleared": cleared}))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    ds: String,
+    #[serde(default)]
+    rerun: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    from: String,
+    to: String,
+    #[serde(default)]
+    rerun: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    task: String,
+    #[serde(default)]
+    downstream: bool,
+}
+
+pub async fn trigger(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    b: Bytes,
+) -> Result<Response, WebError> {
+    st.require_token(&headers)?;
+    let req: TriggerBody = body(&b)?;
+    let out = st.act_trigger(&p, &req.ds, req.rerun)?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+pub async fn backfill(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+    b: Bytes,
+) -> Result<Response, WebError> {
+    st.require_token(&headers)?;
+    let req: BackfillBody = body(&b)?;
+    let out = st.act_backfill(&p, &req.from, &req.to, req.rerun)?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+pub async fn clear(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+    b: Bytes,
+) -> Result<Json<Value>, WebError> {
+    st.require_token(&headers)?;
+    let req: ClearBody = body(&b)?;
+    Ok(Json(st.act_clear(
+        &p,
+        &run_id,
+        &req.task,
+        req.downstream,
+    )?))
+}
+
+pub async fn pause(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, WebError> {
+    st.require_token(&headers)?;
+    Ok(Json(st.act_pause(&p, true)?))
+}
+
+pub async fn unpause(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, WebError> {
+    st.require_token(&headers)?;
+    Ok(Json(st.act_pause(&p, false)?))
+}
