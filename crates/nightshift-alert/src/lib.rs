@@ -202,7 +202,7 @@ impl Alerter {
                 state,
                 deadline,
                 forecast,
-                ..
+                at,
             } => {
                 let kind = match state {
                     DeadlineState::AtRisk => AlertKind::DeadlineAtRisk,
@@ -228,6 +228,7 @@ impl Alerter {
                 let data = json!({
                     "event": kind.as_str(), "pipeline": pipeline, "run_id": run_id, "ds": ds,
                     "deadline": deadline.to_string(), "forecast": forecast.map(|f| f.to_string()),
+                    "raised_at": at.to_string(),
                     "links": {"page": link},
                 });
                 let msg = Message {

@@ -90,12 +90,10 @@ impl AlertKind {
         AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// Whether this kind opens an incident that a `recovered` alert closes.
+    /// Whether this kind opens an incident that a `recovered` alert closes (a late run
+    /// that succeeds is not a recovery).
     pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            AlertKind::TaskFailed | AlertKind::RunFailed | AlertKind::DeadlineMissed
-        )
+        matches!(self, AlertKind::TaskFailed | AlertKind::RunFailed)
     }
 }
 

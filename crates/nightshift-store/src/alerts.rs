@@ -96,7 +96,7 @@ impl Store {
         })
     }
 
-    /// Records the outcome of a delivery.
+    /// Records the outcome of a delivery; `sent_at` is when the delivery finished, either way.
     pub fn finish_alert(
         &self,
         id: i64,
@@ -107,7 +107,7 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE alerts SET status = ?2, attempts = ?3, error = ?4, sent_at = CASE WHEN ?2 = 'sent' THEN ?5 ELSE NULL END,
+                "UPDATE alerts SET status = ?2, attempts = ?3, error = ?4, sent_at = ?5,
                      claimed_by = NULL, claimed_until = NULL
                  WHERE id = ?1",
                 params![id, if sent { "sent" } else { "failed" }, attempts, error, now],
@@ -132,7 +132,7 @@ impl Store {
         self.read(|c| {
             c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM alerts WHERE channel = ?1 AND pipeline = ?2 AND status = 'sent'
-                     AND kind IN ('task_failed', 'run_failed', 'deadline_missed')
+                     AND kind IN ('task_failed', 'run_failed')
                      AND id > COALESCE((SELECT MAX(id) FROM alerts WHERE channel = ?1 AND pipeline = ?2 AND kind = 'recovered'), 0))",
                 params![channel, pipeline],
                 |r| r.get(0),

@@ -87,6 +87,15 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Alerts sent or failed, newest first, with where they went and why a delivery failed.
+    Alerts {
+        /// Only this pipeline's alerts.
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// The tasks and tries of one run.
     Tasks {
         run_id: String,

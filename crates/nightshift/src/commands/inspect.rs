@@ -358,3 +358,48 @@ pub fn dbt_results(
     );
     Ok(0)
 }
+
+/// `alerts`: the outbox as the store has it.
+pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> Result<i32> {
+    let project = load_project(dir)?;
+    if let Some(p) = pipeline {
+        require_pipeline(&project, p)?;
+    }
+    let store = open_store(&project)?;
+    let rows = store.alerts(pipeline, limit)?;
+    if as_json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|a| {
+                json!({
+                    "channel": a.channel, "kind": a.kind, "pipeline": a.pipeline, "run_id": a.run_id,
+                    "task_id": a.task_id, "try_number": a.try_number, "status": a.status,
+                    "attempts": a.attempts, "error": a.error, "created_at": iso(Some(a.created_at)),
+                    "finished_at": iso(a.sent_at),
+                    "message": serde_json::from_str::<Value>(&a.payload).unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        output::line(serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    output::table(
+        &["CREATED", "CHANNEL", "EVENT", "PIPELINE", "RUN_ID", "TASK", "STATUS", "ERROR"],
+        &rows
+            .iter()
+            .map(|a| {
+                vec![
+                    ts(Some(a.created_at)),
+                    a.channel.clone(),
+                    a.kind.clone(),
+                    a.pipeline.clone(),
+                    a.run_id.clone().unwrap_or_default(),
+                    a.task_id.clone().unwrap_or_default(),
+                    a.status.clone(),
+                    a.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(0)
+}

@@ -80,6 +80,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             json,
             limit,
         } => inspect::runs(&dir, &pipeline, json, limit),
+        Command::Alerts {
+            pipeline,
+            json,
+            limit,
+        } => inspect::alerts(&dir, pipeline.as_deref(), json, limit),
         Command::Tasks {
             run_id,
             pipeline,

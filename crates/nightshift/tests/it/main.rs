@@ -1,5 +1,6 @@
 //! The one integration-test binary of the `nightshift` CLI.
 
+mod alerts;
 mod cli;
 mod crash;
 mod dbt;

@@ -1,51 +1,7 @@
 //! The notify kind against real channels: a log, and an HTTP server on loopback that the
 //! test runs (one that answers, one that hangs).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-
 use crate::support::*;
-
-/// An HTTP server that records request bodies; with `hang`, it accepts and never answers.
-fn server(hang: bool) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/hooks/secret-token",
-        listener.local_addr().unwrap()
-    );
-    let bodies = Arc::new(Mutex::new(vec![]));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        let mut held = vec![];
-        for stream in listener.incoming().take(10) {
-            let Ok(mut stream) = stream else { continue };
-            if hang {
-                held.push(stream);
-                continue;
-            }
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            seen.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    (url, bodies)
-}
 
 fn project(url: &str) -> TestProject {
     let p = TestProject::new();
@@ -65,7 +21,7 @@ fn project(url: &str) -> TestProject {
 
 #[test]
 fn a_failure_is_notified_once_per_channel_with_what_failed() {
-    let (url, bodies) = server(false);
+    let (url, bodies) = http_server(false);
     let p = project(&url);
     let out = p
         .cmd(&["run", "p", "--date", "2024-06-01"])
@@ -103,7 +59,7 @@ fn a_failure_is_notified_once_per_channel_with_what_failed() {
 
 #[test]
 fn a_hanging_webhook_times_out_and_holds_nothing_else_up() {
-    let (url, _) = server(true);
+    let (url, _) = http_server(true);
     let p = project(&url);
     let out = p
         .cmd(&["run", "p", "--date", "2024-06-01"])

@@ -1,6 +1,9 @@
 //! Test harness: projects in temp folders, the real binary, real processes.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,4 +194,132 @@ pub fn task<'a>(doc: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|t| t["task_id"] == id)
         .unwrap_or_else(|| panic!("no task {id} in {doc}"))
+}
+
+/// An HTTP server that records request bodies; with `hang`, it accepts and never answers.
+pub fn http_server(hang: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hooks/secret-token",
+        listener.local_addr().unwrap()
+    );
+    let bodies = Arc::new(Mutex::new(vec![]));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for stream in listener.incoming().take(10) {
+            let Ok(mut stream) = stream else { continue };
+            if hang {
+                held.push(stream);
+                continue;
+            }
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, bodies)
+}
+
+
+/// A free loopback port (bound, then released for a server the test starts).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real SMTP server (aiosmtpd from tools/testdeps) writing each message into a maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Child,
+}
+
+impl SmtpServer {
+    pub fn start(dir: &Path) -> SmtpServer {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.testvenv/bin/python");
+        assert!(
+            python.exists(),
+            "the test tools are not installed: run `bash tools/testdeps/install` (tools/test.sh does)"
+        );
+        let port = free_port();
+        let maildir = dir.join("maildir");
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the SMTP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer { port, maildir, child }
+    }
+
+    /// The messages delivered so far.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = vec![];
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in rd.flatten() {
+                    out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP agent that returns error statuses instead of failing on them.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Waits for `up` (spawned with `tag`) to print where it serves, and returns the base URL.
+pub fn web_url(p: &TestProject, tag: &str) -> String {
+    let mut url = None;
+    p.wait_for("the web server to start", || {
+        let err = p.read(&format!("{tag}.stderr"));
+        url = err
+            .lines()
+            .find_map(|l| l.split("web UI and API at ").nth(1))
+            .map(|u| u.split_whitespace().next().unwrap_or("").trim_end_matches('/').to_owned());
+        url.is_some()
+    });
+    url.unwrap()
 }
