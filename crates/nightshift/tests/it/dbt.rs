@@ -20,6 +20,11 @@ fn dbt() -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// The folder of the Python environment holding the pinned dbt.
+pub fn venv() -> PathBuf {
+    Path::new(&dbt()).parent().unwrap().parent().unwrap().to_owned()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -1,6 +1,7 @@
 //! The one integration-test binary of the `nightshift` CLI.
 
 mod alerts;
+mod browser;
 mod cli;
 mod crash;
 mod dbt;
@@ -8,3 +9,4 @@ mod extract;
 mod notify;
 mod scheduler;
 mod support;
+mod web;

@@ -1,0 +1,313 @@
+//! The web UI in a real headless Chromium (Debian's package), driven over the DevTools
+//! protocol: pages of the reference project render with real runs and without console
+//! errors, the grid shows states, an action works with the token and is refused without
+//! it. Screenshots go to `target/ui-screenshots/`.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use crate::support::*;
+
+struct Browser {
+    child: Child,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    session: String,
+    next_id: u64,
+    /// Console errors and uncaught exceptions seen since the last navigation.
+    errors: Vec<String>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium is installed by tools/testdeps/install");
+        // Chromium writes its DevTools port into the profile folder.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&port_file)
+                && t.lines().count() >= 2
+            {
+                break t;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("chromium did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut lines = text.lines();
+        let port = lines.next().unwrap().trim();
+        let path = lines.next().unwrap().trim();
+        let (ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}{path}")).unwrap();
+        let mut b = Browser {
+            child,
+            ws,
+            session: String::new(),
+            next_id: 0,
+            errors: vec![],
+            _profile: profile,
+        };
+        let target = b.call(None, "Target.createTarget", json!({"url": "about:blank"}));
+        let attached = b.call(
+            None,
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_owned();
+        for m in ["Page.enable", "Runtime.enable", "Log.enable"] {
+            b.call(Some(()), m, json!({}));
+        }
+        b
+    }
+
+    fn note(&mut self, msg: &Value) {
+        let params = &msg["params"];
+        match msg["method"].as_str() {
+            Some("Runtime.exceptionThrown") => self.errors.push(params["exceptionDetails"].to_string()),
+            Some("Runtime.consoleAPICalled") if params["type"] == "error" => self.errors.push(params["args"].to_string()),
+            Some("Log.entryAdded") if params["entry"]["level"] == "error" => self.errors.push(params["entry"].to_string()),
+            _ => {}
+        }
+    }
+
+    fn read(&mut self) -> Value {
+        loop {
+            match self.ws.read().unwrap() {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a command (to the page's session when `page` is given) and waits for its result.
+    fn call(&mut self, page: Option<()>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if page.is_some() {
+            msg["sessionId"] = json!(self.session);
+        }
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+        loop {
+            let m = self.read();
+            if m["id"] == id {
+                assert!(m.get("error").is_none(), "{method}: {m}");
+                return m["result"].clone();
+            }
+            self.note(&m);
+        }
+    }
+
+    /// Navigates and waits for the load event.
+    fn open(&mut self, url: &str) {
+        self.errors.clear();
+        self.call(Some(()), "Page.navigate", json!({"url": url}));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self.read();
+            if m["method"] == "Page.loadEventFired" {
+                break;
+            }
+            self.note(&m);
+            assert!(Instant::now() < deadline, "{url} did not load");
+        }
+        // Let scripts run (the live log's first fetch) and report.
+        self.eval("new Promise(r => setTimeout(r, 300))");
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            Some(()),
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        let r = self.call(
+            Some(()),
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
+    // The reference project with real runs: the demo's three nights and its backfill.
+    let p = TestProject::new();
+    let demo = p.path().join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::os::unix::fs::symlink(crate::dbt::venv(), demo.join(".venv")).unwrap();
+    let out = Command::new(bin()).arg("demo").arg(&demo).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--project")
+            .arg(&demo)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Paused, so the real clock schedules no catch-up while the browser looks.
+    assert!(run(&["pause", "nightly"]).status.success());
+    let up_err = p.path().join("up.stderr");
+    let mut up = Command::new(bin())
+        .arg("--project")
+        .arg(&demo)
+        .args(["up", "--bind", "127.0.0.1:0"])
+        .env("NIGHTSHIFT_TOKEN", crate::web::TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&up_err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    p.wait_for("the web server", || {
+        let t = std::fs::read_to_string(&up_err).unwrap_or_default();
+        if let Some(u) = t.lines().find_map(|l| l.split("web UI and API at ").nth(1)) {
+            url = u.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+        }
+        !url.is_empty()
+    });
+    let shots = screenshots();
+    let mut b = Browser::start();
+
+    let run_id = "20240603_0000";
+    let pages = [
+        ("pipelines", "/".to_owned()),
+        ("grid", "/pipelines/nightly".to_owned()),
+        ("graph", format!("/pipelines/nightly/graph?run={run_id}")),
+        ("calendar", "/pipelines/nightly/calendar?from=2024-05-20&to=2024-06-10".to_owned()),
+        ("run", format!("/pipelines/nightly/runs/{run_id}")),
+        ("try", format!("/pipelines/nightly/runs/{run_id}/tasks/dbt_test/tries/1")),
+    ];
+    for (name, path) in &pages {
+        b.open(&format!("{url}{path}"));
+        let title = b.eval("document.title");
+        assert!(title.as_str().unwrap().contains("nightshift"), "{name}: {title}");
+        assert!(b.errors.is_empty(), "{name}: console errors {:?}", b.errors);
+        b.screenshot(&shots.join(format!("{name}.png")));
+        match *name {
+            "grid" => {
+                // 4 runs × 7 tasks, all green, plus the run row.
+                let states = b.eval("Array.from(document.querySelectorAll('#grid td.cell[data-task]')).map(c => c.dataset.state)");
+                let states = states.as_array().unwrap();
+                assert_eq!(states.len(), 28, "{states:?}");
+                assert!(states.iter().all(|s| s == "SUCCESS"), "{states:?}");
+                let chart = b.eval("document.querySelectorAll('svg.history rect').length");
+                assert_eq!(chart, 4);
+            }
+            "graph" => {
+                let nodes = b.eval("Array.from(document.querySelectorAll('svg.dag g.node')).map(n => n.dataset.state)");
+                assert_eq!(nodes.as_array().unwrap().len(), 7, "{nodes}");
+            }
+            "calendar" => {
+                let done = b.eval("document.querySelectorAll('#calendar [data-state=done]').length");
+                assert_eq!(done, 4);
+                let missing = b.eval("document.querySelectorAll('#calendar [data-state=missing]').length");
+                assert!(missing.as_u64().unwrap() > 0);
+            }
+            "run" => {
+                let bars = b.eval("document.querySelectorAll('svg.gantt rect.try').length");
+                assert_eq!(bars, 7);
+                let rows = b.eval("document.getElementById('rows-loaded').textContent");
+                assert_ne!(rows, "0");
+                let tests = b.eval("document.querySelectorAll('#dbt-tests tr').length");
+                assert!(tests.as_u64().unwrap() > 10, "{tests}");
+                let manifests = b.eval("document.querySelectorAll('pre.manifest').length");
+                assert_eq!(manifests, 2);
+            }
+            "try" => {
+                let log = b.eval("document.getElementById('log').textContent");
+                assert!(log.as_str().unwrap().contains("PASS"), "{log}");
+                let state = b.eval("document.getElementById('live').textContent");
+                assert_eq!(state, "complete");
+            }
+            _ => {}
+        }
+    }
+
+    // Without logging in there is no form, and a forged post is refused.
+    b.open(&format!("{url}/pipelines/nightly"));
+    let forms = b.eval("document.querySelectorAll('form[action$=\"/trigger\"]').length");
+    assert_eq!(forms, 0);
+    let status = b.eval(&format!(
+        "fetch('{url}/ui/pipelines/nightly/trigger', {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: 'ds=2024-06-05'}}).then(r => r.status)"
+    ));
+    assert_eq!(status, 401);
+    let status = b.eval(&format!(
+        "fetch('{url}/api/v1/pipelines/nightly/runs', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{ds: '2024-06-05'}})}}).then(r => r.status)"
+    ));
+    assert_eq!(status, 401);
+    let json = |args: &[&str]| -> Value { serde_json::from_slice(&run(args).stdout).unwrap() };
+    assert_eq!(json(&["runs", "nightly", "--json"]).as_array().unwrap().len(), 4);
+
+    // Log in with the token, then trigger a run for a date from the form.
+    b.open(&format!("{url}/login"));
+    b.eval(&format!(
+        "document.querySelector('input[name=token]').value = '{}'; document.querySelector('form').submit(); true",
+        crate::web::TOKEN
+    ));
+    p.wait_for("the login", || {
+        b.eval("document.readyState === 'complete' && location.pathname === '/'") == Value::Bool(true)
+    });
+    b.open(&format!("{url}/pipelines/nightly"));
+    b.eval("const f = document.querySelector('form[action$=\"/trigger\"]'); f.querySelector('input[name=ds]').value = '2024-06-05'; f.submit(); true");
+    p.wait_for("the triggered run", || {
+        json(&["runs", "nightly", "--json"]).as_array().unwrap().len() == 5
+    });
+    let runs = json(&["runs", "nightly", "--json"]);
+    let new = runs.as_array().unwrap().iter().find(|r| r["logical_date"] == "2024-06-05").unwrap();
+    assert_eq!(new["trigger"], "manual");
+    b.open(&format!("{url}/pipelines/nightly"));
+    assert!(b.errors.is_empty(), "{:?}", b.errors);
+    b.screenshot(&shots.join("grid-after-trigger.png"));
+
+    sigterm(&up);
+    up.wait().unwrap();
+}

@@ -1,0 +1,169 @@
+//! The web server of `nightshift up`: the API against its OpenAPI document (validated by
+//! openapi-spec-validator), access rules, bad requests, the log folder fence, and the
+//! metrics exposition checked by promtool.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// The example project with three finished nights, paused, and `up` serving on a free port.
+pub fn served_example() -> (TestProject, std::process::Child, String) {
+    let p = TestProject::example();
+    let out = p.run(&[
+        "up",
+        "--simulate-from",
+        "2024-06-01T23:00:00Z",
+        "--simulate-until",
+        "2024-06-04T01:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.run(&["pause", "nightly"]).status.success());
+    let child = p.spawn(
+        &["up", "--bind", "127.0.0.1:0"],
+        &[("NIGHTSHIFT_TOKEN", TOKEN)],
+        "up",
+    );
+    let url = web_url(&p, "up");
+    (p, child, url)
+}
+
+fn get(url: &str) -> (u16, String) {
+    let mut r = http().get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = http().post(url).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send(body).unwrap();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (r.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn fill(path: &str) -> String {
+    path.replace("{p}", "nightly")
+        .replace("{run_id}", "20240602_0000")
+        .replace("{task}", "extract_data")
+        .replace("{n}", "1")
+}
+
+#[test]
+fn the_api_matches_its_openapi_document_and_checks_every_request() {
+    let (p, mut up, url) = served_example();
+
+    // The document is valid OpenAPI 3 and lists exactly the served API routes.
+    let (code, doc_text) = get(&format!("{url}/api/v1/openapi.json"));
+    assert_eq!(code, 200);
+    let doc_path = p.path().join("openapi.json");
+    std::fs::write(&doc_path, &doc_text).unwrap();
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.testvenv/bin/python");
+    let v = Command::new(&python)
+        .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('ok')"])
+        .arg(&doc_path)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", stderr(&v));
+    let doc: Value = serde_json::from_str(&doc_text).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in ["get", "post", "put", "delete", "patch"] {
+            if item.get(m).is_some() {
+                documented.insert(format!("{} {path}", m.to_uppercase()));
+            }
+        }
+    }
+    let served: BTreeSet<String> = nightshift_web::API_ROUTES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(documented, served);
+
+    // Every documented read answers; every action refuses a request without the token.
+    for route in &served {
+        let (method, path) = route.split_once(' ').unwrap();
+        let u = format!("{url}{}", fill(path));
+        if method == "GET" {
+            let (code, body) = get(&u);
+            assert_eq!(code, 200, "{route}: {body}");
+        } else {
+            let (code, body) = post(&u, None, "{}");
+            assert_eq!(code, 401, "{route}: {body}");
+            assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+            let (code, _) = post(&u, Some("wrong-token-wrong-token"), "{}");
+            assert_eq!(code, 401, "{route}");
+        }
+    }
+
+    // Wrong types and missing fields get a 400 naming the problem, and change nothing.
+    let runs_url = format!("{url}/api/v1/pipelines/nightly/runs");
+    let before = p.runs("nightly").len();
+    for (body, needle) in [
+        (r#"{"ds": 5}"#, "invalid type"),
+        (r#"{}"#, "missing field `ds`"),
+        (r#"{"ds": "2024-13-01"}"#, "`ds` must be a date"),
+        (r#"{"ds": "2024-06-05", "rerun": "yes"}"#, "invalid type"),
+        (r#"{"ds": "2024-06-05", "extra": 1}"#, "unknown field `extra`"),
+        ("not json", "invalid request body"),
+    ] {
+        let (code, v) = post(&runs_url, Some(TOKEN), body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let (code, v) = get(&format!("{runs_url}?limit=abc"));
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(p.runs("nightly").len(), before);
+
+    // With the token, a trigger creates the run (queued: the pipeline is paused).
+    let (code, v) = post(&runs_url, Some(TOKEN), r#"{"ds": "2024-06-05"}"#);
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["run_id"], "20240606_0000");
+    let (code, v) = post(&runs_url, Some(TOKEN), r#"{"ds": "2024-06-02"}"#);
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = post(
+        &format!("{url}/api/v1/pipelines/nightly/runs/20240602_0000/clear"),
+        Some(TOKEN),
+        r#"{"task": "dbt_test", "downstream": true}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["cleared"], serde_json::json!(["dbt_test", "notify"]));
+
+    // Logs: a path that escapes the log folder is refused, so is a made-up task.
+    let conn = rusqlite::Connection::open(p.path().join(".nightshift/nightshift.db")).unwrap();
+    conn.execute(
+        "UPDATE task_tries SET log_path = ?1 WHERE task_id = 'extract_data' AND try_number = 1
+           AND run = (SELECT id FROM pipeline_runs WHERE run_id = '20240603_0000')",
+        [p.path().join(".nightshift/logs/../../nightshift.toml").to_string_lossy()],
+    )
+    .unwrap();
+    let (code, body) = get(&format!(
+        "{url}/api/v1/pipelines/nightly/runs/20240603_0000/tasks/extract_data/tries/1/log"
+    ));
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = get(&format!(
+        "{url}/api/v1/pipelines/nightly/runs/20240603_0000/tasks/..%2F..%2Fnightshift.toml/tries/1/log"
+    ));
+    assert_eq!(code, 404);
+
+    // The metrics exposition passes promtool.
+    let (code, metrics) = get(&format!("{url}/metrics"));
+    assert_eq!(code, 200);
+    assert!(metrics.contains("nightshift_scheduler_loop_lag_seconds"), "{metrics}");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by tools/testdeps/install");
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}{}\n{metrics}", stdout(&out), stderr(&out));
+
+    sigterm(&up);
+    up.wait().unwrap();
+}
