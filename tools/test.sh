@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README quickstart, second command).
-# Installs what the tests need: the pinned dbt in .venv (tools/dbt/install).
+# Installs what the tests need: the pinned dbt in .venv (tools/dbt/install), and Chromium,
+# promtool and the Python test servers (tools/testdeps/install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== dbt"
 bash tools/dbt/install
 export NIGHTSHIFT_TEST_DBT="$PWD/.venv/bin/dbt"
+
+echo "== test tools (chromium, promtool, aiosmtpd, openapi-spec-validator)"
+bash tools/testdeps/install
 
 echo "== format"
 cargo fmt --all -- --check

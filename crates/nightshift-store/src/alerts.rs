@@ -110,7 +110,13 @@ impl Store {
                 "UPDATE alerts SET status = ?2, attempts = ?3, error = ?4, sent_at = ?5,
                      claimed_by = NULL, claimed_until = NULL
                  WHERE id = ?1",
-                params![id, if sent { "sent" } else { "failed" }, attempts, error, now],
+                params![
+                    id,
+                    if sent { "sent" } else { "failed" },
+                    attempts,
+                    error,
+                    now
+                ],
             )
         })?;
         Ok(())

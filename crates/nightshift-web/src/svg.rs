@@ -11,7 +11,9 @@ use crate::model::{RunDetail, RunSummary, TaskInfo};
 /// The colour of a state, as Airflow users know them.
 pub fn color(state: &str) -> &'static str {
     match state {
-        "SUCCESS" | "done" | "met" => "#2e7d32",
+        "SUCCESS" | "PASS" | "done" | "met" => "#2e7d32",
+        "WARN" => "#f9a825",
+        "ERROR" | "FAIL" => "#c62828",
         "FAILED" | "failed" | "missed" => "#c62828",
         "UPSTREAM_FAILED" => "#ef6c00",
         "RUNNING" | "running" => "#43a047",

@@ -384,7 +384,9 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
         return Ok(0);
     }
     output::table(
-        &["CREATED", "CHANNEL", "EVENT", "PIPELINE", "RUN_ID", "TASK", "STATUS", "ERROR"],
+        &[
+            "CREATED", "CHANNEL", "EVENT", "PIPELINE", "RUN_ID", "TASK", "STATUS", "ERROR",
+        ],
         &rows
             .iter()
             .map(|a| {

@@ -91,7 +91,12 @@ base_url = "http://nightshift.example:8080"
     assert_eq!(b["task"], "extract_data");
     assert_eq!(b["try"], 2);
     assert!(b["duration_ms"].as_i64().is_some(), "{b}");
-    assert!(b["links"]["log"].as_str().unwrap().ends_with("/tries/2/log"));
+    assert!(
+        b["links"]["log"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tries/2/log")
+    );
     let s = slack.lock().unwrap().clone();
     assert_eq!(s.len(), 1, "{s:#?}");
     let s: Value = serde_json::from_str(&s[0]).unwrap();
@@ -102,15 +107,26 @@ base_url = "http://nightshift.example:8080"
     let rows = alerts(&p);
     assert_eq!(rows.len(), 4, "{rows:#?}");
     for r in &rows {
-        let expect = if r["channel"] == "hung" { "failed" } else { "sent" };
+        let expect = if r["channel"] == "hung" {
+            "failed"
+        } else {
+            "sent"
+        };
         assert_eq!(r["status"], expect, "{r}");
         assert_eq!(r["kind"], "task_failed");
     }
     let hung = rows.iter().find(|r| r["channel"] == "hung").unwrap();
     assert_eq!(hung["attempts"], 2);
-    assert!(hung["error"].as_str().unwrap().contains("127.0.0.1"), "{hung}");
+    assert!(
+        hung["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{hung}"
+    );
     // The URL's secret path never reaches the store.
-    assert!(!serde_json::to_string(&rows).unwrap().contains("secret-token"));
+    assert!(
+        !serde_json::to_string(&rows)
+            .unwrap()
+            .contains("secret-token")
+    );
 
     // The same event observed again sends nothing new.
     let again = p
@@ -206,7 +222,10 @@ fn a_run_forecast_to_miss_its_deadline_is_at_risk_before_it_and_missed_at_it() {
             .map(|a| a["message"]["data"].clone())
     };
     // First night: no history, so no forecast; missed at the deadline.
-    assert!(find("deadline_at_risk", "20240603_0000").is_none(), "{rows:#?}");
+    assert!(
+        find("deadline_at_risk", "20240603_0000").is_none(),
+        "{rows:#?}"
+    );
     let missed1 = find("deadline_missed", "20240603_0000").expect("first night missed");
     // Second night: the history says `work` takes 3 s, so the risk is raised at once,
     // before the deadline, and the miss at it.

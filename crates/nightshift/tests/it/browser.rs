@@ -88,9 +88,15 @@ impl Browser {
     fn note(&mut self, msg: &Value) {
         let params = &msg["params"];
         match msg["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self.errors.push(params["exceptionDetails"].to_string()),
-            Some("Runtime.consoleAPICalled") if params["type"] == "error" => self.errors.push(params["args"].to_string()),
-            Some("Log.entryAdded") if params["entry"]["level"] == "error" => self.errors.push(params["entry"].to_string()),
+            Some("Runtime.exceptionThrown") => {
+                self.errors.push(params["exceptionDetails"].to_string())
+            }
+            Some("Runtime.consoleAPICalled") if params["type"] == "error" => {
+                self.errors.push(params["args"].to_string())
+            }
+            Some("Log.entryAdded") if params["entry"]["level"] == "error" => {
+                self.errors.push(params["entry"].to_string())
+            }
             _ => {}
         }
     }
@@ -210,7 +216,12 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
     p.wait_for("the web server", || {
         let t = std::fs::read_to_string(&up_err).unwrap_or_default();
         if let Some(u) = t.lines().find_map(|l| l.split("web UI and API at ").nth(1)) {
-            url = u.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+            url = u
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_owned();
         }
         !url.is_empty()
     });
@@ -222,14 +233,23 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
         ("pipelines", "/".to_owned()),
         ("grid", "/pipelines/nightly".to_owned()),
         ("graph", format!("/pipelines/nightly/graph?run={run_id}")),
-        ("calendar", "/pipelines/nightly/calendar?from=2024-05-20&to=2024-06-10".to_owned()),
+        (
+            "calendar",
+            "/pipelines/nightly/calendar?from=2024-05-20&to=2024-06-10".to_owned(),
+        ),
         ("run", format!("/pipelines/nightly/runs/{run_id}")),
-        ("try", format!("/pipelines/nightly/runs/{run_id}/tasks/dbt_test/tries/1")),
+        (
+            "try",
+            format!("/pipelines/nightly/runs/{run_id}/tasks/dbt_test/tries/1"),
+        ),
     ];
     for (name, path) in &pages {
         b.open(&format!("{url}{path}"));
         let title = b.eval("document.title");
-        assert!(title.as_str().unwrap().contains("nightshift"), "{name}: {title}");
+        assert!(
+            title.as_str().unwrap().contains("nightshift"),
+            "{name}: {title}"
+        );
         assert!(b.errors.is_empty(), "{name}: console errors {:?}", b.errors);
         b.screenshot(&shots.join(format!("{name}.png")));
         match *name {
@@ -247,9 +267,11 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 assert_eq!(nodes.as_array().unwrap().len(), 7, "{nodes}");
             }
             "calendar" => {
-                let done = b.eval("document.querySelectorAll('#calendar [data-state=done]').length");
+                let done =
+                    b.eval("document.querySelectorAll('#calendar [data-state=done]').length");
                 assert_eq!(done, 4);
-                let missing = b.eval("document.querySelectorAll('#calendar [data-state=missing]').length");
+                let missing =
+                    b.eval("document.querySelectorAll('#calendar [data-state=missing]').length");
                 assert!(missing.as_u64().unwrap() > 0);
             }
             "run" => {
@@ -285,7 +307,13 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
     ));
     assert_eq!(status, 401);
     let json = |args: &[&str]| -> Value { serde_json::from_slice(&run(args).stdout).unwrap() };
-    assert_eq!(json(&["runs", "nightly", "--json"]).as_array().unwrap().len(), 4);
+    assert_eq!(
+        json(&["runs", "nightly", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     // Log in with the token, then trigger a run for a date from the form.
     b.open(&format!("{url}/login"));
@@ -294,15 +322,25 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
         crate::web::TOKEN
     ));
     p.wait_for("the login", || {
-        b.eval("document.readyState === 'complete' && location.pathname === '/'") == Value::Bool(true)
+        b.eval("document.readyState === 'complete' && location.pathname === '/'")
+            == Value::Bool(true)
     });
     b.open(&format!("{url}/pipelines/nightly"));
     b.eval("const f = document.querySelector('form[action$=\"/trigger\"]'); f.querySelector('input[name=ds]').value = '2024-06-05'; f.submit(); true");
     p.wait_for("the triggered run", || {
-        json(&["runs", "nightly", "--json"]).as_array().unwrap().len() == 5
+        json(&["runs", "nightly", "--json"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 5
     });
     let runs = json(&["runs", "nightly", "--json"]);
-    let new = runs.as_array().unwrap().iter().find(|r| r["logical_date"] == "2024-06-05").unwrap();
+    let new = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["logical_date"] == "2024-06-05")
+        .unwrap();
     assert_eq!(new["trigger"], "manual");
     b.open(&format!("{url}/pipelines/nightly"));
     assert!(b.errors.is_empty(), "{:?}", b.errors);

@@ -22,7 +22,12 @@ fn dbt() -> String {
 
 /// The folder of the Python environment holding the pinned dbt.
 pub fn venv() -> PathBuf {
-    Path::new(&dbt()).parent().unwrap().parent().unwrap().to_owned()
+    Path::new(&dbt())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -3,8 +3,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -236,7 +236,6 @@ pub fn http_server(hang: bool) -> (String, Arc<Mutex<Vec<String>>>) {
     (url, bodies)
 }
 
-
 /// A free loopback port (bound, then released for a server the test starts).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -277,7 +276,11 @@ impl SmtpServer {
             assert!(Instant::now() < deadline, "the SMTP server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        SmtpServer { port, maildir, child }
+        SmtpServer {
+            port,
+            maildir,
+            child,
+        }
     }
 
     /// The messages delivered so far.
@@ -318,7 +321,13 @@ pub fn web_url(p: &TestProject, tag: &str) -> String {
         url = err
             .lines()
             .find_map(|l| l.split("web UI and API at ").nth(1))
-            .map(|u| u.split_whitespace().next().unwrap_or("").trim_end_matches('/').to_owned());
+            .map(|u| {
+                u.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches('/')
+                    .to_owned()
+            });
         url.is_some()
     });
     url.unwrap()

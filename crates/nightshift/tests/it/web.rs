@@ -34,7 +34,10 @@ pub fn served_example() -> (TestProject, std::process::Child, String) {
 
 fn get(url: &str) -> (u16, String) {
     let mut r = http().get(url).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
 }
 
 fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
@@ -44,7 +47,10 @@ fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     }
     let mut r = req.send(body).unwrap();
     let text = r.body_mut().read_to_string().unwrap_or_default();
-    (r.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        r.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
 
 fn fill(path: &str) -> String {
@@ -63,7 +69,8 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     assert_eq!(code, 200);
     let doc_path = p.path().join("openapi.json");
     std::fs::write(&doc_path, &doc_text).unwrap();
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.testvenv/bin/python");
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.testvenv/bin/python");
     let v = Command::new(&python)
         .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('ok')"])
         .arg(&doc_path)
@@ -79,7 +86,10 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
             }
         }
     }
-    let served: BTreeSet<String> = nightshift_web::API_ROUTES.iter().map(|s| s.to_string()).collect();
+    let served: BTreeSet<String> = nightshift_web::API_ROUTES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(documented, served);
 
     // Every documented read answers; every action refuses a request without the token.
@@ -106,7 +116,10 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
         (r#"{}"#, "missing field `ds`"),
         (r#"{"ds": "2024-13-01"}"#, "`ds` must be a date"),
         (r#"{"ds": "2024-06-05", "rerun": "yes"}"#, "invalid type"),
-        (r#"{"ds": "2024-06-05", "extra": 1}"#, "unknown field `extra`"),
+        (
+            r#"{"ds": "2024-06-05", "extra": 1}"#,
+            "unknown field `extra`",
+        ),
         ("not json", "invalid request body"),
     ] {
         let (code, v) = post(&runs_url, Some(TOKEN), body);
@@ -136,7 +149,9 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     conn.execute(
         "UPDATE task_tries SET log_path = ?1 WHERE task_id = 'extract_data' AND try_number = 1
            AND run = (SELECT id FROM pipeline_runs WHERE run_id = '20240603_0000')",
-        [p.path().join(".nightshift/logs/../../nightshift.toml").to_string_lossy()],
+        [p.path()
+            .join(".nightshift/logs/../../nightshift.toml")
+            .to_string_lossy()],
     )
     .unwrap();
     let (code, body) = get(&format!(
@@ -151,7 +166,10 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     // The metrics exposition passes promtool.
     let (code, metrics) = get(&format!("{url}/metrics"));
     assert_eq!(code, 200);
-    assert!(metrics.contains("nightshift_scheduler_loop_lag_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("nightshift_scheduler_loop_lag_seconds"),
+        "{metrics}"
+    );
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -160,9 +178,19 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
         .spawn()
         .expect("promtool is installed by tools/testdeps/install");
     use std::io::Write;
-    check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = check.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}{}\n{metrics}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "{}{}\n{metrics}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     sigterm(&up);
     up.wait().unwrap();
