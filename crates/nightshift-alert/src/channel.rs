@@ -62,6 +62,38 @@ pub fn deliver(
     project_dir: &Path,
     env: Env<'_>,
 ) -> Outcome {
+    deliver_reporting(name, ch, msg, project_dir, env, &mut |attempt, e| {
+        tracing::warn!(channel = name, attempt, error = %e, "delivery failed");
+    })
+}
+
+/// Where a channel delivers, safe to print (webhook URLs as scheme and host only).
+pub fn describe(ch: &Channel, env: Env<'_>) -> String {
+    match ch {
+        Channel::Log => ".nightshift/notifications.jsonl".into(),
+        Channel::Webhook { url, url_env, .. } => url
+            .clone()
+            .or_else(|| url_env.as_deref().and_then(env))
+            .map(|u| redact(&u))
+            .unwrap_or_else(|| "an unset URL".into()),
+        Channel::Smtp { host, port, to, .. } => {
+            format!("{} via SMTP {host}:{port}", to.join(", "))
+        }
+        Channel::Command { command, .. } => {
+            format!("`{}`", command.first().map(String::as_str).unwrap_or(""))
+        }
+    }
+}
+
+/// [`deliver`], telling `failed` about each failed attempt (1-based) as it happens.
+pub fn deliver_reporting(
+    name: &str,
+    ch: &Channel,
+    msg: &Message,
+    project_dir: &Path,
+    env: Env<'_>,
+    failed: &mut dyn FnMut(u32, &str),
+) -> Outcome {
     let mut last = None;
     let retries = retries_of(ch);
     for attempt in 0..=retries {
@@ -76,7 +108,7 @@ pub fn deliver(
                 };
             }
             Err(e) => {
-                tracing::warn!(channel = name, attempt = attempt + 1, error = %e, "delivery failed");
+                failed(attempt + 1, &e);
                 last = Some(e);
             }
         }
@@ -98,7 +130,7 @@ pub fn deliver_once(
     match ch {
         Channel::Log => {
             let path = project_dir.join(".nightshift/notifications.jsonl");
-            let line = json!({"channel": name, "subject": msg.subject, "message": msg.data, "link": msg.link}).to_string();
+            let line = json!({"channel": name, "subject": msg.subject, "summary": msg.data, "link": msg.link}).to_string();
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

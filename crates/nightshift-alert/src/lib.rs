@@ -25,7 +25,7 @@ use nightshift_engine::Event;
 use nightshift_store::{NewAlert, Store};
 use serde_json::json;
 
-pub use channel::{Message, Outcome, deliver, redact};
+pub use channel::{Message, Outcome, deliver, deliver_reporting, describe, redact};
 
 /// Called with the channel's name whenever a delivery finally fails (metrics).
 pub type FailureHook = Arc<dyn Fn(&str) + Send + Sync>;

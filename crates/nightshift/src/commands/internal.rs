@@ -135,16 +135,15 @@ pub fn notify(request: &str) -> Result<i32> {
         if matches!(channel, Channel::Log) {
             output::line(&text);
         }
-        let out = nightshift_alert::deliver(
-            name,
-            channel,
-            &msg,
-            dir,
-            &nightshift_alert::channel::process_env,
-        );
+        let env = &nightshift_alert::channel::process_env;
+        let target = nightshift_alert::describe(channel, env);
+        let out =
+            nightshift_alert::deliver_reporting(name, channel, &msg, dir, env, &mut |n, e| {
+                output::note(format!("channel `{name}`: attempt {n} failed: {e}"));
+            });
         match out.error {
-            None => output::line(format!("channel `{name}`: delivered")),
-            Some(e) => failures.push(format!("channel `{name}`: {e}")),
+            None => output::line(format!("channel `{name}`: delivered to {target}")),
+            Some(e) => failures.push(format!("channel `{name}` ({target}): {e}")),
         }
     }
     if failures.is_empty() {
