@@ -195,3 +195,119 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     sigterm(&up);
     up.wait().unwrap();
 }
+
+#[test]
+fn a_running_tries_log_tails_and_metrics_count_what_ran() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/live.toml",
+        &(daily("live", &yesterday())
+            + "[[task]]\nid = \"slow\"\ncommand = [\"sh\", \"-c\", \"echo first line; while [ ! -e go ]; do sleep 0.05; done; echo second line\"]\n"),
+    );
+    let mut up = p.spawn(&["up", "--bind", "127.0.0.1:0"], &[], "up");
+    let url = web_url(&p, "up");
+    let run_id = {
+        let mut id = String::new();
+        p.wait_for("the run", || {
+            if let Some(r) = p.runs("live").first() {
+                id = r["run_id"].as_str().unwrap().to_owned();
+            }
+            !id.is_empty()
+        });
+        id
+    };
+    let log_url = format!("{url}/api/v1/pipelines/live/runs/{run_id}/tasks/slow/tries/1/log");
+    let fetch = |offset: u64| {
+        let mut r = http()
+            .get(&format!("{log_url}?offset={offset}"))
+            .call()
+            .unwrap();
+        let next: u64 = r
+            .headers()
+            .get("x-next-offset")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let complete = r.headers().get("x-complete").unwrap() == "true";
+        (r.body_mut().read_to_string().unwrap(), next, complete)
+    };
+    // While the task waits, the first line is there and the log is not complete.
+    let mut first = (String::new(), 0, true);
+    p.wait_for("the first line", || {
+        first = fetch(0);
+        first.0.contains("first line")
+    });
+    assert!(!first.2, "the try is still running");
+    let page = http()
+        .get(&format!(
+            "{url}/pipelines/live/runs/{run_id}/tasks/slow/tries/1"
+        ))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("data-complete=\"false\""), "{page}");
+    // Then only what follows the offset arrives, and the log says it is complete.
+    p.file("go", "");
+    let mut rest = (String::new(), 0, false);
+    p.wait_for("the end of the log", || {
+        rest = fetch(first.1);
+        rest.2
+    });
+    assert!(
+        rest.0.contains("second line") && !rest.0.contains("first line"),
+        "{}",
+        rest.0
+    );
+
+    // The run's durations and transitions are in the metrics, which promtool accepts.
+    p.wait_for("the run to end", || {
+        p.runs("live")[0]["status"] == "SUCCESS"
+    });
+    let mut metrics = String::new();
+    p.wait_for("the metrics", || {
+        metrics = http()
+            .get(&format!("{url}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        metrics.contains(
+            "nightshift_run_state_transitions_total{pipeline=\"live\",state=\"SUCCESS\"} 1",
+        )
+    });
+    for needle in [
+        "nightshift_task_duration_seconds_bucket{pipeline=\"live\",state=\"SUCCESS\",task=\"slow\"",
+        "nightshift_task_state_transitions_total{pipeline=\"live\",state=\"SUCCESS\",task=\"slow\"} 1",
+        "nightshift_run_duration_seconds_count{pipeline=\"live\",state=\"SUCCESS\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle}\n{metrics}");
+    }
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{metrics}",
+        stdout(&out),
+        stderr(&out)
+    );
+    sigterm(&up);
+    up.wait().unwrap();
+}
