@@ -53,6 +53,31 @@ fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     )
 }
 
+/// `promtool check metrics` must accept the exposition.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by tools/testdeps/install");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{metrics}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 fn fill(path: &str) -> String {
     path.replace("{p}", "nightly")
         .replace("{run_id}", "20240602_0000")
@@ -170,27 +195,7 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
         metrics.contains("nightshift_scheduler_loop_lag_seconds"),
         "{metrics}"
     );
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by tools/testdeps/install");
-    use std::io::Write;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\n{metrics}",
-        stdout(&out),
-        stderr(&out)
-    );
+    promtool_check(&metrics);
 
     sigterm(&up);
     up.wait().unwrap();
@@ -287,27 +292,7 @@ fn a_running_tries_log_tails_and_metrics_count_what_ran() {
     ] {
         assert!(metrics.contains(needle), "{needle}\n{metrics}");
     }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\n{metrics}",
-        stdout(&out),
-        stderr(&out)
-    );
+    promtool_check(&metrics);
     sigterm(&up);
     up.wait().unwrap();
 }
