@@ -5,6 +5,7 @@
 //! - [`project`]: loading a project folder and noticing edits.
 //! - [`engine`]: the scheduler loop, run creation, orphan recovery.
 //! - [`dbt`]: the dbt kind's command line, retries of failed nodes, run_results.json.
+//! - [`explain`]: why a run or task is where it is, in words.
 //! - [`executor`]: one try as a child process in its own group, with logs and metrics.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
@@ -12,6 +13,7 @@ pub mod clock;
 pub mod dbt;
 pub mod engine;
 pub mod executor;
+pub mod explain;
 pub mod procs;
 pub mod project;
 

@@ -87,6 +87,50 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Put finished tasks of a run back to run again (new try numbers; history kept).
+    Clear {
+        run_id: String,
+        /// The task to clear.
+        #[arg(long)]
+        task: Option<String>,
+        /// Also every task downstream of it.
+        #[arg(long)]
+        downstream: bool,
+        /// Only tasks that failed (FAILED or UPSTREAM_FAILED); without --task, all of them.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Run a whole finished run again in place, on the current pipeline file.
+    Rerun {
+        run_id: String,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Set a task's state by hand after fixing things outside nightshift (recorded).
+    Mark {
+        run_id: String,
+        #[arg(long)]
+        task: String,
+        /// success or failed.
+        #[arg(long)]
+        state: String,
+        /// What was done, for the run's history.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Why a run (or one of its tasks) is where it is, in words.
+    Explain {
+        run_id: String,
+        task: Option<String>,
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Alerts sent or failed, newest first, with where they went and why a delivery failed.
     Alerts {
         /// Only this pipeline's alerts.

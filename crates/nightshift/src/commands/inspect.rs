@@ -95,7 +95,7 @@ pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
     Ok(0)
 }
 
-fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<RunRow> {
+pub fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<RunRow> {
     let mut runs = store.runs_with_id(run_id)?;
     if let Some(p) = pipeline {
         runs.retain(|r| r.pipeline == p);

@@ -3,9 +3,10 @@
 pub mod backfill;
 mod demo;
 mod init;
-mod inspect;
+pub mod inspect;
 mod internal;
 mod next;
+mod recover;
 mod run;
 mod shop;
 mod up;
@@ -80,6 +81,34 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             json,
             limit,
         } => inspect::runs(&dir, &pipeline, json, limit),
+        Command::Clear {
+            run_id,
+            task,
+            downstream,
+            failed,
+            pipeline,
+        } => recover::clear(
+            &dir,
+            &run_id,
+            task.as_deref(),
+            downstream,
+            failed,
+            pipeline.as_deref(),
+        ),
+        Command::Rerun { run_id, pipeline } => recover::rerun(&dir, &run_id, pipeline.as_deref()),
+        Command::Mark {
+            run_id,
+            task,
+            state,
+            reason,
+            pipeline,
+        } => recover::mark(&dir, &run_id, &task, &state, &reason, pipeline.as_deref()),
+        Command::Explain {
+            run_id,
+            task,
+            pipeline,
+            json,
+        } => recover::explain(&dir, &run_id, task.as_deref(), pipeline.as_deref(), json),
         Command::Alerts {
             pipeline,
             json,

@@ -7,6 +7,7 @@ mod crash;
 mod dbt;
 mod extract;
 mod notify;
+mod recover;
 mod scheduler;
 mod support;
 mod web;

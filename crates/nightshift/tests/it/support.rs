@@ -24,6 +24,15 @@ pub fn daily(name: &str, start_date: &str) -> String {
     )
 }
 
+/// The UTC date `n` days ago.
+pub fn days_ago(n: u32) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("{n} days ago"), "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Yesterday's date (UTC), so a real-clock scheduler has exactly one ended interval.
 pub fn yesterday() -> String {
     let out = Command::new("date")
