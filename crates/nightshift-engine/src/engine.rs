@@ -418,17 +418,7 @@ impl Engine {
                         error!(file = %problem.path.display(), "invalid pipeline file; keeping its last valid version\n{problem}");
                     }
                 }
-                // Keep the last valid version of pipelines whose file is now broken.
-                for (name, old) in &self.project.pipelines {
-                    let rel = old
-                        .path
-                        .strip_prefix(&self.project.dir)
-                        .unwrap_or(&old.path)
-                        .to_path_buf();
-                    if !fresh.pipelines.contains_key(name) && fresh.broken.contains(&rel) {
-                        fresh.pipelines.insert(name.clone(), old.clone());
-                    }
-                }
+                project::keep_last_valid(&self.project, &mut fresh);
                 for (name, lp) in &fresh.pipelines {
                     let changed = self
                         .project
@@ -1115,7 +1105,10 @@ impl Engine {
             }
             if last_heartbeat.elapsed() >= self.opts.heartbeat {
                 last_heartbeat = Instant::now();
-                self.heartbeat()?;
+                if let Err(e) = self.heartbeat() {
+                    self.store_trouble(e).await?;
+                    continue;
+                }
             }
             let now = self.clock.now();
             let past_until = until.is_some_and(|u| now >= u);
@@ -1145,12 +1138,30 @@ impl Engine {
                     last_reload = Instant::now();
                     self.reload_if_changed();
                 }
-                next_fire = self.schedule_due_runs(now)?;
+                next_fire = match self.schedule_due_runs(now) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.store_trouble(e).await?;
+                        continue;
+                    }
+                };
             }
-            let pass = self.pass(now, !past_until)?;
+            let pass = match self.pass(now, !past_until) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.store_trouble(e).await?;
+                    continue;
+                }
+            };
             self.stats.passes.fetch_add(1, Ordering::Relaxed);
             if scheduling && !past_until {
-                let next_deadline = self.check_deadlines(now)?;
+                let next_deadline = match self.check_deadlines(now) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.store_trouble(e).await?;
+                        continue;
+                    }
+                };
                 next_fire = [next_fire, next_deadline].into_iter().flatten().min();
             }
             if past_until && self.running.is_empty() {
@@ -1193,6 +1204,34 @@ impl Engine {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+/// Whether a store error is worth waiting out (locked, busy, briefly unreadable) rather
+/// than stopping the scheduler.
+fn transient(e: &Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        Error::Store(nightshift_store::Error::Sqlite { source, .. }) => matches!(
+            source.sqlite_error_code(),
+            Some(
+                DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull | ReadOnly
+            )
+        ),
+        _ => false,
+    }
+}
+
+impl Engine {
+    /// The store failed: wait a second and let the loop try again when the failure is
+    /// transient (the store is locked or unavailable for a while); stop otherwise.
+    async fn store_trouble(&mut self, e: Error) -> Result<(), Error> {
+        if !transient(&e) {
+            return Err(e);
+        }
+        warn!(error = %e, "the metadata store is locked or unavailable; retrying in 1s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
     }
 }
 
@@ -1621,6 +1660,7 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
             exit: Exit::SpawnFailed(msg),
             metrics: Default::default(),
             metrics_warnings: vec![],
+            last_error: None,
         },
         Ok(running) => {
             spawned_pid = Some(running.pid);
@@ -1636,9 +1676,13 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
                 _ = tokio::time::sleep(RECORD_PID_AFTER) => {
                     let recorded = c
                         .store
-                        .record_spawn(c.ti.pk, c.try_number, &c.owner, pid, procs::start_time(pid), &log_path.to_string_lossy())
-                        .unwrap_or(false);
-                    if !recorded {
+                        .record_spawn(c.ti.pk, c.try_number, &c.owner, pid, procs::start_time(pid), &log_path.to_string_lossy());
+                    if let Err(e) = &recorded {
+                        // A locked store is not a lost claim: the try goes on, its pid is
+                        // written with the outcome, and recovery can find it by its key.
+                        warn!(task = %task.id, error = %e, "cannot record the try's pid now; it goes on");
+                    }
+                    if matches!(recorded, Ok(false)) {
                         warn!(task = %task.id, "claim lost while the try ran; stopping it");
                         procs::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                         let _ = wait.await;
@@ -1717,11 +1761,15 @@ async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
         Exit::Code(0) => (TaskState::Success, None, Some(0), None),
         Exit::Code(n) => (
             TaskState::Failed,
-            Some(
-                dbt_reason
-                    .clone()
-                    .unwrap_or_else(|| format!("exited with code {n}")),
-            ),
+            Some(dbt_reason.clone().unwrap_or_else(|| {
+                // nightshift's own kinds say what went wrong on their last `error:` line.
+                match (&task.kind, &outcome.last_error) {
+                    (TaskKind::Shell(_) | TaskKind::Dbt(_), _) | (_, None) => {
+                        format!("exited with code {n}")
+                    }
+                    (_, Some(e)) => e.clone(),
+                }
+            })),
             Some(*n),
             None,
         ),

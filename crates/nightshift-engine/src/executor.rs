@@ -59,6 +59,9 @@ pub struct ChildOutcome {
     /// Summed numeric figures from the metrics file.
     pub metrics: BTreeMap<String, f64>,
     pub metrics_warnings: Vec<String>,
+    /// The last `error: …` line the child wrote to stderr (nightshift's own kinds report
+    /// their failure that way), without the prefix.
+    pub last_error: Option<String>,
 }
 
 /// A started child; `wait` drives it to its end.
@@ -79,6 +82,7 @@ pub struct LazyLog {
     path: PathBuf,
     file: Option<File>,
     mask: Vec<String>,
+    last_error: Option<String>,
 }
 
 impl LazyLog {
@@ -87,6 +91,7 @@ impl LazyLog {
             path,
             file: None,
             mask: vec![],
+            last_error: None,
         }
     }
 
@@ -116,6 +121,11 @@ fn write_log_line(log: &Mutex<LazyLog>, clock: &dyn Clock, stream: &str, line: &
         if text.contains(secret.as_str()) {
             text = text.replace(secret.as_str(), "***");
         }
+    }
+    if stream == "err"
+        && let Some(e) = text.strip_prefix("error: ")
+    {
+        log.last_error = Some(e.chars().take(2000).collect());
     }
     if let Some(f) = log.file() {
         let _ = writeln!(f, "{ts} [{stream}] {text}");
@@ -312,10 +322,17 @@ impl Running {
         for w in &metrics_warnings {
             write_log_line(&self.log, clock.as_ref(), "nightshift", w.as_bytes());
         }
+        let last_error = self
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error
+            .take();
         ChildOutcome {
             exit,
             metrics,
             metrics_warnings,
+            last_error,
         }
     }
 }

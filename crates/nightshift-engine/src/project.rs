@@ -205,6 +205,20 @@ pub fn load(dir: &Path) -> Result<Project, Error> {
 
 /// A cheap fingerprint of the project's files (names, sizes, modification times), to
 /// notice edits without reading every file.
+/// After a reload: a pipeline whose file is now broken keeps its last valid version.
+pub fn keep_last_valid(old: &Project, fresh: &mut Project) {
+    for (name, lp) in &old.pipelines {
+        let rel = lp
+            .path
+            .strip_prefix(&old.dir)
+            .unwrap_or(&lp.path)
+            .to_path_buf();
+        if !fresh.pipelines.contains_key(name) && fresh.broken.contains(&rel) {
+            fresh.pipelines.insert(name.clone(), lp.clone());
+        }
+    }
+}
+
 pub fn fingerprint(dir: &Path) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut files = pipeline_files(dir).unwrap_or_default();

@@ -322,7 +322,16 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(wrap)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(wrap)?;
+        // How long one statement waits for another process's lock before failing
+        // (`NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS`, default 30 s); the scheduler then waits and
+        // retries, so a longer lock only delays it.
+        #[allow(clippy::disallowed_methods)]
+        let busy_ms = std::env::var("NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000);
+        conn.busy_timeout(Duration::from_millis(busy_ms))
+            .map_err(wrap)?;
         // WAL lets readers (the CLI, the UI) work while the scheduler writes; NORMAL sync is
         // durable against process crashes, which is the failure the engine must survive.
         // Switching to WAL takes a lock without the busy handler; skip it when it is already

@@ -102,8 +102,10 @@ impl AppState {
             guard.1 = Instant::now();
             let fp = project::fingerprint(&self.project_dir);
             if fp != guard.2
-                && let Ok(fresh) = project::load(&self.project_dir)
+                && let Ok(mut fresh) = project::load(&self.project_dir)
             {
+                // Like the scheduler: a broken file keeps its last valid version.
+                project::keep_last_valid(&guard.0, &mut fresh);
                 guard.0 = fresh;
                 guard.2 = fp;
             }

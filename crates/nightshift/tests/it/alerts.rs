@@ -45,11 +45,21 @@ url = "{hung_url}"
 timeout = "2s"
 retries = 1
 
+[channels.down]
+kind = "smtp"
+host = "127.0.0.1"
+port = {down_port}
+from = "nightshift@example.com"
+to = ["ops@example.com"]
+timeout = "2s"
+retries = 1
+
 [alerts]
-channels = ["mail", "hook", "slack", "hung"]
+channels = ["mail", "hook", "slack", "hung", "down"]
 base_url = "http://nightshift.example:8080"
 "#,
-            port = smtp.port
+            port = smtp.port,
+            down_port = free_port(),
         ),
     );
     p.file(
@@ -103,15 +113,13 @@ base_url = "http://nightshift.example:8080"
     assert!(s["text"].as_str().unwrap().contains("extract_data"), "{s}");
     assert_eq!(s["blocks"][0]["type"], "section");
 
-    // Recorded: three sent, the hung one failed after its retries with the reason.
+    // Recorded: three sent; the hung webhook and the SMTP server that is down failed
+    // after their retries, with the reason.
     let rows = alerts(&p);
-    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert_eq!(rows.len(), 5, "{rows:#?}");
     for r in &rows {
-        let expect = if r["channel"] == "hung" {
-            "failed"
-        } else {
-            "sent"
-        };
+        let down = r["channel"] == "hung" || r["channel"] == "down";
+        let expect = if down { "failed" } else { "sent" };
         assert_eq!(r["status"], expect, "{r}");
         assert_eq!(r["kind"], "task_failed");
     }
@@ -120,6 +128,12 @@ base_url = "http://nightshift.example:8080"
     assert!(
         hung["error"].as_str().unwrap().contains("127.0.0.1"),
         "{hung}"
+    );
+    let down = rows.iter().find(|r| r["channel"] == "down").unwrap();
+    assert_eq!(down["attempts"], 2);
+    assert!(
+        down["error"].as_str().unwrap().contains("SMTP 127.0.0.1"),
+        "{down}"
     );
     // The URL's secret path never reaches the store.
     assert!(

@@ -95,8 +95,9 @@ kind = "notify"
 depends_on = ["publish"]
 "#;
 
-#[test]
-fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
+/// The reference pipeline (extract → dbt run → dbt test → publish → notify) over the
+/// shop source, with `retries` for every task.
+pub fn reference_project(retries: u32) -> TestProject {
     let p = TestProject::new();
     p.file(
         "nightshift.toml",
@@ -107,31 +108,40 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
         &p.path().join("dbt"),
     );
     std::fs::create_dir_all(p.path().join("warehouse")).unwrap();
-    let db = p.path().join("source/shop.db");
-    let shop = |day: &str, bad: bool| {
-        let mut args = vec![
-            "shop",
-            "--db",
-            db.to_str().unwrap(),
-            "--from",
-            day,
-            "--to",
-            day,
-            "--orders",
-            "300",
-        ];
-        if bad {
-            args.push("--bad-row");
-        }
-        let out = p.run(&args);
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
-    shop("2024-06-01", false);
-    shop("2024-06-02", true);
     p.file(
         "pipelines/nightly.toml",
-        &(daily("nightly", "2024-06-01") + &PIPELINE.replace("DBT", &dbt())),
+        &(daily("nightly", "2024-06-01").replace("retries = 0", &format!("retries = {retries}"))
+            + &PIPELINE.replace("DBT", &dbt())),
     );
+    p
+}
+
+/// Adds a day of source data (`bad`: with a negative payment).
+pub fn shop_day(p: &TestProject, day: &str, bad: bool) {
+    let db = p.path().join("source/shop.db");
+    let mut args = vec![
+        "shop",
+        "--db",
+        db.to_str().unwrap(),
+        "--from",
+        day,
+        "--to",
+        day,
+        "--orders",
+        "300",
+    ];
+    if bad {
+        args.push("--bad-row");
+    }
+    let out = p.run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
+    let p = reference_project(0);
+    shop_day(&p, "2024-06-01", false);
+    shop_day(&p, "2024-06-02", true);
 
     let out = p.run(&["run", "nightly", "--date", "2024-06-01"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));

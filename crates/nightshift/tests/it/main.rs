@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod dbt;
 mod extract;
+mod faults;
 mod notify;
 mod recover;
 mod scheduler;

@@ -126,6 +126,15 @@ impl TestProject {
             .clone()
     }
 
+    /// Every run of a pipeline (not only the newest 50).
+    pub fn runs_all(&self, pipeline: &str) -> Vec<Value> {
+        let out = self.run(&["runs", pipeline, "--json", "--limit", "100000"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
     pub fn tasks(&self, run_id: &str) -> Value {
         self.json(&["tasks", run_id, "--json"])
     }
