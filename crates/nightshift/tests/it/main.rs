@@ -10,5 +10,6 @@ mod faults;
 mod notify;
 mod recover;
 mod scheduler;
+mod soak;
 mod support;
 mod web;
