@@ -9,6 +9,7 @@ mod extract;
 mod faults;
 mod notify;
 mod recover;
+mod runbook;
 mod scheduler;
 mod soak;
 mod support;
