@@ -416,6 +416,21 @@ impl Pipeline {
             .collect()
     }
 
+    /// `roots` and every task downstream of them, transitively, roots first.
+    pub fn with_downstream(&self, roots: Vec<String>) -> Vec<String> {
+        let mut ids = roots;
+        let mut i = 0;
+        while i < ids.len() {
+            for d in self.downstream(&ids[i]) {
+                if !ids.contains(&d.id) {
+                    ids.push(d.id.clone());
+                }
+            }
+            i += 1;
+        }
+        ids
+    }
+
     /// The first instant a run's interval may start at.
     pub fn start_instant(&self) -> jiff::Timestamp {
         time::resolve(

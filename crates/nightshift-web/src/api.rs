@@ -387,18 +387,11 @@ impl AppState {
                 "run `{run_id}` has no task `{task}`"
             )));
         }
-        let mut ids = vec![task.to_owned()];
-        if downstream {
-            let mut i = 0;
-            while i < ids.len() {
-                for d in pipe.downstream(&ids[i]) {
-                    if !ids.contains(&d.id) {
-                        ids.push(d.id.clone());
-                    }
-                }
-                i += 1;
-            }
-        }
+        let ids = if downstream {
+            pipe.with_downstream(vec![task.to_owned()])
+        } else {
+            vec![task.to_owned()]
+        };
         let list: Vec<(&str, u32)> = ids
             .iter()
             .filter_map(|id| pipe.task(id).map(|t| (id.as_str(), t.max_tries())))

@@ -90,15 +90,7 @@ pub fn clear(
         }
     };
     if downstream {
-        let mut i = 0;
-        while i < ids.len() {
-            for d in p.downstream(&ids[i]) {
-                if !ids.contains(&d.id) {
-                    ids.push(d.id.clone());
-                }
-            }
-            i += 1;
-        }
+        ids = p.with_downstream(ids);
     }
     if failed_only {
         ids.retain(|id| state_of(id).is_some_and(TaskState::is_failure));
