@@ -116,6 +116,8 @@ pub struct RunDetail {
     pub quality: Vec<QualityFigure>,
     pub published: Vec<Published>,
     pub events: Vec<EventRow>,
+    /// Why the run and each task are where they are (`nightshift explain`).
+    pub reasons: Vec<nightshift_engine::explain::Reason>,
 }
 
 #[derive(Serialize)]
@@ -365,8 +367,18 @@ impl AppState {
                 }
             }
         }
+        #[allow(clippy::disallowed_methods)]
+        let reasons = nightshift_engine::explain::explain(
+            &self.store,
+            &self.project().settings,
+            &p,
+            &run,
+            None,
+            Timestamp::now(),
+        )?;
         Ok((
             RunDetail {
+                reasons,
                 pipeline: name.to_owned(),
                 run: RunSummary::from_row(&run, Some(&deadline)),
                 tasks,

@@ -459,18 +459,20 @@ pub async fn run(
                         tr { th { "deadline" } td { (dl) " " @if let Some(s) = &r.deadline_state { (badge(s)) } } th { "forecast finish" } td { (r.forecast_at.clone().unwrap_or_else(|| "–".into())) } }
                     }
                 }
-                h2 { "Tries" }
+                @let run_why: Vec<&str> = d.reasons.iter().filter(|x| x.task_id.is_none()).map(|x| x.reason.as_str()).collect();
+            @if !run_why.is_empty() { ul #why { @for w in &run_why { li { (w) } } } }
+            h2 { "Tries" }
                 div #gantt { (gantt) }
                 h2 { "Tasks" }
                 table #tasks {
-                    tr { th { "task" } th { "kind" } th { "state" } th { "tries" } th { "last error" } th { "" } }
+                    tr { th { "task" } th { "kind" } th { "state" } th { "tries" } th { "why" } th { "" } }
                     @for t in &d.tasks {
                         tr data-task=(t.task_id) {
                             td { (t.task_id) }
                             td { (t.kind) }
                             td { (badge(&t.state)) @if let Some(n) = &t.next_try_at { br; span.muted { "next try " (n) } } }
                             td { @for x in &t.tries { a href={"/pipelines/" (p) "/runs/" (run_id) "/tasks/" (t.task_id) "/tries/" (x.try_number)} title=(x.state) { "#" (x.try_number) } " " } }
-                            td.err { (t.tries.last().and_then(|x| x.error.clone()).unwrap_or_default()) }
+                            td.why { (d.reasons.iter().find(|x| x.task_id.as_deref() == Some(t.task_id.as_str())).map(|x| x.reason.as_str()).unwrap_or("")) }
                             td {
                                 @if let Some(c) = &csrf {
                                     form.inline method="post" action={"/ui/pipelines/" (p) "/runs/" (run_id) "/clear"} {

@@ -283,6 +283,9 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 assert!(tests.as_u64().unwrap() > 10, "{tests}");
                 let manifests = b.eval("document.querySelectorAll('pre.manifest').length");
                 assert_eq!(manifests, 2);
+                let why =
+                    b.eval("document.querySelector('tr[data-task=dbt_test] td.why').textContent");
+                assert_eq!(why, "succeeded on try 1 of 1");
             }
             "try" => {
                 let log = b.eval("document.getElementById('log').textContent");

@@ -133,6 +133,19 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
         }
     }
 
+    // A run's detail says why each task is where it is, as `explain` does.
+    let (_, run) = get(&format!(
+        "{url}/api/v1/pipelines/nightly/runs/20240602_0000"
+    ));
+    let run: Value = serde_json::from_str(&run).unwrap();
+    let why = run["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task_id"] == "notify")
+        .unwrap();
+    assert_eq!(why["reason"], "succeeded on try 1 of 3", "{why}");
+
     // Wrong types and missing fields get a 400 naming the problem, and change nothing.
     let runs_url = format!("{url}/api/v1/pipelines/nightly/runs");
     let before = p.runs("nightly").len();
