@@ -1391,6 +1391,8 @@ fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
     names
         .into_iter()
         .filter_map(|n| std::env::var(n).ok())
+        // A token written in nightshift.toml is a secret too.
+        .chain(settings.web.token.clone())
         .filter(|v| v.len() >= 4)
         .collect()
 }
