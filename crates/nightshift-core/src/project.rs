@@ -731,6 +731,88 @@ mod tests {
     }
 
     #[test]
+    fn reads_alerts_web_and_retention() {
+        let (s, d) = parse_settings(
+            r#"[channels.mail]
+kind = "smtp"
+host = "smtp.example.com"
+port = 587
+starttls = true
+from = "n@example.com"
+to = ["ops@example.com"]
+events = ["task_failed", "run_succeeded"]
+after_failures = 2
+[channels.pager]
+kind = "command"
+command = ["/bin/true", "--x"]
+[channels.chat]
+kind = "webhook"
+url_env = "CHAT"
+format = "slack"
+[alerts]
+channels = ["mail", "pager"]
+base_url = "https://ns.example.com/"
+[web]
+bind = "0.0.0.0:9000"
+token_env = "NS_TOKEN"
+[retention]
+max_age = "90d"
+"#,
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(s.alerts.channels, ["mail", "pager"]);
+        assert_eq!(s.alerts.base_url.as_deref(), Some("https://ns.example.com"));
+        let sub = &s.alerts.subscriptions["mail"];
+        assert_eq!(sub.events, [AlertKind::TaskFailed, AlertKind::RunSucceeded]);
+        assert_eq!(sub.after_failures, 2);
+        assert_eq!(s.alerts.subscriptions["pager"].events, AlertKind::DEFAULT);
+        assert!(matches!(
+            &s.channels["mail"],
+            Channel::Smtp {
+                port: 587,
+                starttls: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &s.channels["chat"],
+            Channel::Webhook {
+                format: WebhookFormat::Slack,
+                ..
+            }
+        ));
+        assert_eq!(s.web.bind, "0.0.0.0:9000");
+        assert_eq!(
+            s.web
+                .resolve_token(|k| (k == "NS_TOKEN").then(|| "t".repeat(20))),
+            Some("t".repeat(20))
+        );
+        assert_eq!(s.retention, Some(Duration::from_secs(90 * 86_400)));
+    }
+
+    #[test]
+    fn bad_alert_settings_are_reported_where_they_are() {
+        let src = "[channels.mail]\nkind = \"smtp\"\nhost = \"h\"\nfrom = \"nobody\"\nto = [\"a@b\"]\nevents = [\"task_faild\"]\n[channels.x]\nkind = \"command\"\n[alerts]\nchannels = [\"mial\"]\n[web]\nbind = \"localhost\"\ntoken = \"short\"\n[retention]\nmax_age = \"forever\"\n";
+        let (_, d) = parse_settings(src);
+        let msgs: Vec<&str> = d.iter().map(|x| x.message.as_str()).collect();
+        for want in [
+            "`nobody` in channel `mail` is not an email address",
+            "unknown alert event `task_faild` in channel `mail`",
+            "channel `x` needs a `command`",
+            "`[alerts]` names channel `mial`, which is not defined",
+            "invalid `bind` address `localhost`",
+            "`token` is shorter than 16 characters",
+            "invalid duration `forever` for `max_age`",
+        ] {
+            assert!(msgs.contains(&want), "{want}: {msgs:?}");
+        }
+        assert!(
+            d.iter().all(|x| x.span.is_some()),
+            "every problem has a place"
+        );
+    }
+
+    #[test]
     fn reports_problems() {
         let (_, d) = parse_settings("paralelism = 4\n[pools]\nw = 3\n");
         assert_eq!(d.len(), 2, "{d:?}");
