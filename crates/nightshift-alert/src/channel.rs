@@ -210,7 +210,7 @@ pub fn deliver_once(
             command,
             timeout_ms,
             ..
-        } => run_command(command, *timeout_ms, msg),
+        } => run_command(command, *timeout_ms, msg, project_dir),
     }
 }
 
@@ -279,14 +279,15 @@ fn send_mail(
         .map_err(|e| format!("SMTP {host}:{port}: {e}"))
 }
 
-/// Runs the channel's argv with the message as JSON on stdin; fails on a non-zero exit or
-/// when it outlives the timeout (then its process is killed).
-fn run_command(argv: &[String], timeout_ms: u64, msg: &Message) -> Result<(), String> {
+/// Runs the channel's argv in the project folder with the message as JSON on stdin; fails on
+/// a non-zero exit or when it outlives the timeout (then its process is killed).
+fn run_command(argv: &[String], timeout_ms: u64, msg: &Message, dir: &Path) -> Result<(), String> {
     let Some((prog, args)) = argv.split_first() else {
         return Err("empty command".into());
     };
     let mut child = Command::new(prog)
         .args(args)
+        .current_dir(dir)
         .env("NIGHTSHIFT_ALERT_SUBJECT", &msg.subject)
         .env("NIGHTSHIFT_ALERT_LINK", msg.link.as_deref().unwrap_or(""))
         .stdin(Stdio::piped())

@@ -259,3 +259,56 @@ fn a_run_forecast_to_miss_its_deadline_is_at_risk_before_it_and_missed_at_it() {
     let detail = p.json(&["runs", "p", "--json"]);
     assert_eq!(detail.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_command_channel_gets_the_alert_as_json_on_stdin_and_a_slow_one_times_out() {
+    let p = TestProject::new();
+    let marker = std::process::id();
+    p.file(
+        "nightshift.toml",
+        &format!(
+            r#"[channels.page]
+kind = "command"
+command = ["sh", "-c", "cat > alert.json; printf '%s' \"$NIGHTSHIFT_ALERT_SUBJECT\" > subject.txt"]
+[channels.slow]
+kind = "command"
+command = ["sleep", "30.000{marker}"]
+timeout = "1s"
+retries = 0
+[alerts]
+channels = ["page", "slow"]
+"#
+        ),
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"load\"\ncommand = [\"sh\", \"-c\", \"exit 5\"]\n"),
+    );
+    assert_eq!(
+        p.run(&["run", "p", "--date", "2024-06-01"]).status.code(),
+        Some(1)
+    );
+    let alert: Value = serde_json::from_str(&p.read("alert.json")).unwrap();
+    assert_eq!(alert["event"], "task_failed");
+    assert_eq!(alert["run_id"], "20240602_0000");
+    assert_eq!(alert["task"], "load");
+    assert_eq!(alert["exit_code"], 5);
+    assert!(p.read("subject.txt").contains("task load FAILED"));
+    let rows = alerts(&p);
+    let slow = rows.iter().find(|r| r["channel"] == "slow").unwrap();
+    assert_eq!(slow["status"], "failed");
+    assert!(
+        slow["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1000 ms"),
+        "{slow}"
+    );
+    assert_eq!(
+        rows.iter().find(|r| r["channel"] == "page").unwrap()["status"],
+        "sent"
+    );
+    // The slow command was killed, not left behind.
+    assert!(processes_with(&format!("30.000{marker}")).is_empty());
+}
