@@ -242,7 +242,9 @@ impl Alerter {
                     kind.as_str(),
                     to_micros(*deadline)
                 );
-                self.enqueue(kind, &key, pipeline, Some(run_id), None, None, &msg)
+                self.enqueue(kind, &key, pipeline, Some(run_id), None, None, &msg, |_| {
+                    true
+                })
             }
             _ => Ok(()),
         }
@@ -259,29 +261,6 @@ impl Alerter {
 
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
-        &self,
-        kind: AlertKind,
-        key: &str,
-        pipeline: &str,
-        run_id: Option<&str>,
-        task_id: Option<&str>,
-        try_number: Option<u32>,
-        msg: &Message,
-    ) -> Result<(), nightshift_store::Error> {
-        self.enqueue_filtered(
-            kind,
-            key,
-            pipeline,
-            run_id,
-            task_id,
-            try_number,
-            msg,
-            |_| true,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue_filtered(
         &self,
         kind: AlertKind,
         key: &str,
@@ -407,7 +386,7 @@ impl Alerter {
         } else {
             1
         };
-        self.enqueue_filtered(
+        self.enqueue(
             kind,
             &key,
             pipeline,
@@ -476,7 +455,7 @@ impl Alerter {
                     link: Some(link.clone()),
                 };
                 let key = format!("run_failed:{pipeline}:{run_id}:{end}");
-                self.enqueue_filtered(
+                self.enqueue(
                     AlertKind::RunFailed,
                     &key,
                     pipeline,
@@ -502,6 +481,7 @@ impl Alerter {
                     None,
                     None,
                     &msg,
+                    |_| true,
                 )?;
                 // A success closes the incident a failure alert opened on each channel.
                 let mut open = vec![];
@@ -519,7 +499,7 @@ impl Alerter {
                     data: data(AlertKind::Recovered),
                     link: Some(link),
                 };
-                self.enqueue_filtered(
+                self.enqueue(
                     AlertKind::Recovered,
                     &format!("recovered:{pipeline}:{run_id}:{end}"),
                     pipeline,

@@ -89,12 +89,6 @@ impl AlertKind {
     pub fn parse(s: &str) -> Option<Self> {
         AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
-
-    /// Whether this kind opens an incident that a `recovered` alert closes (a late run
-    /// that succeeds is not a recovery).
-    pub fn is_failure(self) -> bool {
-        matches!(self, AlertKind::TaskFailed | AlertKind::RunFailed)
-    }
 }
 
 /// `[alerts]` and the alert keys of each channel.

@@ -8,13 +8,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use nightshift_core::deadline::{self, DeadlineState, TaskProgress};
-use nightshift_core::pipeline::parse_pipeline;
 use nightshift_core::state::{advance, run_outcome};
 use nightshift_core::template::Context;
 use nightshift_core::time::{DataInterval, from_micros, to_micros};
@@ -103,9 +102,6 @@ pub enum Event {
 pub struct Stats {
     /// How late the last wake-up was against the time the loop meant to wake (µs).
     pub loop_lag_us: AtomicI64,
-    pub passes: AtomicU64,
-    /// Runs and tries removed by retention since start.
-    pub pruned_runs: AtomicU64,
 }
 
 /// A named point where a test may have the engine kill itself with SIGKILL
@@ -384,18 +380,11 @@ impl Engine {
         if let Some(p) = self.versions.get(hash) {
             return Ok(p.clone());
         }
-        let parsed = match self.store.version_source(hash)? {
-            Some((name, source)) => {
-                let (p, diags) = parse_pipeline(&source, &name, &self.project.settings);
-                if p.is_none() {
-                    let msgs: Vec<String> = diags
-                        .iter()
-                        .filter(|d| d.is_error())
-                        .map(|d| d.message.clone())
-                        .collect();
-                    error!(pipeline = %name, version = hash, errors = %msgs.join("; "), "a stored pipeline version no longer validates; its runs wait until the project is fixed");
-                }
-                p.map(Arc::new)
+        let parsed = match project::stored_pipeline(&self.store, hash, &self.project.settings)? {
+            Some((_, Ok(p))) => Some(Arc::new(p)),
+            Some((name, Err(errors))) => {
+                error!(pipeline = %name, version = hash, errors = %errors, "a stored pipeline version no longer validates; its runs wait until the project is fixed");
+                None
             }
             None => None,
         };
@@ -847,9 +836,7 @@ impl Engine {
             let path = std::path::Path::new(path);
             // Only files under the project's log folder: a store edited by hand cannot make
             // retention delete anything else.
-            if let Ok(real) = path.canonicalize()
-                && real.starts_with(&logs)
-            {
+            if let Some(real) = project::inside(&logs, path) {
                 let _ = std::fs::remove_file(&real);
                 if let Some(d) = real.parent() {
                     dirs.insert(d.to_path_buf());
@@ -865,9 +852,6 @@ impl Engine {
                 d = dir.parent();
             }
         }
-        self.stats
-            .pruned_runs
-            .fetch_add(pruned.runs, Ordering::Relaxed);
         info!(
             runs = pruned.runs,
             tries = pruned.tries,
@@ -1153,7 +1137,6 @@ impl Engine {
                     continue;
                 }
             };
-            self.stats.passes.fetch_add(1, Ordering::Relaxed);
             if scheduling && !past_until {
                 let next_deadline = match self.check_deadlines(now) {
                     Ok(n) => n,

@@ -126,6 +126,13 @@ pub fn explain(
 
     let by_id: HashMap<&str, &TiRow> = tis.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let now_us = nightshift_core::time::to_micros(now);
+    let events = store.events(run.pk)?;
+    let running_in_pipeline: i64 = store
+        .live_task_counts()?
+        .into_iter()
+        .filter(|(pl, s, _)| pl == &run.pipeline && s == "RUNNING")
+        .map(|(_, _, n)| n)
+        .sum();
     for task in p.topological_order() {
         if only.is_some_and(|o| o != task.id) {
             continue;
@@ -137,15 +144,14 @@ pub fn explain(
             .iter()
             .filter(|t| t.ti_pk == ti.pk)
             .max_by_key(|t| t.try_number);
-        let marked = store
-            .events(run.pk)?
-            .into_iter()
+        let marked = events
+            .iter()
             .rev()
             .find(|e| {
                 e.task_id.as_deref() == Some(task.id.as_str())
                     && e.detail.as_deref().is_some_and(|d| d.starts_with("marked"))
             })
-            .and_then(|e| e.detail);
+            .and_then(|e| e.detail.clone());
         let reason = match ti.state {
             TaskState::Pending => {
                 let waiting: Vec<String> = task
@@ -198,13 +204,7 @@ pub fn explain(
                         ready_reason(&scheduler)
                     }
                 } else {
-                    let running = store
-                        .live_task_counts()?
-                        .into_iter()
-                        .filter(|(pl, s, _)| pl == &run.pipeline && s == "RUNNING")
-                        .map(|(_, _, n)| n)
-                        .sum::<i64>();
-                    if running as u32 >= p.max_active_tasks {
+                    if running_in_pipeline as u32 >= p.max_active_tasks {
                         format!(
                             "ready, but max_active_tasks ({}) of `{}` are running",
                             p.max_active_tasks, run.pipeline

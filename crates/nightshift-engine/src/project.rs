@@ -219,6 +219,36 @@ pub fn keep_last_valid(old: &Project, fresh: &mut Project) {
     }
 }
 
+/// A stored version's pipeline name, and the pipeline or why it no longer validates.
+pub type StoredPipeline = (String, Result<Pipeline, String>);
+
+/// A pipeline version from the store, parsed against the project's settings: `None` when
+/// the store has no such version, `Some((name, Err(errors)))` when it no longer validates.
+pub fn stored_pipeline(
+    store: &nightshift_store::Store,
+    hash: &str,
+    settings: &ProjectSettings,
+) -> Result<Option<StoredPipeline>, nightshift_store::Error> {
+    Ok(store.version_source(hash)?.map(|(name, source)| {
+        let (p, diags) = parse_pipeline(&source, &name, settings);
+        let parsed = p.ok_or_else(|| {
+            diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        (name, parsed)
+    }))
+}
+
+/// `path` resolved, if it lies inside `dir` (itself resolved): no `..` or symlink leads out.
+pub fn inside(dir: &Path, path: &Path) -> Option<PathBuf> {
+    let real = path.canonicalize().ok()?;
+    real.starts_with(dir).then_some(real)
+}
+
 pub fn fingerprint(dir: &Path) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut files = pipeline_files(dir).unwrap_or_default();

@@ -166,14 +166,4 @@ impl Store {
             Ok(n)
         })
     }
-
-    /// Failed deliveries per channel, for metrics.
-    pub fn alert_failures(&self) -> Result<Vec<(String, i64)>> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT channel, COUNT(*) FROM alerts WHERE status = 'failed' GROUP BY channel ORDER BY channel",
-            )?;
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
-        })
-    }
 }

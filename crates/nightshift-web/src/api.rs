@@ -246,7 +246,9 @@ impl AppState {
         let Some(path) = t.log_path else {
             return Ok((vec![], offset, complete));
         };
-        let Some(real) = crate::inside(&self.logs_dir, std::path::Path::new(&path)) else {
+        let Some(real) =
+            nightshift_engine::project::inside(&self.logs_dir, std::path::Path::new(&path))
+        else {
             if std::path::Path::new(&path).exists() {
                 return Err(WebError::Forbidden(
                     "the log of this try lies outside the project's log folder; it is not served"

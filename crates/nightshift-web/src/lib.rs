@@ -21,7 +21,7 @@ pub mod svg;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,6 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nightshift_core::Pipeline;
-use nightshift_core::pipeline::parse_pipeline;
 use nightshift_engine::Stats;
 use nightshift_engine::project::{self, Project};
 use nightshift_store::Store;
@@ -131,10 +130,9 @@ impl AppState {
             });
         }
         let settings = self.project().settings;
-        let parsed = self
-            .store
-            .version_source(hash)?
-            .and_then(|(name, src)| parse_pipeline(&src, &name, &settings).0.map(Arc::new));
+        let parsed = project::stored_pipeline(&self.store, hash, &settings)?
+            .and_then(|(_, p)| p.ok())
+            .map(Arc::new);
         cache.insert(hash.to_owned(), parsed.clone());
         parsed
             .ok_or_else(|| WebError::NotFound(format!("pipeline version {hash} does not validate")))
@@ -283,10 +281,4 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
         "same-origin".parse().expect("static header"),
     );
     res
-}
-
-/// Whether `path` lies inside `dir` once both are resolved (no `..` or symlink escapes).
-pub fn inside(dir: &Path, path: &Path) -> Option<PathBuf> {
-    let real = path.canonicalize().ok()?;
-    real.starts_with(dir).then_some(real)
 }

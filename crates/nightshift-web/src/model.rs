@@ -198,10 +198,6 @@ pub struct CalendarDay {
     pub run_id: Option<String>,
 }
 
-pub fn kind_name(k: &TaskKind) -> &'static str {
-    k.name()
-}
-
 impl AppState {
     pub fn summary(&self, name: &str) -> Result<PipelineSummary, WebError> {
         let p = self.pipeline(name)?;
@@ -229,7 +225,7 @@ impl AppState {
                 .iter()
                 .map(|t| TaskInfo {
                     id: t.id.clone(),
-                    kind: kind_name(&t.kind).to_owned(),
+                    kind: t.kind.name().to_owned(),
                     depends_on: t.depends_on.clone(),
                 })
                 .collect(),
@@ -294,7 +290,7 @@ impl AppState {
             let ti = tis.iter().find(|x| x.task_id == t.id);
             tasks.push(task_detail(
                 t.id.clone(),
-                kind_name(&t.kind),
+                t.kind.name(),
                 &t.depends_on,
                 ti,
                 &tries,

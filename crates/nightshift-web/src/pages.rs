@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -663,9 +663,4 @@ pub async fn clear_action(
         ),
         Err(e) => error_page(&st, &headers, e),
     }
-}
-
-/// For a method the route does not take.
-pub fn method_not_allowed() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
 }

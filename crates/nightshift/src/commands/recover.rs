@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use nightshift_core::pipeline::parse_pipeline;
 use nightshift_core::state::run_outcome;
 use nightshift_core::{Pipeline, TaskState, Trigger};
 use nightshift_engine::Clock;
@@ -18,22 +17,18 @@ use crate::output;
 
 /// The pipeline version a run executes.
 fn pipeline_of(project: &Project, store: &Store, run: &RunRow) -> Result<Arc<Pipeline>> {
-    let (name, src) = store.version_source(&run.version)?.ok_or_else(|| {
-        anyhow::anyhow!(
+    match nightshift_engine::project::stored_pipeline(store, &run.version, &project.settings)? {
+        Some((_, Ok(p))) => Ok(Arc::new(p)),
+        Some((_, Err(_))) => Err(usage(format!(
+            "the pipeline version of run {} no longer validates; `nightshift rerun {}` moves it to the current file",
+            run.run_id, run.run_id
+        ))),
+        None => Err(anyhow::anyhow!(
             "the store has no pipeline version {} for run {}",
             run.version,
             run.run_id
-        )
-    })?;
-    parse_pipeline(&src, &name, &project.settings)
-        .0
-        .map(Arc::new)
-        .ok_or_else(|| {
-            usage(format!(
-                "the pipeline version of run {} no longer validates; `nightshift rerun {}` moves it to the current file",
-                run.run_id, run.run_id
-            ))
-        })
+        )),
+    }
 }
 
 fn require_task(p: &Pipeline, task: &str) -> Result<()> {

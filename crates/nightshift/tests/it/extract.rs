@@ -1,25 +1,5 @@
 //! The extract kind end to end: a real SQLite source, real Parquet partitions.
-
-use std::path::Path;
-
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 use crate::support::*;
-
-fn parquet_rows(dir: &Path) -> i64 {
-    let f = std::fs::File::open(dir.join("part-0.parquet")).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap().num_rows() as i64)
-        .sum()
-}
-
-fn source_count(db: &Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open(db).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
-}
 
 const EXTRACT: &str = r#"
 [[task]]

@@ -6,26 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use crate::dbt::{reference_project, shop_day};
 use crate::support::*;
-
-fn parquet_rows(file: &Path) -> i64 {
-    let f = std::fs::File::open(file).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap().num_rows() as i64)
-        .sum()
-}
-
-fn source_count(p: &TestProject, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open(p.path().join("source/shop.db")).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
-}
 
 /// No try is RUNNING, every run of the pipeline is unique per interval, and the store
 /// passes SQLite's integrity check.
@@ -124,7 +108,7 @@ fn sigkill_of_the_scheduler_during_extract_dbt_run_and_publish_then_restart_comp
         // Nothing doubled: the raw partition holds the source's orders of that day once,
         // and the published partition agrees.
         let orders = source_count(
-            &p,
+            &p.path().join("source/shop.db"),
             &format!("SELECT COUNT(*) FROM orders WHERE substr(order_ts, 1, 10) = '{day}'"),
         );
         assert_eq!(
@@ -135,10 +119,7 @@ fn sigkill_of_the_scheduler_during_extract_dbt_run_and_publish_then_restart_comp
             1
         );
         assert_eq!(
-            parquet_rows(
-                &p.path()
-                    .join(format!("data/raw/orders/dt={day}/part-0.parquet"))
-            ),
+            parquet_rows(&p.path().join(format!("data/raw/orders/dt={day}"))),
             orders
         );
         let m: Value =
@@ -257,10 +238,14 @@ fn disk_full_while_writing_a_partition_fails_clearly_and_keeps_the_previous_one(
             .status
             .success()
     );
-    let part = raw.join("orders/dt=2024-06-01/part-0.parquet");
+    let dir = raw.join("orders/dt=2024-06-01");
+    let part = dir.join("part-0.parquet");
     let before = std::fs::read(&part).unwrap();
-    let rows_before = parquet_rows(&part);
-    assert_eq!(rows_before, source_count(&p, "SELECT COUNT(*) FROM orders"));
+    let rows_before = parquet_rows(&dir);
+    assert_eq!(
+        rows_before,
+        source_count(&db, "SELECT COUNT(*) FROM orders")
+    );
 
     // The source grows past what the disk can hold; the rerun's write fails.
     shop("20000");
@@ -275,7 +260,7 @@ fn disk_full_while_writing_a_partition_fails_clearly_and_keeps_the_previous_one(
     // The previous partition is untouched and readable; nothing half-written is visible,
     // and the hidden staging folder was removed.
     assert_eq!(std::fs::read(&part).unwrap(), before);
-    assert_eq!(parquet_rows(&part), rows_before);
+    assert_eq!(parquet_rows(&dir), rows_before);
     assert_eq!(visible(&raw.join("orders")), ["dt=2024-06-01"]);
     let hidden: Vec<_> = std::fs::read_dir(raw.join("orders"))
         .unwrap()

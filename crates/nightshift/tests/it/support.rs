@@ -350,3 +350,20 @@ pub fn web_url(p: &TestProject, tag: &str) -> String {
     });
     url.unwrap()
 }
+
+/// Rows of a partition folder's `part-0.parquet`.
+pub fn parquet_rows(dir: &Path) -> i64 {
+    let f = std::fs::File::open(dir.join("part-0.parquet")).unwrap();
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows() as i64)
+        .sum()
+}
+
+/// One number from a SQLite file (a source's row count).
+pub fn source_count(db: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
