@@ -38,6 +38,8 @@ pub struct ProjectSettings {
     pub web: WebSettings,
     /// How long finished runs are kept (`None`: forever).
     pub retention: Option<Duration>,
+    /// A try's log keeps its head and tail within about this many bytes (default 100 MiB).
+    pub log_max_bytes: u64,
 }
 
 /// Something that happened that a channel may be told about.
@@ -220,6 +222,7 @@ impl Default for ProjectSettings {
             alerts: AlertSettings::default(),
             web: WebSettings::default(),
             retention: None,
+            log_max_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -238,6 +241,7 @@ const ROOT_KEYS: &[&str] = &[
     "alerts",
     "web",
     "retention",
+    "log_max_bytes",
 ];
 const CHANNEL_KEYS: &[&str] = &["kind", "timeout", "retries", "events", "after_failures"];
 const WEBHOOK_KEYS: &[&str] = &["url", "url_env", "format"];
@@ -303,6 +307,16 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
                     .with_help("write e.g. `30s` or `2m`"),
                 ),
             }
+        }
+    }
+    if let Some(v) = root.uint("log_max_bytes", 1 << 40, &mut diags) {
+        if v.value < 4096 {
+            diags.push(
+                Diagnostic::error("`log_max_bytes` must be at least 4096", Some(v.span))
+                    .with_help("the default is 104857600 (100 MiB)"),
+            );
+        } else {
+            s.log_max_bytes = v.value;
         }
     }
     if let Some((t, span)) = root.table("store", &mut diags) {

@@ -6,8 +6,10 @@ use std::str::FromStr;
 
 use crate::pipeline::{Pipeline, TriggerRule};
 
-/// State of a task in a run (of its current try).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// State of a task in a run (of its current try). Serialized as its stored name
+/// (`UP_FOR_RETRY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {
     /// Waiting for its upstream tasks.
     Pending,
@@ -22,10 +24,12 @@ pub enum TaskState {
     UpstreamFailed,
     /// Not run because its trigger rule excluded it.
     Skipped,
+    /// Stopped by an operator (`nightshift cancel`): its run was cancelled.
+    Cancelled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Pending,
         TaskState::Queued,
         TaskState::Running,
@@ -34,6 +38,7 @@ impl TaskState {
         TaskState::UpForRetry,
         TaskState::UpstreamFailed,
         TaskState::Skipped,
+        TaskState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,13 +51,18 @@ impl TaskState {
             TaskState::UpForRetry => "UP_FOR_RETRY",
             TaskState::UpstreamFailed => "UPSTREAM_FAILED",
             TaskState::Skipped => "SKIPPED",
+            TaskState::Cancelled => "CANCELLED",
         }
     }
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Success | TaskState::Failed | TaskState::UpstreamFailed | TaskState::Skipped
+            TaskState::Success
+                | TaskState::Failed
+                | TaskState::UpstreamFailed
+                | TaskState::Skipped
+                | TaskState::Cancelled
         )
     }
 
@@ -84,6 +94,8 @@ pub enum RunState {
     Running,
     Success,
     Failed,
+    /// Stopped by an operator before it finished (`nightshift cancel`).
+    Cancelled,
 }
 
 impl RunState {
@@ -93,11 +105,15 @@ impl RunState {
             RunState::Running => "RUNNING",
             RunState::Success => "SUCCESS",
             RunState::Failed => "FAILED",
+            RunState::Cancelled => "CANCELLED",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunState::Success | RunState::Failed)
+        matches!(
+            self,
+            RunState::Success | RunState::Failed | RunState::Cancelled
+        )
     }
 }
 
@@ -115,6 +131,7 @@ impl FromStr for RunState {
             RunState::Running,
             RunState::Success,
             RunState::Failed,
+            RunState::Cancelled,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -231,14 +248,18 @@ pub fn advance(
 /// (Unlike Airflow, a successful `notify` leaf with `all_done` does not hide a failure.)
 pub fn run_outcome(states: impl IntoIterator<Item = TaskState>) -> Option<RunState> {
     let mut failed = false;
+    let mut cancelled = false;
     for s in states {
         if !s.is_terminal() {
             return None;
         }
         failed |= s.is_failure();
+        cancelled |= s == TaskState::Cancelled;
     }
     Some(if failed {
         RunState::Failed
+    } else if cancelled {
+        RunState::Cancelled
     } else {
         RunState::Success
     })

@@ -6,25 +6,27 @@
 //! active runs (indexed queries), never to the history.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use nightshift_core::deadline::{self, DeadlineState, TaskProgress};
 use nightshift_core::state::{advance, run_outcome};
-use nightshift_core::template::Context;
 use nightshift_core::time::{DataInterval, from_micros, to_micros};
-use nightshift_core::{Pipeline, RunState, TaskKind, TaskState, Trigger};
+use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{Claim, Created, FinishTry, NewRun, NewTask, RunRow, Store, TiRow};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::attempt::{self, TryCtx, TryDone, plus, try_key};
 use crate::clock::{Clock, real_now_us};
-use crate::dbt;
-use crate::executor::{self, ChildSpec, Exit, KillReason};
+use crate::contain::Containment;
+pub use crate::crash::CrashPoint;
+use crate::crash::crash_if;
+use crate::executor::{KillReason, Stopper};
+use crate::outcome::Writer;
 use crate::procs::{self, Owner};
 use crate::project::{self, LoadedPipeline, Project};
 
@@ -97,52 +99,38 @@ pub enum Event {
     },
 }
 
-/// Figures of the loop for metrics, readable from another thread.
+/// Figures of the loop for metrics and health, readable from another thread.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// How late the last wake-up was against the time the loop meant to wake (µs).
     pub loop_lag_us: AtomicI64,
+    /// Real time (µs) when the loop last came round; a stalled loop shows as its age.
+    pub last_tick_us: AtomicI64,
+    /// The store refuses the loop's reads or writes (locked, full, unreachable).
+    pub store_degraded: AtomicBool,
+    /// The outcome writer cannot write (outcomes wait in the journal).
+    pub writer_degraded: Arc<AtomicBool>,
+    /// Intervals skipped because the pipeline has `catchup = false`, per pipeline.
+    pub skipped: std::sync::Mutex<HashMap<String, u64>>,
 }
 
-/// A named point where a test may have the engine kill itself with SIGKILL
-/// (`NIGHTSHIFT_CRASH_AT=point[:task]`), to prove recovery from a crash at that point.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrashPoint {
-    pub point: String,
-    pub task: Option<String>,
-}
-
-impl CrashPoint {
-    pub const POINTS: &'static [&'static str] = &[
-        "after_run_created",
-        "after_claim",
-        "after_spawn",
-        "before_outcome_commit",
-    ];
-
-    pub fn parse(s: &str) -> Option<CrashPoint> {
-        let (point, task) = match s.split_once(':') {
-            Some((p, t)) => (p, Some(t.to_owned())),
-            None => (s, None),
+impl Stats {
+    /// How far behind the loop is now: the lag of its last wake-up, or how long the
+    /// current iteration has been stuck (a store call waiting on a lock), whichever is more.
+    pub fn loop_lag(&self, poll: Duration) -> Duration {
+        let tick = self.last_tick_us.load(Ordering::Relaxed);
+        let stuck = if tick == 0 {
+            0
+        } else {
+            (real_now_us() - tick - us(poll)).max(0)
         };
-        Self::POINTS.contains(&point).then(|| CrashPoint {
-            point: point.to_owned(),
-            task,
-        })
+        let lag = self.loop_lag_us.load(Ordering::Relaxed).max(stuck);
+        Duration::from_micros(u64::try_from(lag).unwrap_or(0))
     }
-}
 
-fn crash_if(crash: &Option<CrashPoint>, point: &str, task: Option<&str>) {
-    if let Some(c) = crash
-        && c.point == point
-        && (c.task.is_none() || c.task.as_deref() == task)
-    {
-        error!(
-            point,
-            "crash point reached; killing this process with SIGKILL"
-        );
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-        std::thread::sleep(Duration::from_secs(60));
+    /// Whether the scheduler is running with its store unavailable.
+    pub fn degraded(&self) -> bool {
+        self.store_degraded.load(Ordering::Relaxed) || self.writer_degraded.load(Ordering::Relaxed)
     }
 }
 
@@ -168,12 +156,26 @@ impl Default for Options {
 }
 
 struct RunningTry {
-    cancel: watch::Sender<Option<KillReason>>,
+    stopper: Stopper,
     try_number: u32,
+    token: u64,
 }
 
-struct TryDone {
-    ti_pk: i64,
+/// Runs created per pipeline in one loop iteration (one transaction each).
+pub const CATCHUP_BATCH: usize = 200;
+
+/// Queued runs per pipeline and class a scheduler pass considers (oldest first).
+const QUEUED_WINDOW: u32 = 64;
+
+/// Skipped intervals are counted up to this many (an every-minute pipeline started years
+/// ago would otherwise be walked minute by minute).
+const SKIP_COUNT_LIMIT: u64 = 10_000;
+
+/// What scheduling found: the next fire time, and whether catch-up has more to create.
+#[derive(Debug, Default)]
+struct Scheduled {
+    next_fire: Option<Timestamp>,
+    more: bool,
 }
 
 /// Result of one pass, for the loop's sleep decision.
@@ -215,17 +217,14 @@ pub struct Engine {
     estimates: HashMap<i64, HashMap<String, i64>>,
     last_prune: Option<Instant>,
     stats: Arc<Stats>,
+    /// Started on first use (the engine's own store connection stays free for the loop).
+    writer: Option<Writer>,
+    containment: Containment,
+    next_token: u64,
 }
 
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn plus(t: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(t)
 }
 
 /// Creates the run for one interval of a pipeline (or finds the one that exists).
@@ -254,6 +253,39 @@ pub fn create_run(
         },
         &tasks,
     )?)
+}
+
+/// Creates the runs of many intervals of one pipeline in one transaction (catch-up);
+/// intervals that have a run already are left alone. Returns the pks created.
+pub fn create_runs(
+    store: &Store,
+    lp: &LoadedPipeline,
+    ivs: &[DataInterval],
+    trigger: Trigger,
+    now: Timestamp,
+) -> Result<Vec<i64>, Error> {
+    let p = &lp.pipeline;
+    let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
+    let tasks = new_tasks(p);
+    let keys: Vec<(String, String)> = ivs
+        .iter()
+        .map(|iv| (p.schedule.run_id(iv), p.schedule.ds(iv).to_string()))
+        .collect();
+    let runs: Vec<NewRun<'_>> = ivs
+        .iter()
+        .zip(&keys)
+        .map(|(iv, (run_id, ds))| NewRun {
+            run_id,
+            pipeline: &p.name,
+            logical_date: ds,
+            data_interval_start: to_micros(iv.start),
+            data_interval_end: to_micros(iv.end),
+            now: to_micros(now),
+            trigger,
+            version: &version,
+        })
+        .collect();
+    Ok(store.create_runs(&runs, &tasks)?)
 }
 
 /// One task instance per task of the pipeline, for a new or rerun run.
@@ -315,7 +347,44 @@ impl Engine {
             estimates: HashMap::new(),
             last_prune: None,
             stats: Arc::new(Stats::default()),
+            writer: None,
+            containment: Containment::Subreaper,
+            next_token: 0,
         }
+    }
+
+    /// How this engine contains a try's processes (see [`crate::contain`]).
+    pub fn with_containment(mut self, c: Containment) -> Self {
+        self.containment = c;
+        self
+    }
+
+    /// The outcome writer, started on first use; a journal left by a stopped engine is
+    /// replayed then, before any orphan is judged.
+    fn writer(&mut self) -> Result<Writer, Error> {
+        if let Some(w) = &self.writer {
+            return Ok(w.clone());
+        }
+        let journal = self.project.state_dir().join("outcomes");
+        let done = self.done_tx.clone();
+        let w = Writer::start(
+            self.store.path(),
+            journal.clone(),
+            self.stats.writer_degraded.clone(),
+            // Wakes the loop: the recorded outcome may let the run move on.
+            Box::new(move |ti_pk| {
+                let _ = done.send(TryDone { ti_pk, token: None });
+            }),
+        )?;
+        let n = w.replay(&journal);
+        if n > 0 {
+            info!(
+                outcomes = n,
+                "outcomes journaled by a stopped scheduler are being recorded"
+            );
+        }
+        self.writer = Some(w.clone());
+        Ok(w)
     }
 
     pub fn project(&self) -> &Project {
@@ -432,9 +501,12 @@ impl Engine {
         }
     }
 
-    /// Creates the runs whose intervals have ended by `now` (one per interval, ever).
-    fn schedule_due_runs(&mut self, now: Timestamp) -> Result<Option<Timestamp>, Error> {
-        let mut next: Option<Timestamp> = None;
+    /// Creates the runs whose intervals have ended by `now` (one per interval, ever), at
+    /// most [`CATCHUP_BATCH`] per pipeline per call, each batch in one transaction: a
+    /// pipeline catching up on thousands of intervals proceeds in steps, and every other
+    /// pipeline's due run is created in the same call.
+    fn schedule_due_runs(&mut self, now: Timestamp) -> Result<Scheduled, Error> {
+        let mut out = Scheduled::default();
         let mut names: Vec<String> = self.project.pipelines.keys().cloned().collect();
         names.sort();
         for name in names {
@@ -446,82 +518,133 @@ impl Engine {
             let first_start = p.schedule.next_fire_inclusive(p.start_instant())?;
             let mut cursor = match self.cursors.get(&name) {
                 Some(c) => *c,
-                None => self.initial_catchup(&lp, first_start, now)?,
+                None => self.initial_cursor(&lp, first_start, now)?,
             };
+            let mut batch = vec![];
             loop {
                 let fire = p.schedule.next_fire(cursor)?;
                 if fire > now {
-                    next = Some(next.map_or(fire, |n: Timestamp| n.min(fire)));
+                    out.next_fire = Some(out.next_fire.map_or(fire, |n: Timestamp| n.min(fire)));
+                    break;
+                }
+                if batch.len() >= CATCHUP_BATCH {
+                    out.more = true;
                     break;
                 }
                 let iv = p.schedule.interval_ending_at(fire)?;
                 if p.in_range(&iv) {
-                    self.create_scheduled(&lp, iv, now)?;
+                    batch.push(iv);
                 }
                 cursor = fire;
             }
+            self.create_scheduled(&lp, &batch, now)?;
             self.cursors.insert(name, cursor);
         }
-        Ok(next)
+        Ok(out)
     }
 
     fn create_scheduled(
         &mut self,
         lp: &LoadedPipeline,
-        iv: DataInterval,
+        ivs: &[DataInterval],
         now: Timestamp,
     ) -> Result<(), Error> {
-        if let Created::New(pk) = create_run(&self.store, lp, iv, Trigger::Scheduled, now)? {
-            info!(pipeline = %lp.pipeline.name, run_id = %lp.pipeline.schedule.run_id(&iv), run = pk, "run created");
+        if ivs.is_empty() {
+            return Ok(());
+        }
+        let created = create_runs(&self.store, lp, ivs, Trigger::Scheduled, now)?;
+        match created.len() {
+            0 => {}
+            1 => {
+                let iv = ivs.last().copied().unwrap_or(ivs[0]);
+                info!(pipeline = %lp.pipeline.name, run_id = %lp.pipeline.schedule.run_id(&iv), run = created[0], "run created")
+            }
+            n => {
+                let first = lp.pipeline.schedule.run_id(&ivs[0]);
+                let last = lp.pipeline.schedule.run_id(&ivs[ivs.len() - 1]);
+                info!(pipeline = %lp.pipeline.name, runs = n, from = %first, to = %last, "runs created")
+            }
+        }
+        if !created.is_empty() {
             crash_if(&self.opts.crash_at, "after_run_created", None);
         }
         Ok(())
     }
 
-    /// On first sight of a pipeline: with catchup, one run per missed interval since
-    /// start_date; without, only the latest ended interval. Returns the cursor.
-    fn initial_catchup(
+    /// Where scheduling of a pipeline starts when this engine first sees it: with catchup,
+    /// after its latest scheduled run (or at start_date), so every missed interval gets a
+    /// run; without, at the latest ended interval, whose run is created now — and the
+    /// intervals passed over are counted and said once.
+    fn initial_cursor(
         &mut self,
         lp: &LoadedPipeline,
         first_start: Timestamp,
         now: Timestamp,
     ) -> Result<Timestamp, Error> {
         let p = lp.pipeline.clone();
-        let mut cursor = first_start;
+        let latest_run = self
+            .store
+            .latest_interval_start(&p.name, Some(Trigger::Scheduled))?
+            .map(from_micros);
+        let from = latest_run.map_or(first_start, |l| l.max(first_start));
         if p.catchup {
-            let mut start = first_start;
-            loop {
-                let end = p.schedule.next_fire(start)?;
-                if end > now {
+            return Ok(from);
+        }
+        let latest = if p.schedule.next_fire_inclusive(now)? == now {
+            now
+        } else {
+            p.schedule.prev_fire(now)?
+        };
+        if latest <= first_start {
+            return Ok(first_start);
+        }
+        let iv = p.schedule.interval_ending_at(latest)?;
+        // Intervals that ended between where scheduling stood and the latest one: the range
+        // is exact, the count is walked up to a bound (an every-minute pipeline started
+        // years ago would otherwise cost a million schedule steps).
+        let first_end = p.schedule.next_fire(from)?;
+        let last_end = p.schedule.prev_fire(latest)?;
+        if first_end < latest && last_end >= first_end {
+            let first = p.schedule.interval_ending_at(first_end)?;
+            let last = p.schedule.interval_ending_at(last_end)?;
+            let mut skipped = 0u64;
+            let mut at = from;
+            while skipped < SKIP_COUNT_LIMIT {
+                let end = p.schedule.next_fire(at)?;
+                if end >= latest {
                     break;
                 }
-                let iv = DataInterval { start, end };
-                if p.in_range(&iv)
-                    && self
-                        .store
-                        .find_run_by_interval(&p.name, to_micros(start))?
-                        .is_none()
-                {
-                    self.create_scheduled(&lp.clone(), iv, now)?;
-                }
-                cursor = end;
-                start = end;
+                skipped += 1;
+                at = end;
             }
-        } else {
-            let latest = if p.schedule.next_fire_inclusive(now)? == now {
-                now
+            let more = if skipped >= SKIP_COUNT_LIMIT {
+                "more than "
             } else {
-                p.schedule.prev_fire(now)?
+                ""
             };
-            if latest > first_start {
-                let iv = p.schedule.interval_ending_at(latest)?;
-                if p.in_range(&iv) {
-                    self.create_scheduled(lp, iv, now)?;
-                }
-                cursor = latest;
-            }
+            info!(
+                pipeline = %p.name,
+                "catchup = false: skipped {more}{skipped} interval(s) from {} to {} (runs {} to {}); running only the latest",
+                first.start, last.end, p.schedule.run_id(&first), p.schedule.run_id(&last)
+            );
+            let mut map = self.stats.skipped.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(p.name.clone()).or_insert(0) += skipped;
         }
-        Ok(cursor)
+        if p.in_range(&iv) {
+            self.create_scheduled(lp, &[iv], now)?;
+        }
+        Ok(latest)
+    }
+
+    /// The runs a pass looks at: the scheduler takes a bounded window of each pipeline's
+    /// queued runs (a catch-up of thousands costs a pass no more than a few); `run` and
+    /// `backfill` take their own runs.
+    fn working_runs(&self) -> Result<Vec<RunRow>, Error> {
+        let runs = match &self.mode {
+            Mode::Scheduler { .. } => self.store.working_runs(QUEUED_WINDOW)?,
+            Mode::Runs(_) => self.store.active_runs()?,
+        };
+        Ok(runs.into_iter().filter(|r| self.in_scope(r)).collect())
     }
 
     fn in_scope(&self, run: &RunRow) -> bool {
@@ -535,17 +658,13 @@ impl Engine {
     /// finish runs, claim and start ready tries.
     pub fn pass(&mut self, now: Timestamp, may_claim: bool) -> Result<PassOutcome, Error> {
         let mut out = PassOutcome::default();
-        let mut runs: Vec<RunRow> = self
-            .store
-            .active_runs()?
-            .into_iter()
-            .filter(|r| self.in_scope(r))
-            .collect();
+        let mut runs: Vec<RunRow> = self.working_runs()?;
         runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
         out.active_runs = runs.len();
         let mut tis_by_run: HashMap<i64, Vec<TiRow>> = HashMap::new();
         if !runs.is_empty() {
-            for ti in self.store.task_instances_of_active_runs()? {
+            let pks: Vec<i64> = runs.iter().map(|r| r.pk).collect();
+            for ti in self.store.task_instances_of(&pks)? {
                 tis_by_run.entry(ti.run_pk).or_default().push(ti);
             }
         }
@@ -558,6 +677,7 @@ impl Engine {
         let live_runs: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
         self.deadline_seen.retain(|pk, _| live_runs.contains(pk));
         self.estimates.retain(|pk, _| live_runs.contains(pk));
+        let mut full: HashSet<(String, bool)> = HashSet::new();
         for mut run in runs {
             let Some(p) = self.pipeline_of_version(&run.version)? else {
                 continue;
@@ -570,7 +690,14 @@ impl Engine {
                 if paused || !may_claim {
                     continue;
                 }
+                let class = (run.pipeline.clone(), run.trigger == Trigger::Backfill);
+                if full.contains(&class) {
+                    continue;
+                }
                 if !self.store.activate_run(run.pk, now_us, p.max_active_runs)? {
+                    // The class is at its limit: later queued runs of it would be refused
+                    // too, one write each.
+                    full.insert(class);
                     continue;
                 }
                 run.status = RunState::Running;
@@ -674,7 +801,7 @@ impl Engine {
                 match claimed {
                     Some(try_number) => {
                         out.claimed += 1;
-                        self.start_try(p, run, ti, try_number);
+                        self.start_try(p, run, ti, try_number)?;
                     }
                     None => out.blocked = true,
                 }
@@ -739,7 +866,7 @@ impl Engine {
     /// Returns the next deadline still ahead, so the loop wakes for it.
     fn check_deadlines(&mut self, now: Timestamp) -> Result<Option<Timestamp>, Error> {
         let mut next: Option<Timestamp> = None;
-        for run in self.store.active_runs()? {
+        for run in self.working_runs()? {
             let Some(p) = self.pipeline_of_version(&run.version)? else {
                 continue;
             };
@@ -888,17 +1015,18 @@ impl Engine {
         }
     }
 
-    fn start_try(&mut self, p: Arc<Pipeline>, run: RunRow, ti: TiRow, try_number: u32) {
-        let (cancel_tx, cancel_rx) = watch::channel(None);
-        self.running.insert(
-            ti.pk,
-            RunningTry {
-                cancel: cancel_tx,
-                try_number,
-            },
-        );
+    fn start_try(
+        &mut self,
+        p: Arc<Pipeline>,
+        run: RunRow,
+        ti: TiRow,
+        try_number: u32,
+    ) -> Result<(), Error> {
+        let ti_pk = ti.pk;
+        self.next_token += 1;
+        let token = self.next_token;
         let ctx = TryCtx {
-            secrets: secret_values(&self.project.settings),
+            secrets: crate::kinds::secret_values(&self.project.settings),
             channels: self.project.settings.channels.clone(),
             connections: self.project.settings.connections.clone(),
             store: self.store.clone(),
@@ -911,14 +1039,24 @@ impl Engine {
             project_dir: self.project.dir.clone(),
             logs_dir: self.project.logs_dir(),
             kill_grace: self.project.settings.kill_grace,
+            log_max_bytes: self.project.settings.log_max_bytes,
             crash_at: self.opts.crash_at.clone(),
+            writer: self.writer()?,
+            containment: self.containment.clone(),
+            done: self.done_tx.clone(),
+            token,
         };
-        let done = self.done_tx.clone();
-        tokio::spawn(async move {
-            let ti_pk = ctx.ti.pk;
-            run_try(ctx, cancel_rx).await;
-            let _ = done.send(TryDone { ti_pk });
-        });
+        if let Some(stopper) = attempt::start(ctx) {
+            self.running.insert(
+                ti_pk,
+                RunningTry {
+                    stopper,
+                    try_number,
+                    token,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Renews leases, stops tries that lost their claim, and recovers orphans.
@@ -929,14 +1067,36 @@ impl Engine {
             .renew_leases(&self.owner, real + us(self.opts.lease_ttl))?
             .into_iter()
             .collect();
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.forget_try(d);
+        }
         for (ti, rt) in &self.running {
-            if !owned.contains(&(*ti, rt.try_number)) {
-                warn!(
-                    ti,
-                    try_number = rt.try_number,
-                    "try lost its claim; stopping its process"
-                );
-                let _ = rt.cancel.send(Some(KillReason::LostClaim));
+            if owned.contains(&(*ti, rt.try_number)) {
+                continue;
+            }
+            // Not RUNNING any more: its run was cancelled, or another engine took it over. (A
+            // try that ended a moment ago is not RUNNING either: its supervisor is gone and
+            // refuses the stop.)
+            let cancelled = self.store.task_state(*ti)? == Some(TaskState::Cancelled);
+            let reason = if cancelled {
+                KillReason::Cancelled
+            } else {
+                KillReason::LostClaim
+            };
+            if rt.stopper.stop(reason) {
+                if cancelled {
+                    info!(
+                        ti,
+                        try_number = rt.try_number,
+                        "run cancelled; stopping the try"
+                    );
+                } else {
+                    warn!(
+                        ti,
+                        try_number = rt.try_number,
+                        "try lost its claim; stopping its process"
+                    );
+                }
             }
         }
         if self.holds_scheduler_lease
@@ -955,8 +1115,11 @@ impl Engine {
     /// lease), makes sure no process of theirs survives, and fails or retries them per policy.
     pub fn recover_orphans(&mut self) -> Result<(), Error> {
         let real = real_now_us();
+        let writer = self.writer()?;
         for ti in self.store.running_task_instances()? {
-            if self.running.contains_key(&ti.pk) {
+            // A try still running here, or one whose outcome waits for the writer, is no
+            // orphan whatever the store says.
+            if self.running.contains_key(&ti.pk) || writer.is_pending(ti.pk) {
                 continue;
             }
             let owner_text = ti.owner.clone().unwrap_or_default();
@@ -983,20 +1146,30 @@ impl Engine {
             if ti.host.as_deref() == Some(self.host.as_str()) {
                 // Processes of the try whose pid was not recorded yet (it had just started).
                 let key = try_key(&self.store, ti.pk, ti.try_number);
-                if procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &key, self.project.settings.kill_grace)
-                    > 0
+                if !procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &key, self.project.settings.kill_grace)
+                    .is_empty()
                 {
                     warn!(task = %ti.task_id, "killed the processes of an orphaned try found by its key");
                 }
             }
             let now = self.clock.now();
-            let retry = self.retry_decision(&ti, now)?;
+            // The scheduler's death is not the task's failure: the try is given back, unless
+            // the task keeps being interrupted.
+            let (ti_state, next_try_at, extra_tries) =
+                attempt::after_interruption(&ti, to_micros(now));
+            let retry = (ti_state, next_try_at);
             let who = owner
                 .map(|o| format!("pid {} on `{}`", o.pid, o.host))
                 .unwrap_or_else(|| "unknown".into());
-            let msg = format!(
+            let mut msg = format!(
                 "interrupted: the scheduler running this try ({who}) stopped; the try's processes were killed"
             );
+            if ti_state == TaskState::Failed {
+                msg = format!(
+                    "interrupted {} times in a row; last: {msg}",
+                    ti.interruptions + 1
+                );
+            }
             let written = self.store.finish_try(&FinishTry {
                 ti_pk: ti.pk,
                 try_number: ti.try_number,
@@ -1010,37 +1183,17 @@ impl Engine {
                 error: Some(&msg),
                 metrics: None,
                 rows_loaded: None,
-                extra_tries: 0,
+                extra_tries,
                 log_path: None,
                 pid: None,
+                interrupted: true,
+                warning: None,
             })?;
             if written {
                 warn!(pipeline = %ti.pipeline, task = %ti.task_id, try_number = ti.try_number, next = %retry.0, "recovered an orphaned try");
             }
         }
         Ok(())
-    }
-
-    fn retry_decision(
-        &mut self,
-        ti: &TiRow,
-        now: Timestamp,
-    ) -> Result<(TaskState, Option<i64>), Error> {
-        if ti.try_number >= ti.max_tries {
-            return Ok((TaskState::Failed, None));
-        }
-        let run = self.store.run(ti.run_pk)?;
-        let delay = match run {
-            Some(r) => self
-                .pipeline_of_version(&r.version)?
-                .and_then(|p| {
-                    p.task(&ti.task_id)
-                        .map(|t| t.retry.delay_before(ti.try_number + 1, fastrand::f64()))
-                })
-                .unwrap_or_default(),
-            None => Duration::ZERO,
-        };
-        Ok((TaskState::UpForRetry, Some(to_micros(plus(now, delay)))))
     }
 
     fn my_runs_finished(&self) -> Result<bool, Error> {
@@ -1056,18 +1209,82 @@ impl Engine {
         Ok(true)
     }
 
-    /// Runs until the mode's work is done, `until` is reached, or `shutdown` turns true.
-    /// On shutdown, running tries get the project's `shutdown_grace`, then are killed and
-    /// recorded so a restart retries them.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    /// Runs until the mode's work is done, `until` is reached, or `shutdown` says stop.
+    /// `shutdown` counts stop requests: on the first, running tries get the project's
+    /// `shutdown_grace`, then are killed; on a second, they are killed at once. Either way
+    /// they are recorded as interrupted (a restart runs them again without using a retry)
+    /// and runs left with nothing running go back to QUEUED.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<u32>) -> Result<(), Error> {
         let result = self.run_inner(&mut shutdown).await;
+        self.settle_on_exit().await;
         if self.holds_scheduler_lease {
             let _ = self.store.release_scheduler_lease(&self.owner);
         }
+        self.containment.cleanup();
         result
     }
 
-    async fn run_inner(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Error> {
+    /// After the loop: outcomes reach the store (bounded: an unavailable store leaves them
+    /// in the journal for the next start), and runs this engine was moving forward that have
+    /// nothing running go back to QUEUED.
+    async fn settle_on_exit(&mut self) {
+        if let Some(w) = self.writer.clone()
+            && w.has_pending()
+            && !tokio::task::spawn_blocking(move || w.flush(Duration::from_secs(5)))
+                .await
+                .unwrap_or(false)
+        {
+            warn!(
+                "the metadata store did not take every outcome; they are journaled and recorded at the next start"
+            );
+        }
+        let Ok(active) = self.store.active_runs() else {
+            return;
+        };
+        let mine: Vec<i64> = active
+            .iter()
+            .filter(|r| r.status == RunState::Running && self.in_scope(r))
+            .map(|r| r.pk)
+            .collect();
+        if !mine.is_empty() {
+            match self
+                .store
+                .requeue_idle_runs(&mine, to_micros(self.clock.now()))
+            {
+                Ok(n) if n > 0 => {
+                    info!(
+                        runs = n,
+                        "runs with nothing running went back to QUEUED; a restart continues them"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot put interrupted runs back to QUEUED"),
+            }
+        }
+    }
+
+    /// Outcomes decided but not yet in the store (their runs cannot move on yet).
+    fn outcomes_pending(&self) -> bool {
+        self.writer.as_ref().is_some_and(Writer::has_pending)
+    }
+
+    fn receive_done(&mut self, d: TryDone) {
+        self.forget_try(d);
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.forget_try(d);
+        }
+    }
+
+    /// A try's processes are gone: its slot is free. Only the start the message names: a
+    /// sensor's next poke may already run under the same task instance.
+    fn forget_try(&mut self, d: TryDone) {
+        if d.token.is_some() && self.running.get(&d.ti_pk).map(|r| r.token) == d.token {
+            self.running.remove(&d.ti_pk);
+        }
+    }
+
+    async fn run_inner(&mut self, shutdown: &mut watch::Receiver<u32>) -> Result<(), Error> {
+        self.writer()?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
         self.recover_orphans()?;
         let until = match &self.mode {
@@ -1080,60 +1297,84 @@ impl Engine {
         let mut drain: Option<Instant> = None;
         let mut killed = false;
         loop {
-            if *shutdown.borrow() && drain.is_none() {
+            self.stats
+                .last_tick_us
+                .store(real_now_us(), Ordering::Relaxed);
+            let stops = *shutdown.borrow_and_update();
+            if stops >= 1 && drain.is_none() {
                 info!(
                     running = self.running.len(),
-                    "shutting down: waiting for running tasks"
+                    "shutting down: waiting for running tasks (a second signal stops them now)"
                 );
                 drain = Some(Instant::now() + self.project.settings.shutdown_grace);
+            }
+            if let Some(deadline) = drain {
+                if self.running.is_empty() {
+                    return Ok(());
+                }
+                let force = stops >= 2;
+                if (force || Instant::now() >= deadline) && !killed {
+                    warn!(
+                        running = self.running.len(),
+                        "{}: stopping running tasks",
+                        if force {
+                            "second stop signal"
+                        } else {
+                            "grace period over"
+                        }
+                    );
+                    for rt in self.running.values() {
+                        if force {
+                            rt.stopper.kill_now(KillReason::Shutdown);
+                        } else {
+                            rt.stopper.stop(KillReason::Shutdown);
+                        }
+                    }
+                    killed = true;
+                } else if force && killed {
+                    // A second signal after the grace ran out: make sure no stop is gentle.
+                    for rt in self.running.values() {
+                        rt.stopper.kill_now(KillReason::Shutdown);
+                    }
+                }
+                tokio::select! {
+                    Some(d) = self.done_rx.recv() => self.receive_done(d),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
             if last_heartbeat.elapsed() >= self.opts.heartbeat {
                 last_heartbeat = Instant::now();
                 if let Err(e) = self.heartbeat() {
-                    self.store_trouble(e).await?;
+                    self.store_trouble(e, shutdown).await?;
                     continue;
                 }
             }
             let now = self.clock.now();
             let past_until = until.is_some_and(|u| now >= u);
-            if let Some(deadline) = drain {
-                if self.running.is_empty() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline && !killed {
-                    warn!(
-                        running = self.running.len(),
-                        "grace period over: stopping running tasks"
-                    );
-                    for rt in self.running.values() {
-                        let _ = rt.cancel.send(Some(KillReason::Shutdown));
-                    }
-                    killed = true;
-                }
-                tokio::select! {
-                    Some(d) = self.done_rx.recv() => { self.running.remove(&d.ti_pk); }
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
             let mut next_fire = None;
+            let mut more_to_create = false;
             if scheduling && !past_until {
                 if last_reload.elapsed() >= self.opts.poll {
                     last_reload = Instant::now();
                     self.reload_if_changed();
                 }
-                next_fire = match self.schedule_due_runs(now) {
-                    Ok(n) => n,
+                match self.schedule_due_runs(now) {
+                    Ok(s) => {
+                        next_fire = s.next_fire;
+                        more_to_create = s.more;
+                    }
                     Err(e) => {
-                        self.store_trouble(e).await?;
+                        self.store_trouble(e, shutdown).await?;
                         continue;
                     }
-                };
+                }
             }
             let pass = match self.pass(now, !past_until) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.store_trouble(e).await?;
+                    self.store_trouble(e, shutdown).await?;
                     continue;
                 }
             };
@@ -1141,25 +1382,33 @@ impl Engine {
                 let next_deadline = match self.check_deadlines(now) {
                     Ok(n) => n,
                     Err(e) => {
-                        self.store_trouble(e).await?;
+                        self.store_trouble(e, shutdown).await?;
                         continue;
                     }
                 };
                 next_fire = [next_fire, next_deadline].into_iter().flatten().min();
             }
-            if past_until && self.running.is_empty() {
+            if self.stats.store_degraded.swap(false, Ordering::Relaxed) {
+                info!("the metadata store is available again; scheduling resumes");
+            }
+            let settled = self.running.is_empty() && !self.outcomes_pending();
+            if past_until && settled && !more_to_create {
                 info!(until = %until.unwrap_or(now), "reached the end of the simulation");
                 return Ok(());
             }
-            if !scheduling && self.running.is_empty() && self.my_runs_finished()? {
+            if !scheduling && settled && self.my_runs_finished()? {
                 return Ok(());
             }
+            if more_to_create {
+                // Catch-up continues next iteration, after everything else had its turn.
+                tokio::task::yield_now().await;
+                while let Ok(d) = self.done_rx.try_recv() {
+                    self.forget_try(d);
+                }
+                continue;
+            }
             let next_due = [pass.next_due, next_fire].into_iter().flatten().min();
-            if self.clock.is_simulated()
-                && self.running.is_empty()
-                && pass.claimed == 0
-                && !pass.blocked
-            {
+            if self.clock.is_simulated() && settled && pass.claimed == 0 && !pass.blocked {
                 // Nothing in flight: skip idle data time to the next thing that is due.
                 let target = [next_due, until].into_iter().flatten().min();
                 if let Some(t) = target {
@@ -1176,10 +1425,7 @@ impl Engine {
             }
             let slept = Instant::now();
             tokio::select! {
-                Some(d) = self.done_rx.recv() => {
-                    self.running.remove(&d.ti_pk);
-                    while let Ok(d) = self.done_rx.try_recv() { self.running.remove(&d.ti_pk); }
-                }
+                Some(d) = self.done_rx.recv() => self.receive_done(d),
                 _ = tokio::time::sleep(sleep_for) => {
                     let late = slept.elapsed().saturating_sub(sleep_for);
                     self.stats.loop_lag_us.store(i64::try_from(late.as_micros()).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -1190,683 +1436,28 @@ impl Engine {
     }
 }
 
-/// Whether a store error is worth waiting out (locked, busy, briefly unreadable) rather
-/// than stopping the scheduler.
-fn transient(e: &Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    match e {
-        Error::Store(nightshift_store::Error::Sqlite { source, .. }) => matches!(
-            source.sqlite_error_code(),
-            Some(
-                DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull | ReadOnly
-            )
-        ),
-        _ => false,
-    }
-}
-
 impl Engine {
-    /// The store failed: wait a second and let the loop try again when the failure is
-    /// transient (the store is locked or unavailable for a while); stop otherwise.
-    async fn store_trouble(&mut self, e: Error) -> Result<(), Error> {
-        if !transient(&e) {
+    /// The store failed: when the failure is transient (locked, full, unavailable), say so
+    /// once, wait a second and let the loop try again — running tries go on meanwhile, their
+    /// outcomes wait in the writer; stop otherwise.
+    async fn store_trouble(
+        &mut self,
+        e: Error,
+        shutdown: &mut watch::Receiver<u32>,
+    ) -> Result<(), Error> {
+        let transient = matches!(&e, Error::Store(s) if s.is_transient());
+        if !transient {
             return Err(e);
         }
-        warn!(error = %e, "the metadata store is locked or unavailable; retrying in 1s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !self.stats.store_degraded.swap(true, Ordering::Relaxed) {
+            warn!(error = %e, "the metadata store is unavailable: no new runs or claims until it is back; running tries go on");
+        }
+        tokio::select! {
+            Some(d) = self.done_rx.recv() => self.receive_done(d),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
         Ok(())
-    }
-}
-
-struct TryCtx {
-    /// Values of secret environment variables, masked in logs.
-    secrets: Vec<String>,
-    channels: std::collections::BTreeMap<String, nightshift_core::project::Channel>,
-    connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
-    store: Arc<Store>,
-    clock: Arc<dyn Clock>,
-    pipeline: Arc<Pipeline>,
-    run: RunRow,
-    ti: TiRow,
-    try_number: u32,
-    owner: String,
-    project_dir: PathBuf,
-    logs_dir: PathBuf,
-    kill_grace: Duration,
-    crash_at: Option<CrashPoint>,
-}
-
-/// argv of a notify try: `nightshift __notify REQUEST`, with the run's summary as the store
-/// has it now. Webhook URLs stay in the environment (`url_env`), out of argv and logs.
-fn notify_argv(
-    c: &TryCtx,
-    spec: &nightshift_core::pipeline::NotifySpec,
-) -> Result<Vec<String>, String> {
-    use nightshift_core::pipeline::{NotifyRequest, TaskSummary};
-    let tis = c
-        .store
-        .task_instances(c.run.pk)
-        .map_err(|e| e.to_string())?;
-    let tries = c.store.tries(c.run.pk).map_err(|e| e.to_string())?;
-    let mut tasks = vec![];
-    let mut failed = false;
-    let mut rows = 0;
-    for ti in tis.iter().filter(|t| t.pk != c.ti.pk) {
-        let last = tries
-            .iter()
-            .filter(|t| t.ti_pk == ti.pk)
-            .max_by_key(|t| t.try_number);
-        failed |= ti.state.is_failure();
-        if ti.state == TaskState::Success {
-            rows += last.and_then(|t| t.rows_loaded).unwrap_or(0);
-        }
-        tasks.push(TaskSummary {
-            task_id: ti.task_id.clone(),
-            state: ti.state.as_str().to_owned(),
-            tries: tries.iter().filter(|t| t.ti_pk == ti.pk).count() as u32,
-            duration_ms: last.and_then(|t| t.duration_ms),
-            error: last.and_then(|t| t.error.clone()),
-        });
-    }
-    let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
-    let failed_checks = nodes
-        .iter()
-        .filter(|(_, _, n)| {
-            n.resource_type == "test" && matches!(n.status.as_str(), "fail" | "error")
-        })
-        .map(|(_, _, n)| n.unique_id.clone())
-        .collect();
-    let channels = spec
-        .channels
-        .iter()
-        .map(|name| {
-            c.channels
-                .get(name)
-                .map(|ch| (name.clone(), ch.clone()))
-                .ok_or_else(|| format!("unknown channel `{name}`"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let request = NotifyRequest {
-        pipeline: c.run.pipeline.clone(),
-        run_id: c.run.run_id.clone(),
-        ds: c.run.logical_date.clone(),
-        status: if failed { "FAILED" } else { "SUCCESS" }.to_owned(),
-        rows_loaded: rows,
-        tasks,
-        failed_checks,
-        channels,
-        project_dir: c.project_dir.to_string_lossy().into_owned(),
-    };
-    internal_argv("__notify", &request)
-}
-
-/// argv of a publish try: `nightshift __publish REQUEST`. Refuses when a dbt test of this
-/// run failed, whatever the trigger rules let through: only tested data is published.
-fn publish_argv(
-    c: &TryCtx,
-    spec: &nightshift_core::pipeline::PublishSpec,
-    ctx: &Context,
-    dir: &std::path::Path,
-) -> Result<Vec<String>, String> {
-    let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
-    // The latest try of each dbt task speaks for it.
-    let mut latest: std::collections::BTreeMap<&str, u32> = Default::default();
-    for (task, try_number, _) in &nodes {
-        let e = latest.entry(task.as_str()).or_insert(0);
-        *e = (*e).max(*try_number);
-    }
-    let mut checks: std::collections::BTreeMap<String, u32> = Default::default();
-    let mut invocation = None;
-    for (task, try_number, n) in &nodes {
-        if latest.get(task.as_str()) != Some(try_number) {
-            continue;
-        }
-        invocation = invocation.or(n.invocation_id.clone());
-        if n.resource_type == "test" {
-            *checks.entry(n.status.clone()).or_insert(0) += 1;
-        }
-    }
-    let bad = checks.get("fail").copied().unwrap_or(0) + checks.get("error").copied().unwrap_or(0);
-    if bad > 0 {
-        return Err(format!(
-            "refusing to publish: {bad} dbt test(s) of this run failed"
-        ));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-    let (dbt_argv, dbt_env) = dbt::command(&spec.dbt, &c.project_dir, dir, ctx, None);
-    let request = nightshift_core::pipeline::PublishRequest {
-        outputs: spec.outputs.clone(),
-        root: c
-            .project_dir
-            .join(&spec.output)
-            .to_string_lossy()
-            .into_owned(),
-        dbt_argv,
-        dbt_env,
-        ds: c.run.logical_date.clone(),
-        run_id: c.run.run_id.clone(),
-        checks,
-        dbt_invocation_id: invocation,
-    };
-    internal_argv("__publish", &request)
-}
-
-/// The values of the project's secret environment variables (short values are left alone:
-/// masking `1` would garble every log).
-fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
-    let mut names: Vec<&str> = settings.secrets.iter().map(String::as_str).collect();
-    use nightshift_core::project::Channel;
-    for ch in settings.channels.values() {
-        match ch {
-            Channel::Webhook {
-                url_env: Some(v), ..
-            } => names.push(v),
-            Channel::Smtp {
-                username_env,
-                password_env,
-                ..
-            } => names.extend(username_env.iter().chain(password_env).map(String::as_str)),
-            _ => {}
-        }
-    }
-    names.push(&settings.web.token_env);
-    #[allow(clippy::disallowed_methods)]
-    names
-        .into_iter()
-        .filter_map(|n| std::env::var(n).ok())
-        // A token written in nightshift.toml is a secret too.
-        .chain(settings.web.token.clone())
-        .filter(|v| v.len() >= 4)
-        .collect()
-}
-
-/// argv of a built-in kind: this binary, re-executed as `nightshift __<kind> REQUEST`.
-fn internal_argv(kind: &str, request: &impl serde::Serialize) -> Result<Vec<String>, String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
-    let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    Ok(vec![
-        exe.to_string_lossy().into_owned(),
-        kind.to_owned(),
-        json,
-    ])
-}
-
-/// One sensor poke runs at most this long.
-const POKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn describe_condition(c: &nightshift_core::pipeline::SensorCondition) -> String {
-    match c {
-        nightshift_core::pipeline::SensorCondition::Sql { connection, sql } => {
-            format!("`{sql}` on `{connection}`")
-        }
-        nightshift_core::pipeline::SensorCondition::Path { path } => format!("`{path}` to exist"),
-    }
-}
-
-/// A named connection as a child process needs it: paths made absolute.
-fn resolve_connection(
-    c: &TryCtx,
-    name: &str,
-) -> Result<nightshift_core::project::Connection, String> {
-    use nightshift_core::project::Connection;
-    match c.connections.get(name) {
-        Some(Connection::Sqlite { path }) => Ok(Connection::Sqlite {
-            path: c.project_dir.join(path).to_string_lossy().into_owned(),
-        }),
-        None => Err(format!("unknown connection `{name}`")),
-    }
-}
-
-/// argv of a sensor poke: this binary, re-executed as `nightshift __sensor REQUEST`.
-fn sensor_argv(
-    c: &TryCtx,
-    spec: &nightshift_core::pipeline::SensorSpec,
-    ctx: &Context,
-) -> Result<Vec<String>, String> {
-    use nightshift_core::pipeline::{SensorCondition, SensorRequest};
-    let (condition, connection) = match &spec.condition {
-        SensorCondition::Sql { connection, sql } => {
-            let conn = resolve_connection(c, connection)?;
-            (
-                SensorCondition::Sql {
-                    connection: connection.clone(),
-                    sql: sql.clone(),
-                },
-                Some(conn),
-            )
-        }
-        SensorCondition::Path { path } => (
-            SensorCondition::Path {
-                path: c
-                    .project_dir
-                    .join(ctx.render(path))
-                    .to_string_lossy()
-                    .into_owned(),
-            },
-            None,
-        ),
-    };
-    let request = SensorRequest {
-        condition,
-        connection,
-        ds: c.run.logical_date.clone(),
-        start: rfc3339(c.run.data_interval_start),
-        end: rfc3339(c.run.data_interval_end),
-        run_id: c.run.run_id.clone(),
-    };
-    internal_argv("__sensor", &request)
-}
-
-/// argv of an extract try: this binary, re-executed as `nightshift __extract REQUEST`.
-fn extract_argv(
-    c: &TryCtx,
-    spec: &nightshift_core::pipeline::ExtractSpec,
-) -> Result<Vec<String>, String> {
-    let connection = resolve_connection(c, &spec.connection)?;
-    let mut history: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-    let recent = c
-        .store
-        .recent_metrics(&c.run.pipeline, &c.ti.task_id, c.run.data_interval_start, 7)
-        .unwrap_or_default();
-    for m in recent {
-        let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, f64>>(&m) else {
-            continue;
-        };
-        for t in &spec.tables {
-            if let Some(v) = map.get(&format!("rows.{}", t.name)) {
-                history.entry(t.name.clone()).or_default().push(*v as i64);
-            }
-        }
-    }
-    let request = nightshift_core::pipeline::ExtractRequest {
-        spec: spec.clone(),
-        connection,
-        project_dir: c.project_dir.to_string_lossy().into_owned(),
-        ds: c.run.logical_date.clone(),
-        start: rfc3339(c.run.data_interval_start),
-        end: rfc3339(c.run.data_interval_end),
-        run_id: c.run.run_id.clone(),
-        history,
-    };
-    internal_argv("__extract", &request)
-}
-
-/// How long a try runs before its pid is recorded on its own (see `run_try`).
-const RECORD_PID_AFTER: Duration = Duration::from_millis(200);
-
-/// Identifies a try's processes on this machine through their environment, for recovery
-/// when the pid was not recorded yet: unique per store, task instance and try.
-fn try_key(store: &Store, ti_pk: i64, try_number: u32) -> String {
-    let store_id = nightshift_store::version_hash("store", &store.path().to_string_lossy());
-    format!("{store_id}:{ti_pk}:{try_number}")
-}
-
-fn rfc3339(us: i64) -> String {
-    from_micros(us).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// Runs one claimed try to its recorded outcome.
-async fn run_try(c: TryCtx, cancel: watch::Receiver<Option<KillReason>>) {
-    let Some(task) = c.pipeline.task(&c.ti.task_id).cloned() else {
-        return;
-    };
-    // One folder per run (not per task): creating inodes is a visible share of a short
-    // task's cost.
-    let dir = c.logs_dir.join(&c.run.pipeline).join(&c.run.run_id);
-    let log_path = dir.join(format!("{}.try-{}.log", task.id, c.try_number));
-    let metrics_path = dir.join(format!("{}.try-{}.metrics.jsonl", task.id, c.try_number));
-    let ctx = Context {
-        ds: c.run.logical_date.clone(),
-        run_id: c.run.run_id.clone(),
-        data_interval_start: rfc3339(c.run.data_interval_start),
-        data_interval_end: rfc3339(c.run.data_interval_end),
-        try_number: c.try_number,
-        pipeline: c.run.pipeline.clone(),
-        task_id: task.id.clone(),
-    };
-    let mut cannot_start: Option<String> = None;
-    let mut extra_env: Vec<(String, String)> = vec![];
-    let dbt_dir = dbt::try_dir(
-        &c.project_dir,
-        &c.run.pipeline,
-        &c.run.run_id,
-        &task.id,
-        c.try_number,
-    );
-    let argv = match &task.kind {
-        TaskKind::Notify(spec) => match notify_argv(&c, spec) {
-            Ok(argv) => argv,
-            Err(e) => {
-                cannot_start = Some(e);
-                vec![]
-            }
-        },
-        TaskKind::Publish(spec) => match publish_argv(&c, spec, &ctx, &dbt_dir) {
-            Ok(argv) => argv,
-            Err(e) => {
-                cannot_start = Some(e);
-                vec![]
-            }
-        },
-        TaskKind::Dbt(spec) => {
-            // A retry runs only what failed or was skipped, when the previous try says so.
-            let prev = (c.try_number > 1)
-                .then(|| {
-                    dbt::read_results(&dbt::try_dir(
-                        &c.project_dir,
-                        &c.run.pipeline,
-                        &c.run.run_id,
-                        &task.id,
-                        c.try_number - 1,
-                    ))
-                })
-                .flatten();
-            let only = prev.as_deref().and_then(dbt::remaining_nodes);
-            if let Some(nodes) = &only {
-                executor::log_note(
-                    &log_path,
-                    c.clock.as_ref(),
-                    &format!(
-                        "retrying only the {} node(s) that did not succeed: {}",
-                        nodes.len(),
-                        nodes.join(" ")
-                    ),
-                );
-            }
-            if let Err(e) = std::fs::create_dir_all(&dbt_dir) {
-                cannot_start = Some(format!("cannot create `{}`: {e}", dbt_dir.display()));
-            }
-            let (argv, env) = dbt::command(spec, &c.project_dir, &dbt_dir, &ctx, only.as_deref());
-            extra_env = env;
-            argv
-        }
-        TaskKind::Sensor(spec) => match sensor_argv(&c, spec, &ctx) {
-            Ok(argv) => argv,
-            Err(e) => {
-                cannot_start = Some(e);
-                vec![]
-            }
-        },
-        TaskKind::Extract(spec) => match extract_argv(&c, spec) {
-            Ok(argv) => argv,
-            Err(e) => {
-                // The work cannot even be described: fail the try without a process.
-                cannot_start = Some(e);
-                vec![]
-            }
-        },
-        TaskKind::Shell(s) if s.shell => vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            s.command.first().cloned().unwrap_or_default(),
-        ],
-        TaskKind::Shell(s) => s.command.iter().map(|a| ctx.render(a)).collect(),
-    };
-    let mut env = ctx.env();
-    env.push((
-        "NIGHTSHIFT_TRY_KEY".to_owned(),
-        try_key(&c.store, c.ti.pk, c.try_number),
-    ));
-    env.extend(extra_env);
-    env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
-    let cwd = match &task.cwd {
-        Some(d) => c.project_dir.join(d),
-        None => c.project_dir.clone(),
-    };
-    let started = c.clock.now();
-    crash_if(&c.crash_at, "after_claim", Some(&task.id));
-    let spec = ChildSpec {
-        argv,
-        env,
-        cwd,
-        log_path: log_path.clone(),
-        metrics_path,
-        // A sensor's `timeout` bounds the whole wait; one poke gets at most a minute.
-        timeout: match &task.kind {
-            TaskKind::Sensor(_) => Some(task.timeout.unwrap_or(POKE_TIMEOUT).min(POKE_TIMEOUT)),
-            _ => task.timeout,
-        },
-        kill_grace: c.kill_grace,
-        stop_signal: match &task.kind {
-            TaskKind::Dbt(_) => nix::sys::signal::Signal::SIGINT,
-            _ => nix::sys::signal::Signal::SIGTERM,
-        },
-        dbt_json_log: matches!(task.kind, TaskKind::Dbt(_)),
-        mask: c.secrets.clone(),
-    };
-    let mut spawned_pid = None;
-    let spawned = match cannot_start {
-        Some(msg) => Err(msg),
-        None => executor::spawn(spec, c.clock.clone()),
-    };
-    let outcome = match spawned {
-        Err(msg) => executor::ChildOutcome {
-            exit: Exit::SpawnFailed(msg),
-            metrics: Default::default(),
-            metrics_warnings: vec![],
-            last_error: None,
-        },
-        Ok(running) => {
-            spawned_pid = Some(running.pid);
-            let pid = running.pid;
-            crash_if(&c.crash_at, "after_spawn", Some(&task.id));
-            let wait = running.wait(cancel, c.clock.clone());
-            tokio::pin!(wait);
-            // Short tries finish before their pid is worth a transaction: the pid is written
-            // with the outcome. Longer ones record it, so a restart can find and kill them;
-            // in the window before, recovery finds them by their NIGHTSHIFT_TRY_KEY.
-            tokio::select! {
-                o = &mut wait => o,
-                _ = tokio::time::sleep(RECORD_PID_AFTER) => {
-                    let recorded = c
-                        .store
-                        .record_spawn(c.ti.pk, c.try_number, &c.owner, pid, procs::start_time(pid), &log_path.to_string_lossy());
-                    if let Err(e) = &recorded {
-                        // A locked store is not a lost claim: the try goes on, its pid is
-                        // written with the outcome, and recovery can find it by its key.
-                        warn!(task = %task.id, error = %e, "cannot record the try's pid now; it goes on");
-                    }
-                    if matches!(recorded, Ok(false)) {
-                        warn!(task = %task.id, "claim lost while the try ran; stopping it");
-                        procs::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                        let _ = wait.await;
-                        return;
-                    }
-                    wait.await
-                }
-            }
-        }
-    };
-    crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
-    let end = c.clock.now();
-    let mut outcome = outcome;
-    let mut dbt_reason = None;
-    if let TaskKind::Dbt(_) = &task.kind {
-        if let Some(nodes) = dbt::read_results(&dbt_dir) {
-            if let Err(e) =
-                c.store
-                    .record_dbt_nodes(c.run.pk, c.ti.pk, c.try_number, &task.id, &nodes)
-            {
-                error!(task = %task.id, error = %e, "cannot record dbt results");
-            }
-            outcome.metrics.extend(dbt::summary(&nodes));
-            dbt_reason = dbt::failure_reason(&nodes);
-        }
-        if matches!(outcome.exit, Exit::Code(2)) && dbt_reason.is_none() {
-            dbt_reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
-        }
-    }
-    let mut sensor_error = None;
-    if let (TaskKind::Sensor(spec), Exit::Code(nightshift_core::pipeline::SENSOR_NOT_YET)) =
-        (&task.kind, &outcome.exit)
-    {
-        let since = c.ti.waiting_since.map(from_micros).unwrap_or(started);
-        let waited = end.duration_since(since);
-        let limit = task.timeout.and_then(|t| SignedDuration::try_from(t).ok());
-        let next = plus(end, spec.poke_interval);
-        if limit.is_none_or(|l| {
-            waited + SignedDuration::try_from(spec.poke_interval).unwrap_or_default() <= l
-        }) {
-            match c.store.reschedule(
-                c.ti.pk,
-                c.try_number,
-                &c.owner,
-                to_micros(started),
-                to_micros(next),
-            ) {
-                Ok(Some(_)) => {
-                    info!(task = %task.id, next_poke = %next, "sensor condition not met yet; waiting without a slot")
-                }
-                Ok(None) => {
-                    warn!(task = %task.id, "sensor poke not recorded: the try lost its claim")
-                }
-                Err(e) => {
-                    error!(task = %task.id, error = %e, "cannot reschedule the sensor; recovery will retry it")
-                }
-            }
-            return;
-        }
-        sensor_error = Some(format!(
-            "sensor timed out after {} waiting for {}",
-            // The configured timeout: the next poke would have come after it.
-            nightshift_core::time::format_duration(
-                task.timeout.unwrap_or_else(|| waited.unsigned_abs())
-            ),
-            describe_condition(&spec.condition)
-        ));
-    }
-    let (mut ti_state, error, exit_code, signal) = match &outcome.exit {
-        _ if sensor_error.is_some() => (
-            TaskState::Failed,
-            sensor_error.clone(),
-            Some(nightshift_core::pipeline::SENSOR_NOT_YET),
-            None,
-        ),
-        Exit::Code(0) => (TaskState::Success, None, Some(0), None),
-        Exit::Code(n) => (
-            TaskState::Failed,
-            Some(dbt_reason.clone().unwrap_or_else(|| {
-                // nightshift's own kinds say what went wrong on their last `error:` line.
-                match (&task.kind, &outcome.last_error) {
-                    (TaskKind::Shell(_) | TaskKind::Dbt(_), _) | (_, None) => {
-                        format!("exited with code {n}")
-                    }
-                    (_, Some(e)) => e.clone(),
-                }
-            })),
-            Some(*n),
-            None,
-        ),
-        Exit::Signal(s) => (
-            TaskState::Failed,
-            Some(format!("killed by signal {}", signal_name(*s))),
-            None,
-            Some(*s),
-        ),
-        Exit::Killed(KillReason::Timeout) => (
-            TaskState::Failed,
-            Some(format!(
-                "timed out after {}",
-                nightshift_core::time::format_duration(task.timeout.unwrap_or_default())
-            )),
-            None,
-            None,
-        ),
-        Exit::Killed(KillReason::Shutdown) => (
-            TaskState::UpForRetry,
-            Some("stopped: the scheduler shut down; will run again".to_owned()),
-            None,
-            None,
-        ),
-        Exit::Killed(KillReason::LostClaim) => return,
-        Exit::SpawnFailed(msg) => (TaskState::Failed, Some(msg.clone()), None, None),
-    };
-    let try_state = if ti_state == TaskState::Success {
-        TaskState::Success
-    } else {
-        TaskState::Failed
-    };
-    let mut next_try_at = None;
-    let mut extra_tries = 0;
-    if ti_state == TaskState::UpForRetry {
-        // A try stopped by the operator's shutdown does not use up the task's retries.
-        extra_tries = 1;
-        next_try_at = Some(to_micros(end));
-    } else if ti_state == TaskState::Failed
-        && c.try_number < c.ti.max_tries
-        && sensor_error.is_none()
-    {
-        // (A sensor that timed out is not retried: the data did not arrive in time.)
-        ti_state = TaskState::UpForRetry;
-        next_try_at = Some(to_micros(plus(
-            end,
-            task.retry.delay_before(c.try_number + 1, fastrand::f64()),
-        )));
-    }
-    let rows_loaded = outcome.metrics.get("rows_loaded").map(|v| *v as i64);
-    // Whole numbers are stored as integers (`"rows_loaded": 12417`, not `12417.0`).
-    let metrics = (!outcome.metrics.is_empty()).then(|| {
-        let map: serde_json::Map<String, serde_json::Value> = outcome
-            .metrics
-            .iter()
-            .map(|(k, v)| {
-                let n = if v.fract() == 0.0 && v.abs() < 9e15 {
-                    serde_json::Value::from(*v as i64)
-                } else {
-                    serde_json::Value::from(*v)
-                };
-                (k.clone(), n)
-            })
-            .collect();
-        serde_json::Value::Object(map).to_string()
-    });
-    if let Some(e) = &error {
-        executor::log_note(
-            &log_path,
-            c.clock.as_ref(),
-            &format!("try {} failed: {e}", c.try_number),
-        );
-    }
-    let log_path_text = log_path.to_string_lossy().into_owned();
-    let finish = FinishTry {
-        ti_pk: c.ti.pk,
-        try_number: c.try_number,
-        owner: Some(&c.owner),
-        end: to_micros(end),
-        try_state,
-        ti_state,
-        next_try_at,
-        exit_code,
-        signal,
-        error: error.as_deref(),
-        metrics: metrics.as_deref(),
-        rows_loaded,
-        extra_tries,
-        log_path: Some(&log_path_text),
-        pid: spawned_pid,
-    };
-    // The store may be locked for a while (another process, a backup): keep trying, since
-    // an unrecorded outcome would leave the task RUNNING until recovery.
-    for attempt in 0..20 {
-        match c.store.finish_try(&finish) {
-            Ok(true) => break,
-            Ok(false) => {
-                warn!(task = %task.id, try_number = c.try_number, "outcome not recorded: the try lost its claim");
-                break;
-            }
-            Err(e) => {
-                error!(task = %task.id, error = %e, attempt, "cannot record the outcome; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    match nix::sys::signal::Signal::try_from(sig) {
-        Ok(s) => format!("{} ({sig})", s.as_str()),
-        Err(_) => sig.to_string(),
     }
 }
 
@@ -1984,7 +1575,7 @@ mod tests {
         );
         let now: Timestamp = "2024-03-30T12:00:00Z".parse().unwrap();
         let mut e = engine_at(dir.path(), p, now);
-        let next = e.schedule_due_runs(now).unwrap();
+        let next = e.schedule_due_runs(now).unwrap().next_fire;
         assert_eq!(
             next,
             Some("2024-03-31T01:00:00Z".parse().unwrap()),

@@ -1,22 +1,27 @@
-//! Runs one try as a child process: its own process group, stdout and stderr to a
-//! timestamped log file, a timeout that kills the whole group, and figures reported through
-//! the file named by `NIGHTSHIFT_METRICS`.
+//! Runs one try as a child process and supervises it to its end, on threads of its own:
+//! the store, the scheduler loop and the async runtime are never in its way. It drains
+//! stdout and stderr into a buffered, size-capped log, enforces the timeout, kills on
+//! request, and when the main process exits ends every process the try started
+//! ([`crate::contain`]). Figures come from the file named by `NIGHTSHIFT_METRICS`.
+//!
+//! Threads per try: one waits for the main process, one drains each pipe, and the
+//! supervisor decides (exit, timeout, stop) and hands the outcome to a callback.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use nix::sys::signal::Signal;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
-use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::contain::Cell;
 use crate::procs;
 
 /// Why the executor stopped a process before it ended by itself.
@@ -27,6 +32,8 @@ pub enum KillReason {
     Shutdown,
     /// Another engine owns this try now (our lease expired).
     LostClaim,
+    /// An operator cancelled the try's run (already recorded in the store).
+    Cancelled,
 }
 
 pub struct ChildSpec {
@@ -43,6 +50,10 @@ pub struct ChildSpec {
     pub dbt_json_log: bool,
     /// Secret values, written as `***` wherever they appear in the log.
     pub mask: Vec<String>,
+    /// The log keeps its head and its tail within about this many bytes.
+    pub log_max_bytes: u64,
+    /// Where the try's processes live, so all of them can be ended.
+    pub cell: Cell,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,154 +67,390 @@ pub enum Exit {
 #[derive(Debug, Clone)]
 pub struct ChildOutcome {
     pub exit: Exit,
+    /// When the main process ended (not when its pipes closed).
+    pub end: Timestamp,
     /// Summed numeric figures from the metrics file.
     pub metrics: BTreeMap<String, f64>,
     pub metrics_warnings: Vec<String>,
     /// The last `error: …` line the child wrote to stderr (nightshift's own kinds report
     /// their failure that way), without the prefix.
     pub last_error: Option<String>,
+    /// The log could not be written, or was cut at its cap: said on the try, never
+    /// changing its outcome.
+    pub log_warning: Option<String>,
 }
 
-/// A started child; `wait` drives it to its end.
-pub struct Running {
-    child: tokio::process::Child,
-    pub pid: u32,
-    log: Arc<Mutex<LazyLog>>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-    spec: ChildSpec,
+impl ChildOutcome {
+    /// The outcome of a try whose process could not be started.
+    pub fn not_started(msg: String, end: Timestamp) -> ChildOutcome {
+        ChildOutcome {
+            exit: Exit::SpawnFailed(msg),
+            end,
+            metrics: BTreeMap::new(),
+            metrics_warnings: vec![],
+            last_error: None,
+            log_warning: None,
+        }
+    }
 }
 
 /// Longest log line kept whole; longer lines are split so one line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
+/// The log is written through a buffer of this size (one write syscall per buffer, not per
+/// line), flushed whenever the task pauses so a live tail stays current.
+const LOG_BUFFER: usize = 64 * 1024;
 
-/// A try's log file, created on its first line: a task that prints nothing costs no file
-/// (creating inodes is a visible share of a short task's cost).
-pub struct LazyLog {
+/// A try's log file, created on its first line (a task that prints nothing costs no file).
+/// Keeps the first half of its cap; past that, the latest output goes to two alternating
+/// tail files, joined to the log with a marker line when the try ends.
+pub struct LogSink {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<BufWriter<File>>,
     mask: Vec<String>,
     last_error: Option<String>,
+    cap: u64,
+    head: u64,
+    tail: Option<Tail>,
+    /// Bytes offered after the head was full.
+    after_head: u64,
+    error: Option<String>,
+    stamp: (i64, String),
 }
 
-impl LazyLog {
-    pub fn new(path: PathBuf) -> Self {
-        LazyLog {
+struct Tail {
+    paths: [PathBuf; 2],
+    cur: usize,
+    file: BufWriter<File>,
+    len: u64,
+}
+
+impl LogSink {
+    pub fn new(path: PathBuf, mask: Vec<String>, cap: u64) -> Self {
+        LogSink {
             path,
             file: None,
-            mask: vec![],
+            mask,
             last_error: None,
+            cap: cap.max(4096),
+            head: 0,
+            tail: None,
+            after_head: 0,
+            error: None,
+            stamp: (i64::MIN, String::new()),
         }
     }
 
-    pub fn masking(mut self, mask: Vec<String>) -> Self {
-        self.mask = mask;
-        self
+    fn failed(&mut self, what: &str, e: std::io::Error) {
+        if self.error.is_some() {
+            return;
+        }
+        let msg = format!("cannot write the try's log `{}`: {e}", self.path.display());
+        tracing::warn!(log = %self.path.display(), error = %e, "{what}: the try goes on without its log");
+        // Where the disk allows a last line, say why the log stops here.
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.flush();
+            let _ = writeln!(f.get_mut(), "[nightshift] {msg}; output after this is lost");
+        }
+        self.error = Some(msg);
     }
 
-    fn file(&mut self) -> Option<&mut File> {
-        if self.file.is_none() {
-            self.file = std::fs::OpenOptions::new()
+    fn open(&mut self) -> Option<&mut BufWriter<File>> {
+        if self.file.is_none() && self.error.is_none() {
+            match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .ok();
+            {
+                Ok(f) => {
+                    self.head = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.file = Some(BufWriter::with_capacity(LOG_BUFFER, f));
+                }
+                Err(e) => self.failed("cannot open the log", e),
+            }
         }
         self.file.as_mut()
     }
-}
 
-fn write_log_line(log: &Mutex<LazyLog>, clock: &dyn Clock, stream: &str, line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    let ts = clock.now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ");
-    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-    let mut text = text.trim_end_matches(['\n', '\r']).to_owned();
-    for secret in &log.mask {
-        if text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "***");
+    /// Writes one line with its time and stream.
+    pub fn line(&mut self, clock: &dyn Clock, stream: &str, raw: &[u8]) {
+        let mut text = String::from_utf8_lossy(raw);
+        while text.ends_with(['\n', '\r']) {
+            text.to_mut().pop();
+        }
+        for secret in &self.mask {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***").into();
+            }
+        }
+        if stream == "err"
+            && let Some(e) = text.strip_prefix("error: ")
+        {
+            self.last_error = Some(e.chars().take(2000).collect());
+        }
+        if self.error.is_some() {
+            return;
+        }
+        let now = clock.now();
+        let ms = now.as_millisecond();
+        if self.stamp.0 != ms {
+            self.stamp = (ms, now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        }
+        let len = (self.stamp.1.len() + stream.len() + text.len() + 5) as u64;
+        let head_room = self.cap / 2;
+        if self.head + len <= head_room && self.tail.is_none() {
+            let stamp = std::mem::take(&mut self.stamp.1);
+            let r = match self.open() {
+                Some(f) => writeln!(f, "{stamp} [{stream}] {text}"),
+                None => Ok(()),
+            };
+            self.stamp.1 = stamp;
+            match r {
+                Ok(()) => self.head += len,
+                Err(e) => self.failed("cannot write the log", e),
+            }
+            return;
+        }
+        self.after_head += len;
+        if let Err(e) = self.tail_line(len, stream, &text) {
+            self.failed("cannot write the log's tail", e);
         }
     }
-    if stream == "err"
-        && let Some(e) = text.strip_prefix("error: ")
-    {
-        log.last_error = Some(e.chars().take(2000).collect());
+
+    fn tail_line(&mut self, len: u64, stream: &str, text: &str) -> std::io::Result<()> {
+        let part = self.cap / 4;
+        if self.tail.is_none() {
+            let paths = [
+                self.path.with_extension("log.tail0"),
+                self.path.with_extension("log.tail1"),
+            ];
+            let file = BufWriter::with_capacity(LOG_BUFFER, File::create(&paths[0])?);
+            self.tail = Some(Tail {
+                paths,
+                cur: 0,
+                file,
+                len: 0,
+            });
+        }
+        let Some(t) = self.tail.as_mut() else {
+            return Ok(());
+        };
+        if t.len + len > part {
+            t.file.flush()?;
+            t.cur = 1 - t.cur;
+            t.file = BufWriter::with_capacity(LOG_BUFFER, File::create(&t.paths[t.cur])?);
+            t.len = 0;
+        }
+        writeln!(t.file, "{} [{stream}] {text}", self.stamp.1)?;
+        t.len += len;
+        Ok(())
     }
-    if let Some(f) = log.file() {
-        let _ = writeln!(f, "{ts} [{stream}] {text}");
+
+    pub fn flush(&mut self) {
+        let r = match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            self.failed("cannot write the log", e);
+        }
+        if let Some(t) = self.tail.as_mut() {
+            let _ = t.file.flush();
+        }
+    }
+
+    /// Joins the tail to the log behind a marker saying how much was dropped. Returns the
+    /// warning to keep on the try, if any.
+    pub fn finish(&mut self) -> Option<String> {
+        self.flush();
+        if let Some(t) = self.tail.take() {
+            drop(t.file);
+            let older = &t.paths[1 - t.cur];
+            let newer = &t.paths[t.cur];
+            let kept: u64 = [older, newer]
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            let dropped = self.after_head.saturating_sub(kept);
+            let marker = format!(
+                "[nightshift] log cap of {} reached: {} of output dropped here; the last {} follow",
+                bytes(self.cap),
+                bytes(dropped),
+                bytes(kept)
+            );
+            let joined = (|| -> std::io::Result<()> {
+                let f = self
+                    .file
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::other("log not open"))?;
+                writeln!(f, "{marker}")?;
+                for p in [older, newer] {
+                    if let Ok(mut src) = File::open(p) {
+                        std::io::copy(&mut src, f)?;
+                    }
+                }
+                f.flush()
+            })();
+            let _ = std::fs::remove_file(older);
+            let _ = std::fs::remove_file(newer);
+            if let Err(e) = joined {
+                self.failed("cannot join the log's tail", e);
+            }
+            if self.error.is_none() {
+                return Some(format!(
+                    "log cut at its cap of {}: {} dropped between head and tail",
+                    bytes(self.cap),
+                    bytes(dropped)
+                ));
+            }
+        }
+        self.file = None;
+        self.error.clone()
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if n as f64 >= MIB {
+        format!("{:.1} MiB", n as f64 / MIB)
+    } else {
+        format!("{n} bytes")
     }
 }
 
 /// Writes a line into a try's log as the orchestrator (not the task).
 pub fn log_note(path: &Path, clock: &dyn Clock, text: &str) {
-    write_log_line(
-        &Mutex::new(LazyLog::new(path.to_owned())),
-        clock,
-        "nightshift",
-        text.as_bytes(),
-    );
+    let mut sink = LogSink::new(path.to_owned(), vec![], u64::MAX);
+    sink.line(clock, "nightshift", text.as_bytes());
+    sink.finish();
 }
 
-fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    mut r: R,
-    log: Arc<Mutex<LazyLog>>,
+fn spawn_reader(
+    mut r: impl Read + Send + 'static,
+    log: Arc<Mutex<LogSink>>,
     clock: Arc<dyn Clock>,
     stream: &'static str,
     dbt_json: bool,
-) -> tokio::task::JoinHandle<()> {
-    let emit = move |log: &Mutex<LazyLog>, clock: &dyn Clock, line: &[u8]| {
-        if dbt_json && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line)) {
-            write_log_line(log, clock, stream, text.as_bytes());
-            return;
-        }
-        write_log_line(log, clock, stream, line);
-    };
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 8192];
-        let mut line: Vec<u8> = Vec::new();
-        loop {
-            let n = match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            for &b in &buf[..n] {
-                if b == b'\n' {
-                    emit(&log, clock.as_ref(), &line);
-                    line.clear();
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("try-{stream}"))
+        .spawn(move || {
+            let emit = |sink: &mut LogSink, line: &[u8]| {
+                if dbt_json && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line))
+                {
+                    sink.line(clock.as_ref(), stream, text.as_bytes());
                 } else {
-                    line.push(b);
-                    if line.len() >= MAX_LINE {
-                        emit(&log, clock.as_ref(), &line);
-                        line.clear();
+                    sink.line(clock.as_ref(), stream, line);
+                }
+            };
+            let mut buf = vec![0u8; LOG_BUFFER];
+            let mut partial: Vec<u8> = Vec::new();
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                let mut rest = &buf[..n];
+                while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                    if partial.is_empty() {
+                        emit(&mut sink, &rest[..i]);
+                    } else {
+                        partial.extend_from_slice(&rest[..i]);
+                        emit(&mut sink, &partial);
+                        partial.clear();
                     }
+                    rest = &rest[i + 1..];
+                }
+                partial.extend_from_slice(rest);
+                while partial.len() >= MAX_LINE {
+                    let tail = partial.split_off(MAX_LINE);
+                    emit(&mut sink, &partial);
+                    partial = tail;
+                }
+                // The pipe is drained: put what we have in the file for live tailing.
+                if n < buf.len() {
+                    sink.flush();
                 }
             }
-        }
-        if !line.is_empty() {
-            emit(&log, clock.as_ref(), &line);
-        }
-    })
+            if !partial.is_empty() {
+                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                emit(&mut sink, &partial);
+            }
+        })
 }
 
-/// Starts the process. Relative program paths (`./scripts/x.sh`) resolve against `cwd`.
-pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> {
+enum Msg {
+    Exited(Option<ExitStatus>),
+    /// Stop signal, then SIGKILL after the kill grace.
+    Stop(KillReason),
+    /// SIGKILL to every process of the try now (a second stop signal to `up`).
+    Kill(KillReason),
+}
+
+/// Stops a running try from outside (the engine: shutdown, a lost claim).
+#[derive(Clone)]
+pub struct Stopper(mpsc::Sender<Msg>);
+
+impl Stopper {
+    /// Asks the supervisor to stop the try; false when the try has already ended.
+    pub fn stop(&self, reason: KillReason) -> bool {
+        self.0.send(Msg::Stop(reason)).is_ok()
+    }
+
+    pub fn kill_now(&self, reason: KillReason) {
+        let _ = self.0.send(Msg::Kill(reason));
+    }
+}
+
+/// A started try.
+pub struct Supervised {
+    pub pid: u32,
+    pub stopper: Stopper,
+}
+
+/// Starts the process and its supervision; `on_done` gets the outcome once no process of
+/// the try is alive. Relative program paths (`./scripts/x.sh`) resolve against `cwd`.
+pub fn spawn(
+    spec: ChildSpec,
+    clock: Arc<dyn Clock>,
+    on_done: impl FnOnce(ChildOutcome) + Send + 'static,
+) -> Result<Supervised, String> {
     if let Some(dir) = spec.log_path.parent()
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        let msg = format!("cannot create log folder `{}`: {e}", dir.display());
-        return Err(msg);
+        return Err(format!("cannot create log folder `{}`: {e}", dir.display()));
     }
-    let log = Arc::new(Mutex::new(
-        LazyLog::new(spec.log_path.clone()).masking(spec.mask.clone()),
-    ));
-    // The metrics path names a new try number, so no earlier file can be there.
-    let program = {
-        let p = Path::new(&spec.argv[0]);
-        if p.is_relative() && spec.argv[0].contains('/') {
-            spec.cwd.join(p)
-        } else {
-            p.to_path_buf()
+    let log = Arc::new(Mutex::new(LogSink::new(
+        spec.log_path.clone(),
+        spec.mask.clone(),
+        spec.log_max_bytes,
+    )));
+    let program = match locate(&spec.argv[0], &spec.cwd, &spec.env) {
+        Ok(p) => p,
+        Err(msg) => {
+            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.line(clock.as_ref(), "nightshift", msg.as_bytes());
+            sink.finish();
+            return Err(msg);
         }
     };
-    let mut cmd = Command::new(&program);
+    let mut cmd = match spec.cell.cgroup() {
+        // The process enters the try's cgroup before the task's program runs, so nothing
+        // it starts can be born outside it. The script is constant; the folder and argv are
+        // positional arguments, never shell syntax.
+        Some(cg) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg("{ echo 0 > \"$0/cgroup.procs\"; } 2>/dev/null; exec \"$@\"")
+                .arg(cg)
+                .arg(&program);
+            c
+        }
+        None => Command::new(&program),
+    };
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -211,129 +458,216 @@ pub fn spawn(spec: ChildSpec, clock: Arc<dyn Clock>) -> Result<Running, String> 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own group, so a timeout can kill the task with every process it started.
-        .process_group(0)
-        .kill_on_drop(true);
+        // Its own group, so a stop signal reaches the task with every process it started.
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", spec.argv[0]);
-            write_log_line(&log, clock.as_ref(), "nightshift", msg.as_bytes());
+            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.line(clock.as_ref(), "nightshift", msg.as_bytes());
+            sink.finish();
             return Err(msg);
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
+    spec.cell.adopt(pid);
     let mut readers = vec![];
+    let mut reader_error = None;
     if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(
-            out,
-            log.clone(),
-            clock.clone(),
-            "out",
-            spec.dbt_json_log,
-        ));
+        match spawn_reader(out, log.clone(), clock.clone(), "out", spec.dbt_json_log) {
+            Ok(h) => readers.push(h),
+            Err(e) => reader_error = Some(e),
+        }
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, log.clone(), clock.clone(), "err", false));
+        match spawn_reader(err, log.clone(), clock.clone(), "err", false) {
+            Ok(h) => readers.push(h),
+            Err(e) => reader_error = Some(e),
+        }
     }
-    Ok(Running {
-        child,
-        pid,
-        log,
-        readers,
-        spec,
-    })
+    let (tx, rx) = mpsc::channel();
+    let exited = tx.clone();
+    let waiter = std::thread::Builder::new()
+        .name("try-wait".into())
+        .spawn(move || {
+            let status = child.wait().ok();
+            let _ = exited.send(Msg::Exited(status));
+        });
+    if let Err(e) = waiter.and_then(|_| reader_error.map_or(Ok(()), Err)) {
+        // Without a waiter or a reader the try cannot be supervised: end it now.
+        procs::signal_group(pid, Signal::SIGKILL);
+        spec.cell.kill_all(true);
+        return Err(format!("cannot supervise the try: {e}"));
+    }
+    let stopper = Stopper(tx);
+    let supervisor = std::thread::Builder::new()
+        .name("try-supervise".into())
+        .spawn(move || {
+            let outcome = supervise(spec, pid, rx, log, readers, clock);
+            on_done(outcome);
+        });
+    if let Err(e) = supervisor {
+        procs::signal_group(pid, Signal::SIGKILL);
+        return Err(format!("cannot supervise the try: {e}"));
+    }
+    Ok(Supervised { pid, stopper })
 }
 
-impl Running {
-    /// Waits for the process to end, killing its group on timeout or when `cancel` says so.
-    /// When this returns, no process of the group is alive.
-    pub async fn wait(
-        mut self,
-        mut cancel: watch::Receiver<Option<KillReason>>,
-        clock: Arc<dyn Clock>,
-    ) -> ChildOutcome {
-        let timeout_after = self.spec.timeout;
-        let timeout = async move {
-            match timeout_after {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
+/// Finds the program the way `execvp` would (relative paths against the try's folder), so
+/// a missing one is reported as such rather than as a failing shell step.
+fn locate(arg0: &str, cwd: &Path, env: &[(String, String)]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if arg0.is_empty() {
+        return Err("cannot start the task: its command is empty".to_owned());
+    }
+    if arg0.contains('/') {
+        let p = cwd.join(arg0);
+        return if runnable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(format!(
+                "cannot start `{arg0}`: it is not an executable file (chmod +x?)"
+            ))
+        } else {
+            Err(format!(
+                "cannot start `{arg0}`: No such file or directory (os error 2)"
+            ))
         };
-        let cancelled = async {
-            loop {
-                if let Some(r) = *cancel.borrow_and_update() {
-                    return r;
-                }
-                if cancel.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        };
-        let pid = self.pid;
-        let killed = tokio::select! {
-            _ = self.child.wait() => None,
-            _ = timeout => Some(KillReason::Timeout),
-            r = cancelled => Some(r),
-        };
-        if let Some(r) = killed {
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| std::ffi::OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| cwd.join(d).join(arg0))
+        .find(|p| runnable(p))
+        .ok_or_else(|| format!("cannot start `{arg0}`: No such file or directory (os error 2)"))
+}
+
+fn supervise(
+    spec: ChildSpec,
+    pid: u32,
+    rx: mpsc::Receiver<Msg>,
+    log: Arc<Mutex<LogSink>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    clock: Arc<dyn Clock>,
+) -> ChildOutcome {
+    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let mut killed: Option<KillReason> = None;
+    let mut status: Option<ExitStatus> = None;
+    let first = match deadline {
+        Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => Some(Msg::Stop(KillReason::Timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        },
+        None => rx.recv().ok(),
+    };
+    match first {
+        None => {}
+        Some(Msg::Exited(s)) => status = s,
+        Some(msg @ (Msg::Stop(_) | Msg::Kill(_))) => {
+            let (r, now) = match msg {
+                Msg::Kill(r) => (r, true),
+                Msg::Stop(r) => (r, false),
+                Msg::Exited(_) => unreachable!("matched above"),
+            };
+            killed = Some(r);
             let note = match r {
                 KillReason::Timeout => format!(
-                    "timed out after {}; killing the process group",
-                    nightshift_core::time::format_duration(timeout_after.unwrap_or_default())
+                    "timed out after {}; killing the try's processes",
+                    nightshift_core::time::format_duration(spec.timeout.unwrap_or_default())
                 ),
                 KillReason::Shutdown => {
-                    "the scheduler is shutting down; killing the process group".to_owned()
+                    "the scheduler is shutting down; killing the try's processes".to_owned()
                 }
                 KillReason::LostClaim => {
-                    "this try lost its claim to another scheduler; killing the process group"
+                    "this try lost its claim to another scheduler; killing the try's processes"
                         .to_owned()
                 }
+                KillReason::Cancelled => {
+                    "the run was cancelled; killing the try's processes".to_owned()
+                }
             };
-            write_log_line(&self.log, clock.as_ref(), "nightshift", note.as_bytes());
-            procs::signal_group(pid, self.spec.stop_signal);
-            let _ = tokio::time::timeout(self.spec.kill_grace, self.child.wait()).await;
+            log.lock().unwrap_or_else(|p| p.into_inner()).line(
+                clock.as_ref(),
+                "nightshift",
+                note.as_bytes(),
+            );
+            procs::signal_group(pid, spec.stop_signal);
+            let grace_end = Instant::now() + if now { Duration::ZERO } else { spec.kill_grace };
+            loop {
+                match rx.recv_timeout(grace_end.saturating_duration_since(Instant::now())) {
+                    Ok(Msg::Exited(s)) => {
+                        status = s;
+                        break;
+                    }
+                    Ok(Msg::Stop(_)) => continue,
+                    Ok(Msg::Kill(_)) | Err(_) => {
+                        procs::signal_group(pid, Signal::SIGKILL);
+                        spec.cell.kill_all(true);
+                        while let Ok(m) = rx.recv() {
+                            if let Msg::Exited(s) = m {
+                                status = s;
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
         }
-        // Leftovers (a backgrounded grandchild, a member that ignored SIGTERM) must not outlive
-        // the try: SIGKILL the group and wait until the kernel has them gone, so the store
-        // never says "finished" while a process of the try lives.
-        procs::signal_group(pid, Signal::SIGKILL);
-        let status = self.child.wait().await.ok();
-        let grace = self.spec.kill_grace;
-        if procs::group_exists(pid) {
-            let _ = tokio::task::spawn_blocking(move || {
-                procs::kill_group_blocking(pid, grace.min(Duration::from_millis(100)))
-            })
-            .await;
+    }
+    // The try ended when its main process did, whatever still holds its pipes.
+    let end = clock.now();
+    // Leftovers (a backgrounded grandchild, a setsid daemon, a member that ignored the stop
+    // signal) must not outlive the try: the store never says "finished" while a process of
+    // the try lives.
+    procs::signal_group(pid, Signal::SIGKILL);
+    spec.cell.kill_all(killed.is_some());
+    if procs::group_exists(pid) {
+        procs::kill_group_blocking(pid, Duration::from_millis(100));
+    }
+    // Every writer of the pipes is gone now; a reader still blocked belongs to a process
+    // that escaped every mechanism, and is left behind rather than delaying the outcome.
+    let join_by = Instant::now() + Duration::from_secs(2);
+    for r in readers {
+        while !r.is_finished() && Instant::now() < join_by {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        if r.is_finished() {
+            let _ = r.join();
         }
-        let exit = match (killed, status) {
-            (Some(k), _) => Exit::Killed(k),
-            (None, Some(s)) => match (s.code(), s.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(sig)) => Exit::Signal(sig),
-                _ => Exit::Code(-1),
-            },
-            (None, None) => Exit::Code(-1),
-        };
-        let (metrics, metrics_warnings) = read_metrics(&self.spec.metrics_path);
-        for w in &metrics_warnings {
-            write_log_line(&self.log, clock.as_ref(), "nightshift", w.as_bytes());
-        }
-        let last_error = self
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_error
-            .take();
-        ChildOutcome {
-            exit,
-            metrics,
-            metrics_warnings,
-            last_error,
-        }
+    }
+    let exit = match (killed, status) {
+        (Some(k), _) => Exit::Killed(k),
+        (None, Some(s)) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            _ => Exit::Code(-1),
+        },
+        (None, None) => Exit::Code(-1),
+    };
+    let (metrics, metrics_warnings) = read_metrics(&spec.metrics_path);
+    let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+    for w in &metrics_warnings {
+        sink.line(clock.as_ref(), "nightshift", w.as_bytes());
+    }
+    let log_warning = sink.finish();
+    ChildOutcome {
+        exit,
+        end,
+        metrics,
+        metrics_warnings,
+        last_error: sink.last_error.take(),
+        log_warning,
     }
 }
 
@@ -365,4 +699,29 @@ pub fn read_metrics(path: &Path) -> (BTreeMap<String, f64>, Vec<String>) {
         }
     }
     (sums, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SystemClock;
+
+    #[test]
+    fn a_log_past_its_cap_keeps_head_and_tail_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut sink = LogSink::new(path.clone(), vec!["hunter2".into()], 40_000);
+        for i in 0..5000 {
+            sink.line(&SystemClock, "out", format!("line {i} hunter2").as_bytes());
+        }
+        let warning = sink.finish().unwrap();
+        assert!(warning.contains("dropped"), "{warning}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 45_000, "{}", text.len());
+        assert!(text.contains("[out] line 0 ***"));
+        assert!(text.contains("[out] line 4999 ***"));
+        assert!(!text.contains("line 2500 "));
+        assert!(text.contains("[nightshift] log cap of 40000 bytes reached"));
+        assert!(!dir.path().join("t.log.tail0").exists());
+    }
 }

@@ -89,6 +89,11 @@ pub fn explain(
             "succeeded at {}",
             run.end_time.map(at).unwrap_or_default()
         )),
+        RunState::Cancelled => run_reasons.push(format!(
+            "cancelled at {}; `nightshift rerun {}` runs it again",
+            run.end_time.map(at).unwrap_or_default(),
+            run.run_id
+        )),
         RunState::Failed => {
             let failed: Vec<&str> = tis
                 .iter()
@@ -269,6 +274,9 @@ pub fn explain(
                 format!("not run: upstream {} failed", failed.join(", "))
             }
             TaskState::Skipped => "skipped by its trigger rule".to_owned(),
+            TaskState::Cancelled => {
+                "cancelled with its run; `nightshift clear` or `rerun` runs it again".to_owned()
+            }
         };
         out.push(Reason {
             task_id: Some(task.id.clone()),

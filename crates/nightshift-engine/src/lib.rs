@@ -9,11 +9,16 @@
 //! - [`executor`]: one try as a child process in its own group, with logs and metrics.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
+pub mod attempt;
 pub mod clock;
+pub mod contain;
+pub mod crash;
 pub mod dbt;
 pub mod engine;
 pub mod executor;
 pub mod explain;
+mod kinds;
+pub mod outcome;
 pub mod procs;
 pub mod project;
 

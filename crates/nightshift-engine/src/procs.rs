@@ -19,6 +19,13 @@ fn stat(pid: u32) -> Option<(u64, char, i64)> {
     Some((start, state, pgrp))
 }
 
+/// The parent of a process, from /proc.
+pub fn parent(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.0)
 }
@@ -77,8 +84,8 @@ pub fn kill_group_blocking(pgid: u32, grace: Duration) {
 }
 
 /// Kills every process (with its group) whose environment holds `name=value`, then waits
-/// until they are gone. Returns how many processes matched.
-pub fn kill_by_env(name: &str, value: &str, grace: Duration) -> usize {
+/// until they are gone. Returns the processes that matched.
+pub fn kill_by_env(name: &str, value: &str, grace: Duration) -> Vec<u32> {
     let needle = format!("{name}={value}");
     let find = || -> Vec<(u32, i64)> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -115,7 +122,7 @@ pub fn kill_by_env(name: &str, value: &str, grace: Duration) -> usize {
     while !find().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    found.len()
+    found.into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// This machine's name, for the `host` of tries and leases.

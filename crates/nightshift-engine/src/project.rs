@@ -50,7 +50,12 @@ impl Project {
     }
 
     pub fn logs_dir(&self) -> PathBuf {
-        self.dir.join(".nightshift").join("logs")
+        self.state_dir().join("logs")
+    }
+
+    /// `.nightshift/`: the store (by default), try logs, and the outcome journal.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".nightshift")
     }
 }
 
@@ -98,6 +103,9 @@ pub fn pipeline_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Loads and validates the whole project. Bad files are reported in `problems` and left
 /// out; they never stop the others from loading.
+/// Largest pipeline file nightshift reads.
+pub const MAX_PIPELINE_FILE: u64 = 1024 * 1024;
+
 pub fn load(dir: &Path) -> Result<Project, Error> {
     if !dir.is_dir() {
         return Err(Error::NotADir(dir.to_owned()));
@@ -133,6 +141,28 @@ pub fn load(dir: &Path) -> Result<Project, Error> {
     let mut broken = vec![];
     for path in pipeline_files(dir)? {
         let rel = relative(dir, &path);
+        // A pipeline file is read, hashed and stored per version: a huge one would cost
+        // every scheduler memory and time for nothing a pipeline needs.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() > MAX_PIPELINE_FILE
+        {
+            problems.push(FileDiagnostics {
+                path: rel.clone(),
+                source: String::new(),
+                diagnostics: vec![
+                    Diagnostic::error(
+                        format!(
+                            "the file is {} bytes; pipeline files are limited to {MAX_PIPELINE_FILE} bytes (1 MiB)",
+                            meta.len()
+                        ),
+                        None,
+                    )
+                    .with_help("split it into several pipelines, or move long SQL into files the tasks read"),
+                ],
+            });
+            broken.push(rel);
+            continue;
+        }
         let source = match std::fs::read(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(s) => s,

@@ -25,6 +25,7 @@ mod ops;
 mod views;
 
 pub use alerts::{AlertRow, NewAlert};
+pub use ops::CancelledTry;
 pub use views::{DeadlineRow, EventRecord, Pruned};
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -32,6 +33,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migration_2.sql")),
     (3, include_str!("migration_3.sql")),
     (4, include_str!("migration_4.sql")),
+    (5, include_str!("migration_5.sql")),
+    (6, include_str!("migration_6.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,31 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the failure is worth waiting out: the store is locked, busy, briefly
+    /// unreadable, or its disk is full. Callers retry these with backoff; anything else is a
+    /// defect or a broken store and is reported.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            Error::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    DatabaseBusy
+                        | DatabaseLocked
+                        | CannotOpen
+                        | SystemIoFailure
+                        | DiskFull
+                        | ReadOnly
+                        | FileLockingProtocolFailed
+                )
+            ),
+            Error::Dir { .. } => true,
+            _ => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
@@ -99,6 +127,8 @@ pub struct TiRow {
     pub waiting_since: Option<i64>,
     /// For sensors: pokes that found the condition false.
     pub pokes: u32,
+    /// Tries in a row that nightshift itself interrupted (crash, kill, shutdown).
+    pub interruptions: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +149,8 @@ pub struct TryRow {
     pub error: Option<String>,
     pub metrics: Option<String>,
     pub rows_loaded: Option<i64>,
+    /// A problem that did not change the outcome (the log could not be written).
+    pub warning: Option<String>,
 }
 
 pub struct NewRun<'a> {
@@ -171,10 +203,15 @@ pub struct FinishTry<'a> {
     pub log_path: Option<&'a str>,
     /// The try's process, when it was not recorded at spawn (a short try).
     pub pid: Option<u32>,
+    /// nightshift itself ended this try (crash, kill, shutdown): counts towards the task's
+    /// interruptions in a row instead of its retries. Any other outcome resets the count.
+    pub interrupted: bool,
+    /// A problem that did not change the outcome, kept on the try.
+    pub warning: Option<&'a str>,
 }
 
 /// One dbt node's result in one try.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DbtNode {
     pub unique_id: String,
     pub resource_type: String,
@@ -225,8 +262,8 @@ pub fn version_hash(pipeline: &str, source: &str) -> String {
 }
 
 const RUN_COLS: &str = "id, run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version";
-const TI_COLS: &str = "id, run, pipeline, task_id, state, try_number, max_tries, next_try_at, pool, owner, host, pid, pid_start, lease_until, waiting_since, pokes";
-const TRY_COLS: &str = "ti, run, task_id, try_number, state, start_time, end_time, duration_ms, exit_code, signal, pid, host, log_path, error, metrics, rows_loaded";
+const TI_COLS: &str = "id, run, pipeline, task_id, state, try_number, max_tries, next_try_at, pool, owner, host, pid, pid_start, lease_until, waiting_since, pokes, interruptions";
+const TRY_COLS: &str = "ti, run, task_id, try_number, state, start_time, end_time, duration_ms, exit_code, signal, pid, host, log_path, error, metrics, rows_loaded, warning";
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| {
@@ -270,6 +307,7 @@ fn ti_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TiRow> {
         lease_until: r.get(13)?,
         waiting_since: r.get(14)?,
         pokes: r.get(15)?,
+        interruptions: r.get(16)?,
     })
 }
 
@@ -291,6 +329,7 @@ fn try_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TryRow> {
         error: r.get(13)?,
         metrics: r.get(14)?,
         rows_loaded: r.get(15)?,
+        warning: r.get(16)?,
     })
 }
 
@@ -309,8 +348,22 @@ fn event(
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and applies pending migrations.
+    /// Opens (creating if needed) the store at `path` and applies pending migrations. One
+    /// statement waits for another process's lock up to `NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS`
+    /// (default 30 s); the engine's callers retry transient failures, so a longer lock only
+    /// delays them.
     pub fn open(path: &Path) -> Result<Store> {
+        #[allow(clippy::disallowed_methods)]
+        let busy_ms = std::env::var("NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30_000);
+        Store::open_waiting(path, Duration::from_millis(busy_ms))
+    }
+
+    /// Opens the store with a chosen bound on how long one statement waits for a lock (the
+    /// web server answers 503 rather than hang behind a locked store).
+    pub fn open_waiting(path: &Path, busy: Duration) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
                 path: dir.to_owned(),
@@ -322,16 +375,7 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(wrap)?;
-        // How long one statement waits for another process's lock before failing
-        // (`NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS`, default 30 s); the scheduler then waits and
-        // retries, so a longer lock only delays it.
-        #[allow(clippy::disallowed_methods)]
-        let busy_ms = std::env::var("NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30_000);
-        conn.busy_timeout(Duration::from_millis(busy_ms))
-            .map_err(wrap)?;
+        conn.busy_timeout(busy).map_err(wrap)?;
         // WAL lets readers (the CLI, the UI) work while the scheduler writes; NORMAL sync is
         // durable against process crashes, which is the failure the engine must survive.
         // Switching to WAL takes a lock without the busy handler; skip it when it is already
@@ -347,7 +391,7 @@ impl Store {
             match conn.pragma_update(None, "journal_mode", "WAL") {
                 Ok(()) => break,
                 Err(e)
-                    if tries < 300
+                    if tries < busy.as_millis() / 100
                         && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
                 {
                     tries += 1;
@@ -405,6 +449,11 @@ impl Store {
 
     fn migrate(&self) -> Result<()> {
         let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        // Some migrations rebuild a table (SQLite cannot change a constraint in place), which
+        // needs foreign keys off outside the transaction; they are checked before the commit.
+        self.conn()
+            .pragma_update(None, "foreign_keys", "OFF")
+            .map_err(|e| self.err(e))?;
         let found = self.write(|tx| {
             tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
             let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
@@ -415,8 +464,21 @@ impl Store {
                 tx.execute_batch(sql)?;
                 tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))", [v])?;
             }
+            let broken: Option<String> = tx
+                .query_row("SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1", [], |r| r.get(0))
+                .optional()?;
+            if let Some(table) = broken {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("migration left a broken reference in `{table}`")),
+                ));
+            }
             Ok(current)
-        })?;
+        });
+        self.conn()
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| self.err(e))?;
+        let found = found?;
         if found > known {
             return Err(Error::NewerSchema {
                 path: self.path.clone(),
@@ -473,6 +535,54 @@ impl Store {
             }
             event(tx, run.now, pk, None, None, "QUEUED", Some(run.trigger.as_str()))?;
             Ok(Created::New(pk))
+        })
+    }
+
+    /// Creates many runs of one pipeline version in one transaction (catch-up), skipping
+    /// intervals that already have a run. Returns the pks of the runs it created.
+    pub fn create_runs(&self, runs: &[NewRun<'_>], tasks: &[NewTask<'_>]) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let mut created = vec![];
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, status, \"trigger\", version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'QUEUED', ?7, ?8) ON CONFLICT DO NOTHING",
+            )?;
+            let mut ti = tx.prepare_cached(
+                "INSERT INTO task_instances (run, pipeline, task_id, state, max_tries, pool, updated_at) VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
+            )?;
+            for run in runs {
+                let inserted = ins.execute(params![run.run_id, run.pipeline, run.logical_date, run.data_interval_start, run.data_interval_end, run.now, run.trigger.as_str(), run.version])?;
+                if inserted == 0 {
+                    continue;
+                }
+                let pk = tx.last_insert_rowid();
+                for t in tasks {
+                    ti.execute(params![pk, run.pipeline, t.task_id, t.max_tries, t.pool, run.now])?;
+                }
+                event(tx, run.now, pk, None, None, "QUEUED", Some(run.trigger.as_str()))?;
+                created.push(pk);
+            }
+            Ok(created)
+        })
+    }
+
+    /// After a shutdown: RUNNING runs among `pks` with no task RUNNING go back to QUEUED, so
+    /// no run looks in progress without a live owner; the next scheduler starts them again.
+    pub fn requeue_idle_runs(&self, pks: &[i64], now: i64) -> Result<usize> {
+        self.write(|tx| {
+            let mut n = 0;
+            for pk in pks {
+                let changed = tx.prepare_cached(
+                    "UPDATE pipeline_runs SET status = 'QUEUED', start_time = NULL WHERE id = ?1 AND status = 'RUNNING'
+                       AND NOT EXISTS (SELECT 1 FROM task_instances WHERE run = ?1 AND state = 'RUNNING')",
+                )?
+                .execute([pk])?;
+                if changed == 1 {
+                    event(tx, now, *pk, None, None, "QUEUED", Some("interrupted: the scheduler shut down"))?;
+                }
+                n += changed;
+            }
+            Ok(n)
         })
     }
 
@@ -541,12 +651,34 @@ impl Store {
         })
     }
 
-    /// The latest data interval start among a pipeline's runs.
-    pub fn latest_interval_start(&self, pipeline: &str) -> Result<Option<i64>> {
+    /// The scheduler's working set: every RUNNING run, and the `queued` oldest QUEUED runs
+    /// of each pipeline and class (backfill or not) — enough to fill any `max_active_runs`
+    /// that makes sense, however many runs a catch-up has queued. Ordered by interval.
+    pub fn working_runs(&self, queued: u32) -> Result<Vec<RunRow>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {RUN_COLS} FROM pipeline_runs WHERE status = 'RUNNING'
+                 UNION ALL
+                 SELECT {RUN_COLS} FROM (
+                     SELECT *, ROW_NUMBER() OVER (PARTITION BY pipeline, (\"trigger\" = 'backfill') ORDER BY data_interval_start, id) AS n
+                     FROM pipeline_runs WHERE status = 'QUEUED')
+                 WHERE n <= ?1
+                 ORDER BY data_interval_start, id"
+            ))?;
+            s.query_map([queued], run_row)?.collect()
+        })
+    }
+
+    /// The latest data interval start among a pipeline's runs (of one trigger, if given).
+    pub fn latest_interval_start(
+        &self,
+        pipeline: &str,
+        trigger: Option<Trigger>,
+    ) -> Result<Option<i64>> {
         self.read(|c| {
             c.query_row(
-                "SELECT MAX(data_interval_start) FROM pipeline_runs WHERE pipeline = ?1",
-                [pipeline],
+                "SELECT MAX(data_interval_start) FROM pipeline_runs WHERE pipeline = ?1 AND (?2 IS NULL OR \"trigger\" = ?2)",
+                params![pipeline, trigger.map(|t| t.as_str())],
                 |r| r.get(0),
             )
         })
@@ -575,16 +707,6 @@ impl Store {
                 "SELECT {TI_COLS} FROM task_instances WHERE run = ?1 ORDER BY id"
             ))?;
             s.query_map([run_pk], ti_row)?.collect()
-        })
-    }
-
-    /// Task instances of many runs at once.
-    pub fn task_instances_of_active_runs(&self) -> Result<Vec<TiRow>> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(&format!(
-                "SELECT {TI_COLS} FROM task_instances WHERE run IN (SELECT id FROM pipeline_runs WHERE status IN ('QUEUED', 'RUNNING')) ORDER BY id"
-            ))?;
-            s.query_map([], ti_row)?.collect()
         })
     }
 
@@ -707,15 +829,16 @@ impl Store {
     /// nothing was written.
     pub fn finish_try(&self, f: &FinishTry<'_>) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7
-                 WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'")?.execute(params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries],
+            let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7,
+                     interruptions = CASE WHEN ?8 THEN interruptions + 1 ELSE 0 END
+                 WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'")?.execute(params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries, f.interrupted],
             )?;
             if n == 0 {
                 return Ok(false);
             }
             tx.prepare_cached("UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
-                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10), pid = COALESCE(pid, ?11)
-                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path, f.pid],
+                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10), pid = COALESCE(pid, ?11), warning = ?12
+                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path, f.pid, f.warning],
             )?;
             // The try row holds start, end and outcome; the event log adds the task's next
             // state only when it is not simply the try's success.
@@ -809,7 +932,7 @@ impl Store {
             let n = tx.execute(
                 "UPDATE pipeline_runs SET status = 'QUEUED', start_time = NULL, end_time = NULL, rows_loaded = 0, queued_at = ?2,
                      \"trigger\" = ?3, version = ?4
-                 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED')",
+                 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
                 params![pk, now, trigger.as_str(), version],
             )?;
             if n == 0 {
@@ -824,7 +947,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO task_instances (run, pipeline, task_id, state, max_tries, pool, updated_at) VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)
                      ON CONFLICT (run, task_id) DO UPDATE SET state = 'PENDING', next_try_at = NULL, owner = NULL, pid = NULL,
-                         pid_start = NULL, waiting_since = NULL, pokes = 0, lease_until = NULL, pool = excluded.pool,
+                         pid_start = NULL, waiting_since = NULL, pokes = 0, interruptions = 0, lease_until = NULL, pool = excluded.pool,
                          max_tries = task_instances.try_number + excluded.max_tries, updated_at = excluded.updated_at",
                     params![pk, pipeline, t.task_id, t.max_tries, t.pool, now],
                 )?;
@@ -1041,6 +1164,80 @@ mod tests {
     }
 
     #[test]
+    fn cancelling_a_run_records_its_running_try_and_fences_its_outcome() {
+        let (_d, s) = store();
+        let v = s.put_version("nightly", "src", 0).unwrap();
+        let tasks = [
+            NewTask {
+                task_id: "a",
+                max_tries: 1,
+                pool: None,
+            },
+            NewTask {
+                task_id: "b",
+                max_tries: 1,
+                pool: None,
+            },
+        ];
+        let run = s.create_run(&new_run("r1", 10, &v), &tasks).unwrap().pk();
+        s.decide_pending(run, &[("a".into(), TaskState::Queued)], 1)
+            .unwrap();
+        let a = s.task_instances(run).unwrap()[0].pk;
+        let claim = Claim {
+            ti_pk: a,
+            owner: "A",
+            host: "h",
+            now: 5,
+            lease_until: 100,
+            pool: None,
+            pipeline_limit: ("nightly", 16),
+        };
+        assert_eq!(s.claim(&claim).unwrap(), Some(1));
+        let (runs, tries) = s.cancel_runs(&[run], 7, "test").unwrap();
+        assert_eq!(runs, ["r1"]);
+        assert_eq!(tries.len(), 1);
+        assert_eq!(tries[0].task_id, "a");
+        let states: Vec<TaskState> = s
+            .task_instances(run)
+            .unwrap()
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(states, [TaskState::Cancelled, TaskState::Cancelled]);
+        assert_eq!(s.run(run).unwrap().unwrap().status, RunState::Cancelled);
+        let t = &s.tries(run).unwrap()[0];
+        assert_eq!(t.state, TaskState::Cancelled);
+        assert_eq!(t.error.as_deref(), Some("cancelled: test"));
+        // The engine's outcome for the killed try is fenced out.
+        let fin = FinishTry {
+            ti_pk: a,
+            try_number: 1,
+            owner: Some("A"),
+            end: 9,
+            try_state: TaskState::Failed,
+            ti_state: TaskState::UpForRetry,
+            next_try_at: Some(9),
+            exit_code: None,
+            signal: Some(9),
+            error: None,
+            metrics: None,
+            rows_loaded: None,
+            extra_tries: 1,
+            log_path: None,
+            pid: None,
+            interrupted: true,
+            warning: None,
+        };
+        assert!(!s.finish_try(&fin).unwrap());
+        assert_eq!(s.task_state(a).unwrap(), Some(TaskState::Cancelled));
+        assert_eq!(s.cancel_runs(&[run], 8, "again").unwrap().0.len(), 0);
+        assert!(
+            s.reset_run(run, 9, Trigger::Manual, &v, &tasks).unwrap(),
+            "a cancelled run can run again"
+        );
+    }
+
+    #[test]
     fn claims_are_fenced() {
         let (_d, s) = store();
         let v = s.put_version("nightly", "src", 0).unwrap();
@@ -1090,6 +1287,8 @@ mod tests {
             extra_tries: 0,
             log_path: None,
             pid: None,
+            interrupted: false,
+            warning: None,
         };
         assert!(!s.finish_try(&fin("B", 1)).unwrap(), "wrong owner");
         assert!(s.finish_try(&fin("A", 1)).unwrap());

@@ -2,7 +2,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::{Result, Store, event};
+use nightshift_core::TaskState;
+
+use crate::{Error, Result, Store, event};
 
 impl Store {
     /// Puts finished tasks of a run back to be run again: each named task gets PENDING and
@@ -21,8 +23,8 @@ impl Store {
             for (task, max_tries) in tasks {
                 let n = tx.execute(
                     "UPDATE task_instances SET state = 'PENDING', next_try_at = NULL, owner = NULL, pid = NULL, pid_start = NULL,
-                         lease_until = NULL, waiting_since = NULL, pokes = 0, max_tries = try_number + ?3, updated_at = ?4
-                     WHERE run = ?1 AND task_id = ?2 AND state IN ('SUCCESS', 'FAILED', 'UPSTREAM_FAILED', 'SKIPPED', 'UP_FOR_RETRY')",
+                         lease_until = NULL, waiting_since = NULL, pokes = 0, interruptions = 0, max_tries = try_number + ?3, updated_at = ?4
+                     WHERE run = ?1 AND task_id = ?2 AND state IN ('SUCCESS', 'FAILED', 'UPSTREAM_FAILED', 'SKIPPED', 'UP_FOR_RETRY', 'CANCELLED')",
                     params![run_pk, task, max_tries, now],
                 )?;
                 if n == 1 {
@@ -32,7 +34,7 @@ impl Store {
             }
             if !cleared.is_empty() {
                 let n = tx.execute(
-                    "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL, queued_at = ?2 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED')",
+                    "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL, queued_at = ?2 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
                     params![run_pk, now],
                 )?;
                 if n == 1 {
@@ -41,6 +43,93 @@ impl Store {
             }
             Ok(cleared)
         })
+    }
+}
+
+/// A try that was running when its run was cancelled; its engine stops it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CancelledTry {
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    pub owner: Option<String>,
+}
+
+impl Store {
+    /// Cancels unfinished runs: each becomes CANCELLED with every task that has not finished;
+    /// a running try is recorded CANCELLED at once (its engine sees the claim gone at its
+    /// next heartbeat and kills its processes; the outcome it would write is fenced out).
+    /// Finished runs are left alone. Returns the runs cancelled and the tries that were
+    /// running.
+    pub fn cancel_runs(
+        &self,
+        run_pks: &[i64],
+        now: i64,
+        reason: &str,
+    ) -> Result<(Vec<String>, Vec<CancelledTry>)> {
+        self.write(|tx| {
+            let mut runs = vec![];
+            let mut tries = vec![];
+            for pk in run_pks {
+                let run_id: Option<String> = tx
+                    .query_row(
+                        "UPDATE pipeline_runs SET status = 'CANCELLED', end_time = ?2 WHERE id = ?1 AND status IN ('QUEUED', 'RUNNING') RETURNING run_id",
+                        params![pk, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(run_id) = run_id else { continue };
+                let mut running = tx.prepare_cached(
+                    "SELECT task_id, try_number, owner FROM task_instances WHERE run = ?1 AND state = 'RUNNING'",
+                )?;
+                let live: Vec<(String, u32, Option<String>)> = running
+                    .query_map([pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (task, try_number, owner) in live {
+                    tx.execute(
+                        "UPDATE task_tries SET state = 'CANCELLED', end_time = ?4, duration_ms = (?4 - start_time) / 1000,
+                             error = COALESCE(error, ?5)
+                         WHERE run = ?1 AND task_id = ?2 AND try_number = ?3",
+                        params![pk, task, try_number, now, format!("cancelled: {reason}")],
+                    )?;
+                    tries.push(CancelledTry {
+                        run_id: run_id.clone(),
+                        task_id: task,
+                        try_number,
+                        owner,
+                    });
+                }
+                tx.execute(
+                    "UPDATE task_instances SET state = 'CANCELLED', next_try_at = NULL, lease_until = NULL, updated_at = ?2
+                     WHERE run = ?1 AND state IN ('PENDING', 'QUEUED', 'RUNNING', 'UP_FOR_RETRY')",
+                    params![pk, now],
+                )?;
+                event(tx, now, *pk, None, None, "CANCELLED", Some(reason))?;
+                runs.push(run_id);
+            }
+            Ok((runs, tries))
+        })
+    }
+
+    /// Unfinished backfill runs of a pipeline (for `cancel --backfill`).
+    pub fn unfinished_backfill_runs(&self, pipeline: &str) -> Result<Vec<i64>> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id FROM pipeline_runs WHERE pipeline = ?1 AND \"trigger\" = 'backfill' AND status IN ('QUEUED', 'RUNNING') ORDER BY data_interval_start",
+            )?;
+            s.query_map([pipeline], |r| r.get(0))?.collect()
+        })
+    }
+
+    /// The state of one task instance.
+    pub fn task_state(&self, ti_pk: i64) -> Result<Option<TaskState>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT state FROM task_instances WHERE id = ?1")?
+                .query_row([ti_pk], |r| r.get::<_, String>(0))
+                .optional()
+        })?
+        .map(|s| s.parse().map_err(Error::Corrupt))
+        .transpose()
     }
 }
 
@@ -91,7 +180,7 @@ impl Store {
                 }
                 None => {
                     let n = tx.execute(
-                        "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED')",
+                        "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
                         [run_pk],
                     )?;
                     if n == 1 {

@@ -192,7 +192,7 @@ impl Store {
             let (runs, tries, logs) = self.write(|tx| {
                 let pks: Vec<i64> = {
                     let mut s = tx.prepare_cached(
-                        "SELECT id FROM pipeline_runs WHERE data_interval_end < ?1 AND status IN ('SUCCESS', 'FAILED') LIMIT ?2",
+                        "SELECT id FROM pipeline_runs WHERE data_interval_end < ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED') LIMIT ?2",
                     )?;
                     s.query_map(params![cutoff, batch], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
                 };

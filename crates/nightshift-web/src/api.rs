@@ -272,6 +272,31 @@ impl AppState {
         Ok((buf, next, complete && next >= len))
     }
 
+    /// Cancels one run (`run_id`) or every unfinished backfill run of the pipeline.
+    pub fn act_cancel(&self, p: &str, run_id: Option<&str>) -> Result<Value, WebError> {
+        let pks = match run_id {
+            Some(id) => vec![self.find_run(p, id)?.pk],
+            None => {
+                self.pipeline(p)?;
+                self.store.unfinished_backfill_runs(p)?
+            }
+        };
+        let (runs, tries) =
+            self.store
+                .cancel_runs(&pks, to_micros(now()), "cancelled from the web UI or API")?;
+        if run_id.is_some() && runs.is_empty() {
+            return Err(WebError::Conflict(format!(
+                "run `{}` has finished already; nothing to cancel",
+                run_id.unwrap_or_default()
+            )));
+        }
+        Ok(json!({
+            "pipeline": p,
+            "cancelled": runs,
+            "stopping": tries.iter().map(|t| json!({"run_id": t.run_id, "task": t.task_id, "try": t.try_number})).collect::<Vec<_>>(),
+        }))
+    }
+
     pub fn act_pause(&self, p: &str, paused: bool) -> Result<Value, WebError> {
         self.pipeline(p)?;
         self.store.set_paused(p, paused, to_micros(now()))?;
@@ -296,8 +321,8 @@ impl AppState {
                 WebError::BadRequest(format!("the schedule of `{p}` starts no interval on {ds}"))
             })?;
         let t = now();
-        let created = create_run(&self.store, lp, iv, Trigger::Manual, t)
-            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let created =
+            create_run(&self.store, lp, iv, Trigger::Manual, t).map_err(WebError::from)?;
         let run = self
             .store
             .run(created.pk())?
@@ -305,8 +330,7 @@ impl AppState {
         let what = match created {
             nightshift_store::Created::New(_) => "created",
             nightshift_store::Created::Existing(_) if run.status.is_terminal() && again => {
-                rerun(&self.store, lp, run.pk, Trigger::Manual, t)
-                    .map_err(|e| WebError::Internal(e.to_string()))?;
+                rerun(&self.store, lp, run.pk, Trigger::Manual, t).map_err(WebError::from)?;
                 "rerun"
             }
             nightshift_store::Created::Existing(_) if run.status.is_terminal() => {
@@ -356,14 +380,13 @@ impl AppState {
             match self.store.find_run_by_interval(p, to_micros(iv.start))? {
                 None => {
                     create_run(&self.store, lp, iv, Trigger::Backfill, t)
-                        .map_err(|e| WebError::Internal(e.to_string()))?;
+                        .map_err(WebError::from)?;
                     created += 1;
                 }
                 Some(r)
                     if r.status == RunState::Failed || (again && r.status == RunState::Success) =>
                 {
-                    rerun(&self.store, lp, r.pk, Trigger::Backfill, t)
-                        .map_err(|e| WebError::Internal(e.to_string()))?;
+                    rerun(&self.store, lp, r.pk, Trigger::Backfill, t).map_err(WebError::from)?;
                     rerun_n += 1;
                 }
                 Some(_) => skipped += 1,
@@ -476,6 +499,24 @@ pub async fn clear(
         &req.task,
         req.downstream,
     )?))
+}
+
+pub async fn cancel_run(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, WebError> {
+    st.require_token(&headers)?;
+    Ok(Json(st.act_cancel(&p, Some(&run_id))?))
+}
+
+pub async fn cancel_backfills(
+    State(st): St,
+    headers: HeaderMap,
+    Path(p): Path<String>,
+) -> Result<Json<Value>, WebError> {
+    st.require_token(&headers)?;
+    Ok(Json(st.act_cancel(&p, None)?))
 }
 
 pub async fn pause(

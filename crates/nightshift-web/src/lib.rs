@@ -61,7 +61,17 @@ impl WebError {
             WebError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
             WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Store(_) | WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<nightshift_engine::engine::Error> for WebError {
+    fn from(e: nightshift_engine::engine::Error) -> Self {
+        match e {
+            nightshift_engine::engine::Error::Store(s) => WebError::Store(s),
+            other => WebError::Internal(other.to_string()),
         }
     }
 }
@@ -71,6 +81,17 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         if matches!(self, WebError::Store(_) | WebError::Internal(_)) {
             tracing::error!(error = %self, "request failed");
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // The store is locked or unavailable: say so at once rather than hang, and when
+            // to ask again.
+            let body = serde_json::json!({"error": format!("the metadata store is busy or unavailable; try again shortly ({self})")});
+            return (
+                self.status(),
+                [(axum::http::header::RETRY_AFTER, "5")],
+                axum::Json(body),
+            )
+                .into_response();
         }
         let body = serde_json::json!({"error": self.to_string()});
         (self.status(), axum::Json(body)).into_response()
@@ -139,6 +160,9 @@ impl AppState {
     }
 }
 
+/// How long one store statement of a request waits for a lock.
+pub const STORE_WAIT: Duration = Duration::from_secs(2);
+
 /// How `up` starts the server.
 pub struct Config {
     pub bind: SocketAddr,
@@ -157,7 +181,10 @@ pub fn serve(
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let store = Store::open(&project.store_path()).map_err(|e| e.to_string())?;
+    // A request waits at most this long for a store lock, so a locked store answers 503
+    // within the API's bound instead of hanging.
+    let store =
+        Store::open_waiting(&project.store_path(), STORE_WAIT).map_err(|e| e.to_string())?;
     let fingerprint = project::fingerprint(&project.dir);
     let logs_dir = project.logs_dir();
     let _ = std::fs::create_dir_all(&logs_dir);
@@ -203,12 +230,23 @@ pub fn serve(
     Ok(addr)
 }
 
+/// `ok`, or `degraded: …` while the scheduler cannot use its store (it keeps supervising
+/// running tries; restarting it would not help, so the status stays 200).
+async fn healthz(axum::extract::State(st): axum::extract::State<Arc<AppState>>) -> String {
+    match st.stats.as_deref() {
+        Some(s) if s.degraded() => {
+            "degraded: the metadata store is unavailable; running tries go on, no new runs or claims".to_owned()
+        }
+        _ => "ok".to_owned(),
+    }
+}
+
 /// Every route; [`ROUTES`] lists them for the OpenAPI check.
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::{get, post};
     Router::new()
         .route("/", get(pages::index))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::handler))
         .route("/login", get(pages::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
@@ -225,6 +263,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/ui/pipelines/{p}/runs/{run_id}/clear",
             post(pages::clear_action),
         )
+        .route(
+            "/ui/pipelines/{p}/runs/{run_id}/cancel",
+            post(pages::cancel_action),
+        )
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/pipelines", get(api::pipelines))
         .route("/api/v1/pipelines/{p}", get(api::pipeline))
@@ -233,6 +275,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(api::runs).post(api::trigger),
         )
         .route("/api/v1/pipelines/{p}/backfills", post(api::backfill))
+        .route(
+            "/api/v1/pipelines/{p}/backfills/cancel",
+            post(api::cancel_backfills),
+        )
         .route("/api/v1/pipelines/{p}/pause", post(api::pause))
         .route("/api/v1/pipelines/{p}/unpause", post(api::unpause))
         .route("/api/v1/pipelines/{p}/calendar", get(api::calendar))
@@ -240,6 +286,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/pipelines/{p}/runs/{run_id}/clear",
             post(api::clear),
+        )
+        .route(
+            "/api/v1/pipelines/{p}/runs/{run_id}/cancel",
+            post(api::cancel_run),
         )
         .route(
             "/api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log",
@@ -259,11 +309,13 @@ pub const API_ROUTES: &[&str] = &[
     "GET /api/v1/pipelines/{p}/runs",
     "POST /api/v1/pipelines/{p}/runs",
     "POST /api/v1/pipelines/{p}/backfills",
+    "POST /api/v1/pipelines/{p}/backfills/cancel",
     "POST /api/v1/pipelines/{p}/pause",
     "POST /api/v1/pipelines/{p}/unpause",
     "GET /api/v1/pipelines/{p}/calendar",
     "GET /api/v1/pipelines/{p}/runs/{run_id}",
     "POST /api/v1/pipelines/{p}/runs/{run_id}/clear",
+    "POST /api/v1/pipelines/{p}/runs/{run_id}/cancel",
     "GET /api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log",
     "GET /api/v1/alerts",
 ];

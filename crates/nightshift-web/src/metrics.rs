@@ -3,7 +3,6 @@
 //! they count the work of every process sharing it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -27,6 +26,7 @@ pub struct Metrics {
     alert_failures: IntCounterVec,
     loop_lag: Gauge,
     tasks: IntGaugeVec,
+    skipped: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -91,8 +91,17 @@ impl Metrics {
             &["pipeline", "state"],
         )
         .expect("valid metric");
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "nightshift_skipped_intervals_total",
+                "Intervals passed over because the pipeline has catchup = false.",
+            ),
+            &["pipeline"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(task_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(skipped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(task_duration.clone()),
             Box::new(run_duration.clone()),
             Box::new(task_transitions.clone()),
             Box::new(run_transitions.clone()),
@@ -111,6 +120,7 @@ impl Metrics {
             alert_failures,
             loop_lag,
             tasks,
+            skipped,
         }
     }
 
@@ -184,8 +194,16 @@ impl Metrics {
     /// The exposition, with gauges refreshed from the store.
     pub fn render(&self, store: &Store, stats: Option<&nightshift_engine::Stats>) -> String {
         if let Some(s) = stats {
+            // A loop stuck in a store call shows as the age of its last iteration.
             self.loop_lag
-                .set(s.loop_lag_us.load(Ordering::Relaxed) as f64 / 1e6);
+                .set(s.loop_lag(std::time::Duration::from_secs(1)).as_secs_f64());
+            let skipped = s.skipped.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for (p, n) in skipped {
+                let c = self.skipped.with_label_values(&[p.as_str()]);
+                if n > c.get() {
+                    c.inc_by(n - c.get());
+                }
+            }
         }
         self.tasks.reset();
         if let Ok(counts) = store.live_task_counts() {

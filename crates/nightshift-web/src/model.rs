@@ -436,17 +436,19 @@ impl AppState {
                     let worst = rs
                         .iter()
                         .map(|r| match r.status {
-                            Failed => 4,
-                            Running => 3,
-                            Queued => 2,
+                            Failed => 5,
+                            Running => 4,
+                            Queued => 3,
+                            Cancelled => 2,
                             Success => 1,
                         })
                         .max()
                         .unwrap_or(0);
                     let state = match worst {
-                        4 => "failed",
-                        3 => "running",
-                        2 => "queued",
+                        5 => "failed",
+                        4 => "running",
+                        3 => "queued",
+                        2 => "cancelled",
                         _ => "done",
                     };
                     (state, rs.first().map(|r| r.run_id.clone()))

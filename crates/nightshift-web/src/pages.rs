@@ -207,6 +207,9 @@ fn action_forms(p: &str, paused: bool, csrf: Option<&str>, bf: (&str, &str)) -> 
                 form.inline method="post" action={"/ui/pipelines/" (p) "/" (if paused { "unpause" } else { "pause" })} {
                     (csrf_field(c)) button type="submit" { (if paused { "Unpause" } else { "Pause" }) }
                 }
+                form.inline method="post" action={"/ui/pipelines/" (p) "/cancel-backfills"} {
+                    (csrf_field(c)) button type="submit" title="Cancel every unfinished backfill run; the schedule goes on" { "Cancel backfills" }
+                }
             }
         } @else {
             p.muted { a href="/login" { "Log in" } " with the token to trigger, backfill, clear or pause." }
@@ -269,7 +272,7 @@ fn grid_table(g: &GridPage) -> Markup {
 fn legend() -> Markup {
     html! {
         p.legend.muted {
-            @for s in ["SUCCESS", "RUNNING", "FAILED", "UPSTREAM_FAILED", "UP_FOR_RETRY", "QUEUED", "PENDING", "SKIPPED"] {
+            @for s in ["SUCCESS", "RUNNING", "FAILED", "UPSTREAM_FAILED", "UP_FOR_RETRY", "QUEUED", "PENDING", "SKIPPED", "CANCELLED"] {
                 span style=(format!("background:{}", color(s))) {} (s)
             }
         }
@@ -401,7 +404,7 @@ pub async fn calendar(
                 h2 { "Partitions " (from) " to " (to) }
                 p { (missing) " missing day(s). Click a missing day to fill the backfill form with it." }
                 p.legend.muted {
-                    @for s in ["done", "failed", "running", "queued", "missing", "future"] { span style=(format!("background:{}", color(s))) {} (s) }
+                    @for s in ["done", "failed", "running", "queued", "cancelled", "missing", "future"] { span style=(format!("background:{}", color(s))) {} (s) }
                 }
                 div.cal #calendar {
                     @for _ in 0..pad { span style="border:none" {} }
@@ -461,6 +464,13 @@ pub async fn run(
                 }
                 @let run_why: Vec<&str> = d.reasons.iter().filter(|x| x.task_id.is_none()).map(|x| x.reason.as_str()).collect();
             @if !run_why.is_empty() { ul #why { @for w in &run_why { li { (w) } } } }
+            @if let Some(c) = &csrf {
+                @if r.state == "QUEUED" || r.state == "RUNNING" {
+                    form.inline #cancel method="post" action={"/ui/pipelines/" (p) "/runs/" (run_id) "/cancel"} {
+                        (csrf_field(c)) button type="submit" { "Cancel run" }
+                    }
+                }
+            }
             h2 { "Tries" }
                 div #gantt { (gantt) }
                 h2 { "Tasks" }
@@ -631,12 +641,29 @@ pub async fn pipeline_action(
             "backfill" => st.act_backfill(&p, need(&f.from, "from")?, need(&f.to, "to")?, again)?,
             "pause" => st.act_pause(&p, true)?,
             "unpause" => st.act_pause(&p, false)?,
+            "cancel-backfills" => st.act_cancel(&p, None)?,
             other => return Err(WebError::NotFound(format!("no action `{other}`"))),
         };
         Ok(v)
     })();
     match res {
         Ok(v) => done(format!("/pipelines/{p}"), &format!("{action}: {v}")),
+        Err(e) => error_page(&st, &headers, e),
+    }
+}
+
+pub async fn cancel_action(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    let res = (|| {
+        st.require_session(&headers, f.csrf.as_deref())?;
+        st.act_cancel(&p, Some(&run_id))
+    })();
+    match res {
+        Ok(_) => done(format!("/pipelines/{p}/runs/{run_id}"), "cancelled"),
         Err(e) => error_page(&st, &headers, e),
     }
 }

@@ -20,6 +20,8 @@ pub fn color(state: &str) -> &'static str {
         "QUEUED" | "queued" => "#8d8d8d",
         "UP_FOR_RETRY" | "at_risk" => "#f9a825",
         "SKIPPED" => "#f48fb1",
+        // Airflow's "removed"/"shutdown" grey-purple: stopped on purpose, not failed.
+        "CANCELLED" | "cancelled" => "#7e57c2",
         "PENDING" => "#cfd8dc",
         "missing" => "#ffffff",
         "paused" => "#78909c",

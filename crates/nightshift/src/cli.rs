@@ -77,6 +77,9 @@ pub enum Command {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Create the runs and return at once, leaving them to `nightshift up`.
+        #[arg(long)]
+        detach: bool,
     },
     /// A pipeline's runs.
     Runs {
@@ -101,6 +104,16 @@ pub enum Command {
         failed: bool,
         #[arg(long)]
         pipeline: Option<String>,
+    },
+    /// Stop unfinished runs on purpose: queued work and running tries become CANCELLED.
+    /// The schedule goes on (use `pause` to stop it).
+    Cancel {
+        pipeline: String,
+        /// Runs to cancel, by run id.
+        run_ids: Vec<String>,
+        /// Every unfinished backfill run of the pipeline.
+        #[arg(long)]
+        backfill: bool,
     },
     /// Run a whole finished run again in place, on the current pipeline file.
     Rerun {

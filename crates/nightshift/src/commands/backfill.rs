@@ -10,8 +10,8 @@ use nightshift_engine::engine::create_run;
 use nightshift_engine::{Clock, Event, Mode, SystemClock};
 
 use crate::commands::{
-    drive, event_line, load_project, new_engine, open_store, parse_date_flag, require_pipeline,
-    usage,
+    cancel, drive_until, event_line, load_project, new_engine, open_store, parse_date_flag,
+    require_pipeline, shutdown_signal, usage,
 };
 use crate::output;
 
@@ -20,6 +20,8 @@ enum Plan {
     New,
     Done,
     Rerun,
+    /// A cancelled run: its tasks that did not finish run again; what succeeded stays.
+    Resume,
     InProgress,
 }
 
@@ -30,6 +32,7 @@ pub async fn exec(
     to: &str,
     rerun: bool,
     dry_run: bool,
+    detach: bool,
 ) -> Result<i32> {
     let project = load_project(dir)?;
     let lp = require_pipeline(&project, name)?;
@@ -60,6 +63,7 @@ pub async fn exec(
             None => Plan::New,
             Some(RunState::Success) if !rerun => Plan::Done,
             Some(RunState::Success) | Some(RunState::Failed) => Plan::Rerun,
+            Some(RunState::Cancelled) => Plan::Resume,
             Some(_) => Plan::InProgress,
         };
         plan.push((*iv, step, existing));
@@ -77,6 +81,7 @@ pub async fn exec(
                             "rerun (was {})",
                             existing.as_ref().map(|r| r.status.as_str()).unwrap_or("-")
                         ),
+                        Plan::Resume => "resume (was CANCELLED)".to_owned(),
                         Plan::InProgress => format!(
                             "follow (already {})",
                             existing.as_ref().map(|r| r.status.as_str()).unwrap_or("-")
@@ -88,9 +93,10 @@ pub async fn exec(
         );
         let count = |s: Plan| plan.iter().filter(|(_, st, _)| *st == s).count();
         output::note(format!(
-            "dry run: {} new, {} rerun, {} skipped, {} in progress; nothing was changed",
+            "dry run: {} new, {} rerun, {} resumed, {} skipped, {} in progress; nothing was changed",
             count(Plan::New),
             count(Plan::Rerun),
+            count(Plan::Resume),
             count(Plan::Done),
             count(Plan::InProgress)
         ));
@@ -109,6 +115,21 @@ pub async fn exec(
                 nightshift_engine::engine::rerun(&store, &lp, run.pk, Trigger::Backfill, now)?;
                 pks.insert(run.pk);
             }
+            Plan::Resume => {
+                let run = existing.as_ref().expect("resume has a run");
+                let tasks: Vec<(String, u32)> = store
+                    .task_instances(run.pk)?
+                    .into_iter()
+                    .filter(|t| t.state == nightshift_core::TaskState::Cancelled)
+                    .map(|t| {
+                        let tries = p.task(&t.task_id).map_or(1, |d| d.max_tries());
+                        (t.task_id, tries)
+                    })
+                    .collect();
+                let list: Vec<(&str, u32)> = tasks.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+                store.clear_tasks(run.pk, &list, to_micros(now), "resumed by backfill")?;
+                pks.insert(run.pk);
+            }
             Plan::InProgress => {
                 pks.insert(existing.as_ref().expect("in progress has a run").pk);
             }
@@ -123,6 +144,12 @@ pub async fn exec(
     if total == 0 {
         return Ok(0);
     }
+    if detach {
+        output::note(format!(
+            "{total} backfill run(s) of `{name}` queued; a running `nightshift up` runs them (`nightshift cancel {name} --backfill` stops them)"
+        ));
+        return Ok(0);
+    }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -133,17 +160,57 @@ pub async fn exec(
     );
     let engine = new_engine(project, store.clone(), clock, Mode::Runs(pks.clone()))?;
     let mut failed = 0;
-    drive(engine, |e| {
-        if let Event::RunEnded { state, .. } = &e {
-            failed += usize::from(*state != RunState::Success);
-            bar.inc(1);
+    // Ctrl-C (or SIGTERM) stops the backfill: its unfinished runs are cancelled, so a
+    // scheduler running beside does not carry them on, and its running tries are killed.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
+    let mut signals = shutdown_signal();
+    let cancel_store = store.clone();
+    let mine: Vec<i64> = pks.iter().copied().collect();
+    let bar_for_cancel = bar.clone();
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cancelled_n = cancelled.clone();
+    let watcher = tokio::spawn(async move {
+        if signals.changed().await.is_err() {
+            return;
         }
-        if let Some(line) = event_line(&e) {
-            bar.suspend(|| output::line(line));
-        }
-    })
+        bar_for_cancel.suspend(|| {
+            match cancel::cancel(
+                &cancel_store,
+                &mine,
+                "the foreground backfill was interrupted",
+            ) {
+                Ok(n) => cancelled_n.store(n, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => output::note(format!("error: cannot cancel the backfill's runs: {e:#}")),
+            }
+        });
+        let _ = stop_tx.send(2);
+        // A later signal changes nothing more; keep the sender for the engine.
+        std::future::pending::<()>().await;
+    });
+    drive_until(
+        engine,
+        None,
+        |e| {
+            if let Event::RunEnded { state, .. } = &e {
+                failed += usize::from(*state != RunState::Success && *state != RunState::Cancelled);
+                bar.inc(1);
+            }
+            if let Some(line) = event_line(&e) {
+                bar.suspend(|| output::line(line));
+            }
+        },
+        stop_rx,
+    )
     .await?;
+    watcher.abort();
     bar.finish_and_clear();
+    let cancelled = cancelled.load(std::sync::atomic::Ordering::Relaxed);
+    if cancelled > 0 {
+        output::note(format!(
+            "backfill of `{name}` interrupted: {cancelled} unfinished run(s) cancelled (the same `nightshift backfill` command runs them again)"
+        ));
+        return Ok(1);
+    }
     let mut unfinished = 0;
     for pk in &pks {
         if store.run(*pk)?.is_some_and(|r| !r.status.is_terminal()) {

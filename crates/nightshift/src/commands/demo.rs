@@ -157,7 +157,16 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     output::line(format!(
         "== Backfill of an earlier date (ds {BACKFILL_DS}) ==\n"
     ));
-    let code = backfill::exec(dir, "nightly", BACKFILL_DS, BACKFILL_DS, false, false).await?;
+    let code = backfill::exec(
+        dir,
+        "nightly",
+        BACKFILL_DS,
+        BACKFILL_DS,
+        false,
+        false,
+        false,
+    )
+    .await?;
 
     output::line("\n== Summary ==\n");
     let runs = store.runs("nightly", 20)?;

@@ -46,6 +46,7 @@ fn try_json(t: &TryRow) -> Value {
         "host": t.host,
         "log_path": t.log_path,
         "error": t.error,
+        "warning": t.warning,
         "rows_loaded": t.rows_loaded,
         "metrics": t.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
     })

@@ -1,6 +1,7 @@
 //! One module per subcommand; each a thin layer over the engine and the store.
 
 pub mod backfill;
+mod cancel;
 mod demo;
 mod init;
 pub mod inspect;
@@ -75,7 +76,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             to,
             rerun,
             dry_run,
-        } => backfill::exec(&dir, &pipeline, &from, &to, rerun, dry_run).await,
+            detach,
+        } => backfill::exec(&dir, &pipeline, &from, &to, rerun, dry_run, detach).await,
+        Command::Cancel {
+            pipeline,
+            run_ids,
+            backfill,
+        } => cancel::exec(&dir, &pipeline, &run_ids, backfill),
         Command::Runs {
             pipeline,
             json,
@@ -245,9 +252,10 @@ pub fn parse_ts_flag(flag: &str, s: &str) -> Result<jiff::Timestamp> {
     })
 }
 
-/// Resolves when SIGINT or SIGTERM arrives (first signal: drain; the engine decides the rest).
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// Counts SIGINT and SIGTERM: the first asks the engine to drain, a second to stop every
+/// running try at once.
+pub fn shutdown_signal() -> watch::Receiver<u32> {
+    let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -256,13 +264,13 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
         }
-        let _ = tx.send(true);
-        // Keep the sender alive so the engine can finish draining.
-        std::future::pending::<()>().await;
     });
     rx
 }
@@ -333,7 +341,17 @@ pub async fn drive(engine: Engine, on_event: impl FnMut(Event)) -> Result<()> {
 pub async fn drive_with(
     engine: Engine,
     metrics: Option<Arc<nightshift_web::Metrics>>,
+    on_event: impl FnMut(Event),
+) -> Result<()> {
+    drive_until(engine, metrics, on_event, shutdown_signal()).await
+}
+
+/// Like [`drive_with`], stopping when `shutdown` counts stop requests (see `Engine::run`).
+pub async fn drive_until(
+    engine: Engine,
+    metrics: Option<Arc<nightshift_web::Metrics>>,
     mut on_event: impl FnMut(Event),
+    shutdown: watch::Receiver<u32>,
 ) -> Result<()> {
     let store = engine.store();
     let hook: Option<nightshift_alert::FailureHook> = metrics.clone().map(|m| {
@@ -355,7 +373,6 @@ pub async fn drive_with(
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let engine = engine.with_events(tx);
-    let shutdown = shutdown_signal();
     let handle = engine.run(shutdown);
     tokio::pin!(handle);
     let res = loop {
@@ -381,5 +398,13 @@ pub fn new_engine(
     clock: Arc<dyn Clock>,
     mode: Mode,
 ) -> Result<Engine> {
-    Ok(Engine::new(project, store, clock, mode, engine_options()?))
+    Ok(Engine::new(project, store, clock, mode, engine_options()?)
+        .with_containment(containment().clone()))
+}
+
+/// How tries' processes are contained on this machine, decided once per process.
+pub fn containment() -> &'static nightshift_engine::contain::Containment {
+    static C: std::sync::OnceLock<nightshift_engine::contain::Containment> =
+        std::sync::OnceLock::new();
+    C.get_or_init(nightshift_engine::contain::Containment::detect)
 }

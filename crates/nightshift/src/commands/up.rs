@@ -45,6 +45,10 @@ pub async fn exec(
         ));
     }
     let store = open_store(&project)?;
+    output::note(format!(
+        "containment: {}",
+        crate::commands::containment().describe()
+    ));
     let web_settings = project.settings.web.clone();
     let web_project = project.clone();
     let mut engine = new_engine(project, store, clock, Mode::Scheduler { until })?;

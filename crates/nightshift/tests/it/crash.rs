@@ -192,7 +192,7 @@ fn sigterm_past_the_grace_period_records_the_try_and_restart_resumes() {
     assert_eq!(t["state"], "UP_FOR_RETRY");
     assert_eq!(
         t["tries"][0]["error"],
-        "stopped: the scheduler shut down; will run again"
+        "interrupted: the scheduler shut down; will run again"
     );
     // Shorten the task and restart: the run completes.
     p.file(

@@ -12,5 +12,6 @@ mod recover;
 mod runbook;
 mod scheduler;
 mod soak;
+mod supervision;
 mod support;
 mod web;

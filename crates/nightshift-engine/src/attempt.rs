@@ -1,0 +1,487 @@
+//! One try's life: prepare (its argv and environment, on the engine's thread), spawn and
+//! supervise (on the executor's threads), conclude (read what the kind left behind, decide
+//! the task's next state) and hand the outcome to the writer. Nothing after the spawn waits
+//! on the store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use nightshift_core::template::Context;
+use nightshift_core::time::{from_micros, to_micros};
+use nightshift_core::{Pipeline, TaskKind, TaskState};
+use nightshift_store::{RunRow, Store, TiRow};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::clock::Clock;
+use crate::contain::Containment;
+use crate::crash::{CrashPoint, crash_if};
+use crate::dbt;
+use crate::executor::{self, ChildOutcome, ChildSpec, Exit, KillReason, Stopper};
+use crate::kinds::{self, rfc3339};
+use crate::outcome::{Outcome, SpawnRecord, Writer};
+use crate::procs;
+
+/// How long a try runs before its pid is recorded on its own (a shorter try has it written
+/// with its outcome; recovery finds one in between by its `NIGHTSHIFT_TRY_KEY`).
+const RECORD_PID_AFTER: Duration = Duration::from_millis(200);
+
+/// A task interrupted by nightshift itself more often than this in a row fails.
+pub const MAX_INTERRUPTIONS: u32 = 3;
+
+/// Told to the engine when a try's processes are gone and its outcome is with the writer
+/// (`token` names that start of the try: a sensor's next poke reuses the try number), or,
+/// without a token, when an outcome reached the store (a wake-up: runs may move on).
+pub(crate) struct TryDone {
+    pub ti_pk: i64,
+    pub token: Option<u64>,
+}
+
+pub(crate) struct TryCtx {
+    /// Values of secret environment variables, masked in logs.
+    pub secrets: Vec<String>,
+    pub channels: std::collections::BTreeMap<String, nightshift_core::project::Channel>,
+    pub connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
+    pub store: Arc<Store>,
+    pub clock: Arc<dyn Clock>,
+    pub pipeline: Arc<Pipeline>,
+    pub run: RunRow,
+    pub ti: TiRow,
+    pub try_number: u32,
+    pub owner: String,
+    pub project_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    pub kill_grace: Duration,
+    pub log_max_bytes: u64,
+    pub crash_at: Option<CrashPoint>,
+    pub writer: Writer,
+    pub containment: Containment,
+    pub done: mpsc::UnboundedSender<TryDone>,
+    /// Unique per start of a try in this engine.
+    pub token: u64,
+}
+
+/// Identifies a try's processes on this machine through their environment: unique per
+/// store, task instance and try.
+pub(crate) fn try_key(store: &Store, ti_pk: i64, try_number: u32) -> String {
+    let store_id = nightshift_store::version_hash("store", &store.path().to_string_lossy());
+    format!("{store_id}:{ti_pk}:{try_number}")
+}
+
+/// What conclude needs to know besides the process's outcome.
+struct Concluding {
+    c: TryCtx,
+    task: nightshift_core::pipeline::Task,
+    started: Timestamp,
+    dbt_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+/// Starts a claimed try. Returns its stopper while it runs; `None` when it ended at once
+/// (it could not start; its outcome is with the writer and the engine was told).
+pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
+    let task = c.pipeline.task(&c.ti.task_id).cloned()?;
+    // One folder per run (not per task): creating inodes is a visible share of a short
+    // task's cost.
+    let dir = c.logs_dir.join(&c.run.pipeline).join(&c.run.run_id);
+    let log_path = dir.join(format!("{}.try-{}.log", task.id, c.try_number));
+    let metrics_path = dir.join(format!("{}.try-{}.metrics.jsonl", task.id, c.try_number));
+    let ctx = Context {
+        ds: c.run.logical_date.clone(),
+        run_id: c.run.run_id.clone(),
+        data_interval_start: rfc3339(c.run.data_interval_start),
+        data_interval_end: rfc3339(c.run.data_interval_end),
+        try_number: c.try_number,
+        pipeline: c.run.pipeline.clone(),
+        task_id: task.id.clone(),
+    };
+    let mut cannot_start: Option<String> = None;
+    let mut extra_env: Vec<(String, String)> = vec![];
+    let dbt_dir = dbt::try_dir(
+        &c.project_dir,
+        &c.run.pipeline,
+        &c.run.run_id,
+        &task.id,
+        c.try_number,
+    );
+    let mut built = |r: Result<Vec<String>, String>| {
+        r.unwrap_or_else(|e| {
+            // The work cannot even be described: fail the try without a process.
+            cannot_start = Some(e);
+            vec![]
+        })
+    };
+    let argv = match &task.kind {
+        TaskKind::Notify(spec) => built(kinds::notify_argv(&c, spec)),
+        TaskKind::Publish(spec) => built(kinds::publish_argv(&c, spec, &ctx, &dbt_dir)),
+        TaskKind::Sensor(spec) => built(kinds::sensor_argv(&c, spec, &ctx)),
+        TaskKind::Extract(spec) => built(kinds::extract_argv(&c, spec)),
+        TaskKind::Dbt(spec) => {
+            // A retry runs only what failed or was skipped, when the previous try says so.
+            let prev = (c.try_number > 1)
+                .then(|| {
+                    dbt::read_results(&dbt::try_dir(
+                        &c.project_dir,
+                        &c.run.pipeline,
+                        &c.run.run_id,
+                        &task.id,
+                        c.try_number - 1,
+                    ))
+                })
+                .flatten();
+            let only = prev.as_deref().and_then(dbt::remaining_nodes);
+            if let Some(nodes) = &only {
+                executor::log_note(
+                    &log_path,
+                    c.clock.as_ref(),
+                    &format!(
+                        "retrying only the {} node(s) that did not succeed: {}",
+                        nodes.len(),
+                        nodes.join(" ")
+                    ),
+                );
+            }
+            if let Err(e) = std::fs::create_dir_all(&dbt_dir) {
+                cannot_start = Some(format!("cannot create `{}`: {e}", dbt_dir.display()));
+            }
+            let (argv, env) = dbt::command(spec, &c.project_dir, &dbt_dir, &ctx, only.as_deref());
+            extra_env = env;
+            argv
+        }
+        TaskKind::Shell(s) if s.shell => vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            s.command.first().cloned().unwrap_or_default(),
+        ],
+        TaskKind::Shell(s) => s.command.iter().map(|a| ctx.render(a)).collect(),
+    };
+    let key = try_key(&c.store, c.ti.pk, c.try_number);
+    let mut env = ctx.env();
+    env.push(("NIGHTSHIFT_TRY_KEY".to_owned(), key.clone()));
+    env.extend(extra_env);
+    env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
+    let cwd = match &task.cwd {
+        Some(d) => c.project_dir.join(d),
+        None => c.project_dir.clone(),
+    };
+    let started = c.clock.now();
+    crash_if(&c.crash_at, "after_claim", Some(&task.id));
+    let spec = ChildSpec {
+        argv,
+        env,
+        cwd,
+        log_path: log_path.clone(),
+        metrics_path,
+        // A sensor's `timeout` bounds the whole wait; one poke gets at most a minute.
+        timeout: match &task.kind {
+            TaskKind::Sensor(_) => Some(
+                task.timeout
+                    .unwrap_or(kinds::POKE_TIMEOUT)
+                    .min(kinds::POKE_TIMEOUT),
+            ),
+            _ => task.timeout,
+        },
+        kill_grace: c.kill_grace,
+        stop_signal: match &task.kind {
+            TaskKind::Dbt(_) => nix::sys::signal::Signal::SIGINT,
+            _ => nix::sys::signal::Signal::SIGTERM,
+        },
+        dbt_json_log: matches!(task.kind, TaskKind::Dbt(_)),
+        mask: c.secrets.clone(),
+        log_max_bytes: c.log_max_bytes,
+        cell: c
+            .containment
+            .cell(&format!("try-{}-{}", c.ti.pk, c.try_number), &key),
+    };
+    let writer = c.writer.clone();
+    let clock = c.clock.clone();
+    let record = (c.ti.pk, c.try_number, c.owner.clone());
+    let crash_at = c.crash_at.clone();
+    let task_id = task.id.clone();
+    let concluding = Concluding {
+        c,
+        task,
+        started,
+        dbt_dir,
+        log_path: log_path.clone(),
+    };
+    if let Some(msg) = cannot_start {
+        let end = concluding.c.clock.now();
+        conclude(concluding, ChildOutcome::not_started(msg, end), None);
+        return None;
+    }
+    // `spawn` takes the conclusion for the supervisor thread; a failed spawn gives it back
+    // through this slot.
+    let slot = Arc::new(std::sync::Mutex::new(Some(concluding)));
+    let for_thread = slot.clone();
+    let pid_slot = Arc::new(std::sync::OnceLock::new());
+    let pid_for_thread = pid_slot.clone();
+    let spawned = executor::spawn(spec, clock.clone(), move |outcome| {
+        if let Some(k) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            conclude(k, outcome, pid_for_thread.get().copied());
+        }
+    });
+    match spawned {
+        Ok(sup) => {
+            let _ = pid_slot.set(sup.pid);
+            crash_if(&crash_at, "after_spawn", Some(&task_id));
+            writer.record_spawn(
+                SpawnRecord {
+                    ti_pk: record.0,
+                    try_number: record.1,
+                    owner: record.2,
+                    pid: sup.pid,
+                    pid_start: procs::start_time(sup.pid),
+                    log_path: log_path.to_string_lossy().into_owned(),
+                    stopper: sup.stopper.clone(),
+                },
+                RECORD_PID_AFTER,
+            );
+            Some(sup.stopper)
+        }
+        Err(msg) => {
+            if let Some(k) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                conclude(k, ChildOutcome::not_started(msg, clock.now()), None);
+            }
+            None
+        }
+    }
+}
+
+/// Decides the task's next state from the process's outcome and hands it to the writer.
+/// Runs on the try's supervisor thread (or the engine's, for a try that never started).
+fn conclude(k: Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) {
+    let Concluding {
+        c,
+        task,
+        started,
+        dbt_dir,
+        log_path,
+    } = k;
+    let done = c.done.clone();
+    let ti_pk = c.ti.pk;
+    let token = Some(c.token);
+    if let Some(o) = decide(
+        &c,
+        &task,
+        started,
+        &dbt_dir,
+        &log_path,
+        outcome,
+        spawned_pid,
+    ) {
+        crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
+        c.writer.submit(o);
+    }
+    let _ = done.send(TryDone { ti_pk, token });
+}
+
+fn decide(
+    c: &TryCtx,
+    task: &nightshift_core::pipeline::Task,
+    started: Timestamp,
+    dbt_dir: &std::path::Path,
+    log_path: &std::path::Path,
+    outcome: ChildOutcome,
+    spawned_pid: Option<u32>,
+) -> Option<Outcome> {
+    let end = outcome.end;
+    let mut metrics_map = outcome.metrics.clone();
+    let mut dbt_reason = None;
+    let mut dbt_nodes = None;
+    if let TaskKind::Dbt(_) = &task.kind {
+        if let Some(nodes) = dbt::read_results(dbt_dir) {
+            metrics_map.extend(dbt::summary(&nodes));
+            dbt_reason = dbt::failure_reason(&nodes);
+            dbt_nodes = Some((c.run.pk, task.id.clone(), nodes));
+        }
+        if matches!(outcome.exit, Exit::Code(2)) && dbt_reason.is_none() {
+            dbt_reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
+        }
+    }
+    let base = Outcome {
+        ti_pk: c.ti.pk,
+        try_number: c.try_number,
+        owner: c.owner.clone(),
+        end: to_micros(end),
+        try_state: TaskState::Failed,
+        ti_state: TaskState::Failed,
+        next_try_at: None,
+        exit_code: None,
+        signal: None,
+        error: None,
+        metrics: None,
+        rows_loaded: None,
+        extra_tries: 0,
+        log_path: Some(log_path.to_string_lossy().into_owned()),
+        pid: spawned_pid,
+        interrupted: false,
+        warning: outcome.log_warning.clone(),
+        dbt_nodes,
+        reschedule: None,
+    };
+    let mut sensor_error = None;
+    if let (TaskKind::Sensor(spec), Exit::Code(nightshift_core::pipeline::SENSOR_NOT_YET)) =
+        (&task.kind, &outcome.exit)
+    {
+        let since = c.ti.waiting_since.map(from_micros).unwrap_or(started);
+        let waited = end.duration_since(since);
+        let limit = task.timeout.and_then(|t| SignedDuration::try_from(t).ok());
+        let next = plus(end, spec.poke_interval);
+        if limit.is_none_or(|l| {
+            waited + SignedDuration::try_from(spec.poke_interval).unwrap_or_default() <= l
+        }) {
+            info!(task = %task.id, next_poke = %next, "sensor condition not met yet; waiting without a slot");
+            return Some(Outcome {
+                reschedule: Some((to_micros(started), to_micros(next))),
+                ..base
+            });
+        }
+        sensor_error = Some(format!(
+            "sensor timed out after {} waiting for {}",
+            // The configured timeout: the next poke would have come after it.
+            nightshift_core::time::format_duration(
+                task.timeout.unwrap_or_else(|| waited.unsigned_abs())
+            ),
+            kinds::describe_condition(&spec.condition)
+        ));
+    }
+    let (mut ti_state, error, exit_code, signal) = match &outcome.exit {
+        _ if sensor_error.is_some() => (
+            TaskState::Failed,
+            sensor_error.clone(),
+            Some(nightshift_core::pipeline::SENSOR_NOT_YET),
+            None,
+        ),
+        Exit::Code(0) => (TaskState::Success, None, Some(0), None),
+        Exit::Code(n) => (
+            TaskState::Failed,
+            Some(dbt_reason.clone().unwrap_or_else(|| {
+                // nightshift's own kinds say what went wrong on their last `error:` line.
+                match (&task.kind, &outcome.last_error) {
+                    (TaskKind::Shell(_) | TaskKind::Dbt(_), _) | (_, None) => {
+                        format!("exited with code {n}")
+                    }
+                    (_, Some(e)) => e.clone(),
+                }
+            })),
+            Some(*n),
+            None,
+        ),
+        Exit::Signal(s) => (
+            TaskState::Failed,
+            Some(format!("killed by signal {}", signal_name(*s))),
+            None,
+            Some(*s),
+        ),
+        Exit::Killed(KillReason::Timeout) => (
+            TaskState::Failed,
+            Some(format!(
+                "timed out after {}",
+                nightshift_core::time::format_duration(task.timeout.unwrap_or_default())
+            )),
+            None,
+            None,
+        ),
+        Exit::Killed(KillReason::Shutdown) => (
+            TaskState::UpForRetry,
+            Some("interrupted: the scheduler shut down; will run again".to_owned()),
+            None,
+            None,
+        ),
+        // The try belongs to another engine now, or its cancellation is recorded already:
+        // its outcome is not ours to write.
+        Exit::Killed(KillReason::LostClaim | KillReason::Cancelled) => return None,
+        Exit::SpawnFailed(msg) => (TaskState::Failed, Some(msg.clone()), None, None),
+    };
+    let try_state = if ti_state == TaskState::Success {
+        TaskState::Success
+    } else {
+        TaskState::Failed
+    };
+    let interrupted = matches!(outcome.exit, Exit::Killed(KillReason::Shutdown));
+    let mut next_try_at = None;
+    let mut extra_tries = 0;
+    let mut error = error;
+    if interrupted {
+        (ti_state, next_try_at, extra_tries) = after_interruption(&c.ti, to_micros(end));
+        if ti_state == TaskState::Failed {
+            error = Some(format!(
+                "interrupted {} times in a row; last: the scheduler shut down",
+                c.ti.interruptions + 1
+            ));
+        }
+    } else if ti_state == TaskState::Failed
+        && c.try_number < c.ti.max_tries
+        && sensor_error.is_none()
+    {
+        // (A sensor that timed out is not retried: the data did not arrive in time.)
+        ti_state = TaskState::UpForRetry;
+        next_try_at = Some(to_micros(plus(
+            end,
+            task.retry.delay_before(c.try_number + 1, fastrand::f64()),
+        )));
+    }
+    let rows_loaded = metrics_map.get("rows_loaded").map(|v| *v as i64);
+    // Whole numbers are stored as integers (`"rows_loaded": 12417`, not `12417.0`).
+    let metrics = (!metrics_map.is_empty()).then(|| {
+        let map: serde_json::Map<String, serde_json::Value> = metrics_map
+            .iter()
+            .map(|(k, v)| {
+                let n = if v.fract() == 0.0 && v.abs() < 9e15 {
+                    serde_json::Value::from(*v as i64)
+                } else {
+                    serde_json::Value::from(*v)
+                };
+                (k.clone(), n)
+            })
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    });
+    if let Some(e) = &error {
+        executor::log_note(
+            log_path,
+            c.clock.as_ref(),
+            &format!("try {} failed: {e}", c.try_number),
+        );
+    }
+    Some(Outcome {
+        try_state,
+        ti_state,
+        next_try_at,
+        exit_code,
+        signal,
+        error,
+        metrics,
+        rows_loaded,
+        extra_tries,
+        interrupted,
+        ..base
+    })
+}
+
+/// The task's next state after nightshift itself interrupted its try: run again at once
+/// with the try given back, unless it was interrupted too often in a row.
+pub(crate) fn after_interruption(ti: &TiRow, now: i64) -> (TaskState, Option<i64>, u32) {
+    if ti.interruptions >= MAX_INTERRUPTIONS {
+        (TaskState::Failed, None, 0)
+    } else {
+        (TaskState::UpForRetry, Some(now), 1)
+    }
+}
+
+pub(crate) fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(t)
+}
+
+fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("{} ({sig})", s.as_str()),
+        Err(_) => sig.to_string(),
+    }
+}

@@ -1,0 +1,230 @@
+//! Containment: when a try ends, no process it started survives — a `setsid` child and a
+//! double-forked daemon included.
+//!
+//! Two mechanisms, chosen once per process ([`Containment::detect`]) and named in `up`'s
+//! first lines:
+//! - **cgroup v2**: each try gets a cgroup of its own under a cgroup2 mount nightshift may
+//!   write; the try's process enters it before the task's program starts (a one-line
+//!   `/bin/sh` step writes itself into `cgroup.procs`, then execs the program), so every
+//!   descendant is born inside, and `cgroup.kill` ends them all at once.
+//! - **subreaper + key sweep** (anywhere else): nightshift is a child subreaper, so orphaned
+//!   descendants are re-parented to it rather than to init, and every process whose
+//!   environment carries the try's `NIGHTSHIFT_TRY_KEY` is killed.
+//!
+//! Both also sweep for the key when a try is stopped (timeout, cancel, shutdown).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::procs;
+
+#[derive(Debug, Clone)]
+pub enum Containment {
+    /// Per-try cgroups under this folder (a cgroup of nightshift's own, removed at exit).
+    Cgroup { root: PathBuf },
+    /// `PR_SET_CHILD_SUBREAPER` and a sweep for the try's key.
+    Subreaper,
+}
+
+impl Containment {
+    /// The best mechanism this machine allows. Also makes this process a child subreaper,
+    /// which both mechanisms use to reap what they kill.
+    pub fn detect() -> Containment {
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+        match cgroup_root() {
+            Some(root) => Containment::Cgroup { root },
+            None => Containment::Subreaper,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Containment::Cgroup { root } => format!(
+                "cgroup v2 (a cgroup per try under {}, ended with cgroup.kill)",
+                root.display()
+            ),
+            Containment::Subreaper => {
+                "child subreaper + sweep by NIGHTSHIFT_TRY_KEY (no writable cgroup v2 here)"
+                    .to_owned()
+            }
+        }
+    }
+
+    /// Prepares the try's cell; call [`Cell::adopt`] with the main pid right after spawn.
+    pub fn cell(&self, name: &str, key: &str) -> Cell {
+        let dir = match self {
+            Containment::Cgroup { root } => {
+                let dir = root.join(name);
+                std::fs::create_dir(&dir).ok().map(|_| dir)
+            }
+            Containment::Subreaper => None,
+        };
+        Cell {
+            dir,
+            key: key.to_owned(),
+        }
+    }
+
+    /// Removes this process's cgroup folder if it is empty (at exit).
+    pub fn cleanup(&self) {
+        if let Containment::Cgroup { root } = self {
+            if let Ok(entries) = std::fs::read_dir(root) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// Where one try's processes live.
+pub struct Cell {
+    dir: Option<PathBuf>,
+    key: String,
+}
+
+impl Cell {
+    /// The try's cgroup folder, when cgroups are in force.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Moves the try's main process into its cgroup (its children are then born inside).
+    pub fn adopt(&self, pid: u32) {
+        if let Some(dir) = &self.dir
+            && std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_err()
+        {
+            tracing::debug!(
+                pid,
+                "cannot move the try into its cgroup; the key sweep covers it"
+            );
+        }
+    }
+
+    /// Ends every process of the try and waits until they are gone. `sweep` also searches
+    /// all processes for the try's key (a stopped try, or no cgroup).
+    pub fn kill_all(&self, sweep: bool) {
+        let mut sweep = sweep || self.dir.is_none();
+        if let Some(dir) = &self.dir {
+            let procs_file = dir.join("cgroup.procs");
+            let members = read_pids(&procs_file);
+            if !members.is_empty() {
+                if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    for pid in &members {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+                    }
+                    sweep = true;
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let left = read_pids(&procs_file);
+                    reap(&members);
+                    if left.is_empty() || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        if sweep {
+            let killed = procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &self.key, Duration::ZERO);
+            reap(&killed);
+        }
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Collects the exit status of killed processes that were re-parented to this subreaper,
+/// so they do not linger as zombies. Pids that are not our children are left alone.
+fn reap(pids: &[u32]) {
+    let me = std::process::id();
+    for pid in pids {
+        if procs::parent(*pid) == Some(me) {
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(*pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
+/// A cgroup2 folder this process may create per-try cgroups in: `nightshift-<pid>` next to
+/// the cgroup it runs in, on the first writable cgroup2 mount.
+fn cgroup_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    let parent = mount.join(rel);
+    remove_stale(&parent);
+    let root = parent.join(format!("nightshift-{}", std::process::id()));
+    if std::fs::create_dir(&root).is_err() && !root.is_dir() {
+        return None;
+    }
+    // A probe cell proves the folder is usable (kill support included) before trusting it.
+    let probe = root.join("probe");
+    let ok = std::fs::create_dir(&probe).is_ok() && probe.join("cgroup.kill").exists();
+    let _ = std::fs::remove_dir(&probe);
+    if !ok {
+        let _ = std::fs::remove_dir(&root);
+        return None;
+    }
+    Some(root)
+}
+
+/// Removes the empty cgroup folders of nightshift processes that are gone (a SIGKILLed
+/// scheduler cannot clean up after itself). Folders that still hold processes stay: orphan
+/// recovery kills those by their key.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("nightshift-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if procs::alive(pid, None) {
+            continue;
+        }
+        if let Ok(cells) = std::fs::read_dir(e.path()) {
+            for c in cells.flatten() {
+                let _ = std::fs::remove_dir(c.path());
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}

@@ -1,0 +1,577 @@
+//! Supervision that nothing outside the task stalls: a locked or full store, escaped
+//! descendants, huge logs, a full log disk, repeated stop signals and the scheduler's own
+//! death. Real processes, a real `sqlite3` holding the lock, real tmpfs mounts.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Duration of a try in seconds, from the store's figures.
+fn secs(t: &Value) -> f64 {
+    t["duration_ms"].as_f64().unwrap_or(-1.0) / 1000.0
+}
+
+fn only_try<'a>(doc: &'a Value, id: &str) -> &'a Value {
+    let tries = task(doc, id)["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 1, "{id} ran once: {doc}");
+    &tries[0]
+}
+
+/// `sqlite3` holding `BEGIN EXCLUSIVE` on the store until its stdin closes.
+struct HeldLock(std::process::Child);
+
+impl HeldLock {
+    fn take(db: &std::path::Path) -> HeldLock {
+        use std::io::Write;
+        let mut c = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 command-line tool (tools/testdeps/install installs it)");
+        let stdin = c.stdin.as_mut().unwrap();
+        writeln!(stdin, ".timeout 30000\nBEGIN EXCLUSIVE;\nSELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        // Wait until the lock is really held: sqlite3 answers the SELECT inside it.
+        let mut out = c.stdout.take().unwrap();
+        let mut buf = [0u8; 7];
+        std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+        assert_eq!(&buf, b"locked\n");
+        HeldLock(c)
+    }
+
+    fn release(mut self) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_store_locked_for_a_minute_stalls_no_running_try() {
+    let p = TestProject::new();
+    // Each task notes when it really started and ended, to check the recorded durations.
+    p.file(
+        "stream.sh",
+        "#!/bin/sh\nchunk=$(head -c 204800 /dev/zero | tr '\\0' x)\ni=0\nwhile [ $i -lt 48 ]; do echo \"$chunk\"; sleep 0.25; i=$((i+1)); done\n",
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"gate\"\ncommand = [\"sleep\", \"1\"]\n\
+               [[task]]\nid = \"stream\"\ncommand = [\"./stream.sh\"]\ntimeout = \"120s\"\ndepends_on = [\"gate\"]\n\
+               [[task]]\nid = \"five\"\ncommand = [\"sleep\", \"5\"]\ndepends_on = [\"gate\"]\n\
+               [[task]]\nid = \"hang\"\ncommand = [\"sleep\", \"600\"]\ntimeout = \"3s\"\ndepends_on = [\"gate\"]\n"),
+    );
+    p.file("nightshift.toml", "kill_grace = \"1s\"\n");
+    let token = "lock-test-token";
+    let mut up = p.spawn(
+        &["up", "--bind", "127.0.0.1:0"],
+        &[("NIGHTSHIFT_TOKEN", token)],
+        "up",
+    );
+    let url = web_url(&p, "up");
+    p.wait_for("the gate task to start", || {
+        p.runs("p")
+            .first()
+            .is_some_and(|r| r["status"] == "RUNNING")
+    });
+    // Take the lock while `gate` runs, so the three tasks start just before it... or not
+    // at all: wait until they are running first.
+    p.wait_for("the three tasks to start", || {
+        let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+        ["stream", "five", "hang"]
+            .iter()
+            .all(|t| task(&doc, t)["state"] == "RUNNING")
+    });
+    let locked_at = Instant::now();
+    let lock = HeldLock::take(&p.path().join(".nightshift/nightshift.db"));
+    // An API write during the lock answers quickly (503 with Retry-After), not after it.
+    let asked = Instant::now();
+    let resp = http()
+        .post(format!("{url}/api/v1/pipelines/p/runs"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"ds": "2024-01-01"}"#)
+        .unwrap();
+    let answered = asked.elapsed();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let health = http()
+        .get(format!("{url}/healthz"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    while locked_at.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lock.release();
+    p.wait_for("the run to finish", || {
+        p.runs("p")[0]["status"].as_str() != Some("RUNNING")
+    });
+    let err = p.read("up.stderr");
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    assert!(
+        answered < Duration::from_secs(5),
+        "the API answered within its bound during the lock: {answered:?}"
+    );
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert!(health.starts_with("degraded"), "{health}");
+    assert!(
+        err.contains("the metadata store is unavailable")
+            || err.contains("the metadata store refuses writes"),
+        "the degraded state is logged: {err}"
+    );
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    let stream = only_try(&doc, "stream");
+    assert_eq!(stream["state"], "SUCCESS", "{doc}");
+    assert!((11.0..=14.0).contains(&secs(stream)), "{stream}");
+    let five = only_try(&doc, "five");
+    assert_eq!(five["state"], "SUCCESS", "{doc}");
+    assert!((4.0..=6.0).contains(&secs(five)), "{five}");
+    let hang = only_try(&doc, "hang");
+    assert_eq!(hang["state"], "FAILED");
+    assert_eq!(hang["error"], "timed out after 3s");
+    assert!((2.0..=4.5).contains(&secs(hang)), "{hang}");
+    let log = std::fs::read_to_string(stream["log_path"].as_str().unwrap()).unwrap();
+    // Every byte the task wrote is in its log (long lines are kept in 64 KiB pieces).
+    let xs: usize = log
+        .lines()
+        .filter_map(|l| l.split_once("[out] "))
+        .map(|(_, t)| t.bytes().filter(|b| *b == b'x').count())
+        .sum();
+    assert_eq!(xs, 48 * 204_800);
+    // The trigger refused during the lock created nothing.
+    assert_eq!(p.runs("p").len(), 1);
+}
+
+/// A small tmpfs mounted by the test; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: {}",
+            stderr(&out)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Fills the disk with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let f = self.0.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", f.display()))
+            .stderr(Stdio::null())
+            .status();
+        f
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l"]).arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_outcome_decided_while_the_stores_disk_is_full_is_recorded_once_space_returns() {
+    let p = TestProject::new();
+    let disk = Tmpfs::mount(&p.path().join(".nightshift"), "64m");
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"work\"\ncommand = [\"sh\", \"-c\", \"while [ ! -f go ]; do sleep 0.1; done; echo ran >> runs.txt\"]\n"),
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the task to start", || {
+        p.runs("p")
+            .first()
+            .is_some_and(|r| r["status"] == "RUNNING")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let filler = disk.fill();
+    // The task ends (exit 0) while nothing can be written under the store.
+    p.file("go", "");
+    p.wait_for("the task to finish", || p.read("runs.txt").contains("ran"));
+    std::thread::sleep(Duration::from_secs(60));
+    std::fs::remove_file(&filler).unwrap();
+    p.wait_for("the run to finish", || {
+        p.runs("p")[0]["status"].as_str() == Some("SUCCESS")
+    });
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    let t = only_try(&doc, "work");
+    assert_eq!(t["state"], "SUCCESS", "{doc}");
+    assert!(t["error"].is_null(), "not labelled interrupted: {t}");
+    assert_eq!(p.read("runs.txt").lines().count(), 1, "the task ran once");
+    drop(disk);
+}
+
+#[test]
+fn a_timeout_ends_setsid_and_double_forked_descendants() {
+    let marker = format!("escape-marker-{}", std::process::id());
+    let p = TestProject::new();
+    // One child leaves the process group with setsid; one daemonizes (fork, setsid, fork)
+    // and closes its output so nothing ties it to the try.
+    p.file(
+        "escape.sh",
+        &format!(
+            "#!/bin/sh\nsetsid sh -c 'sleep 300; :' {marker}-a &\n( setsid sh -c \"sh -c 'sleep 300; :' {marker}-b & exit 0\" </dev/null >/dev/null 2>&1 & )\nsh -c 'sleep 300; :' {marker}-main\n"
+        ),
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"escape\"\ncommand = [\"./escape.sh\"]\ntimeout = \"3s\"\n"),
+    );
+    p.file("nightshift.toml", "kill_grace = \"2s\"\n");
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the descendants to start", || {
+        processes_with(&marker).len() >= 3
+    });
+    let started = Instant::now();
+    // At 6 s after the start (timeout 3 s + kill grace 2 s + 1 s), nothing of the try lives.
+    while started.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alive = processes_with(&marker);
+    p.wait_for("the try to be recorded", || {
+        p.runs("p")[0]["status"].as_str() == Some("FAILED")
+    });
+    let err = p.read("up.stderr");
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    assert_eq!(alive, Vec::<u32>::new(), "descendants survived: {err}");
+    assert!(err.contains("containment: "), "{err}");
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    assert_eq!(only_try(&doc, "escape")["error"], "timed out after 3s");
+}
+
+#[test]
+fn an_escaped_child_holding_stdout_does_not_delay_the_outcome_or_survive() {
+    let marker = format!("holder-marker-{}", std::process::id());
+    let p = TestProject::new();
+    p.file(
+        "holder.sh",
+        &format!("#!/bin/sh\nsetsid sh -c 'sleep 300; :' {marker} &\necho done\n"),
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday()) + "[[task]]\nid = \"h\"\ncommand = [\"./holder.sh\"]\n"),
+    );
+    let out = p.run(&["run", "p", "--date", &yesterday()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    let t = only_try(&doc, "h");
+    assert_eq!(t["state"], "SUCCESS");
+    assert!(secs(t) < 5.0, "the end is the main process's exit: {t}");
+}
+
+#[test]
+fn a_huge_log_keeps_head_and_tail_within_its_cap() {
+    let p = TestProject::new();
+    // 300 MB of 100-byte lines against a 100 MiB cap (the default).
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"loud\"\ncommand = [\"sh\", \"-c\", \"yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 300000000\"]\n"),
+    );
+    let out = p.run(&["run", "p", "--date", &yesterday()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    let t = only_try(&doc, "loud");
+    assert_eq!(t["state"], "SUCCESS");
+    let path = t["log_path"].as_str().unwrap();
+    let size = std::fs::metadata(path).unwrap().len();
+    assert!(size <= 101 * 1024 * 1024, "{size}");
+    assert!(size >= 70 * 1024 * 1024, "{size}");
+    let marker = Command::new("grep")
+        .args(["-c", "log cap of 100.0 MiB reached"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&marker).trim(), "1");
+    assert!(
+        t["warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("log cut at its cap"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_full_log_disk_is_a_warning_on_the_try_not_a_failure() {
+    let p = TestProject::new();
+    let disk = Tmpfs::mount(&p.path().join(".nightshift/logs"), "1m");
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"chatty\"\ncommand = [\"sh\", \"-c\", \"head -c 5000000 /dev/zero | tr '\\\\0' 'y' | fold -w 100\"]\n"),
+    );
+    let out = p.run(&["run", "p", "--date", &yesterday()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
+    let t = only_try(&doc, "chatty");
+    assert_eq!(t["state"], "SUCCESS", "{doc}");
+    assert!(
+        t["warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("No space left on device"),
+        "{t}"
+    );
+    assert!(
+        stderr(&out).contains("the try goes on without its log"),
+        "{}",
+        stderr(&out)
+    );
+    drop(disk);
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once_and_no_run_is_left_running() {
+    let marker = format!("second-term-{}", std::process::id());
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + &format!("[[task]]\nid = \"long\"\ncommand = [\"sh\", \"-c\", \"trap '' TERM; sleep 300; true\", \"{marker}\"]\n")),
+    );
+    p.file(
+        "nightshift.toml",
+        "shutdown_grace = \"5m\"\nkill_grace = \"5m\"\n",
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the task to start", || !processes_with(&marker).is_empty());
+    sigterm(&up);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(up.try_wait().unwrap().is_none(), "the first SIGTERM drains");
+    let second = Instant::now();
+    sigterm(&up);
+    let status = up.wait().unwrap();
+    let took = second.elapsed();
+    assert!(status.success(), "{}", p.read("up.stderr"));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+    let runs = p.runs("p");
+    assert!(
+        runs.iter().all(|r| r["status"] != "RUNNING"),
+        "no run RUNNING after the shutdown: {runs:?}"
+    );
+    assert_eq!(runs[0]["status"], "QUEUED");
+    let doc = p.tasks(runs[0]["run_id"].as_str().unwrap());
+    assert_eq!(task(&doc, "long")["state"], "UP_FOR_RETRY");
+}
+
+#[test]
+fn with_no_retries_a_killed_scheduler_does_not_fail_the_run() {
+    let p = TestProject::new();
+    p.file(
+        "work.sh",
+        "#!/bin/sh\necho start >> events.txt\nif [ ! -f second ]; then touch second; sleep 300; fi\necho end >> events.txt\n",
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday()) + "[[task]]\nid = \"w\"\ncommand = [\"./work.sh\"]\n"),
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the task to start", || {
+        p.read("events.txt").contains("start")
+    });
+    sigkill(&mut up);
+    let mut up2 = p.spawn(&["up", "--no-web"], &[], "up2");
+    p.wait_for("the run to finish", || {
+        p.runs("p")[0]["status"]
+            .as_str()
+            .is_some_and(|s| s == "SUCCESS" || s == "FAILED")
+    });
+    sigterm(&up2);
+    assert!(up2.wait().unwrap().success());
+    let runs = p.runs("p");
+    assert_eq!(runs[0]["status"], "SUCCESS", "{}", p.read("up2.stderr"));
+    let doc = p.tasks(runs[0]["run_id"].as_str().unwrap());
+    let tries = task(&doc, "w")["tries"].as_array().unwrap().clone();
+    assert_eq!(tries.len(), 2, "{doc}");
+    assert!(
+        tries[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("interrupted: the scheduler running this try"),
+        "{doc}"
+    );
+    assert_eq!(tries[1]["state"], "SUCCESS");
+}
+
+#[test]
+fn without_catchup_the_skipped_intervals_are_said_and_counted() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &days_ago(10)).replace("catchup = true", "catchup = false")
+            + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n"),
+    );
+    let mut up = p.spawn(&["up", "--bind", "127.0.0.1:0"], &[], "up");
+    let url = web_url(&p, "up");
+    p.wait_for("the latest run", || !p.runs("p").is_empty());
+    let metrics = http()
+        .get(format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    let err = p.read("up.stderr");
+    assert_eq!(
+        err.matches("catchup = false: skipped 9 interval(s)")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        metrics.contains("nightshift_skipped_intervals_total{pipeline=\"p\"} 9"),
+        "{metrics}"
+    );
+    assert_eq!(p.runs("p").len(), 1);
+}
+
+#[test]
+fn ctrl_c_on_a_foreground_backfill_cancels_its_runs_and_the_schedule_goes_on() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/bf.toml",
+        &(daily("bf", &days_ago(300))
+            .replace("catchup = true", "catchup = false")
+            .replace("max_active_runs = 1", "max_active_runs = 2")
+            + "[[task]]\nid = \"a\"\ncommand = [\"sleep\", \"0.3\"]\n"),
+    );
+    p.file(
+        "pipelines/minutely.toml",
+        "schedule = \"* * * * *\"\nstart_date = \"2024-01-01\"\ncatchup = false\n[[task]]\nid = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the schedule's first run", || {
+        !p.runs("minutely").is_empty()
+    });
+    let (from, to) = (days_ago(250), days_ago(51));
+    let mut bf = p.spawn(
+        &["backfill", "bf", "--from", &from, "--to", &to],
+        &[],
+        "backfill",
+    );
+    let backfill_runs = || -> Vec<Value> {
+        p.runs_all("bf")
+            .into_iter()
+            .filter(|r| r["trigger"] == "backfill")
+            .collect()
+    };
+    let done = |runs: &[Value]| runs.iter().filter(|r| r["status"] == "SUCCESS").count();
+    p.wait_for("a few backfill runs to succeed", || {
+        done(&backfill_runs()) >= 3
+    });
+    let _ = Command::new("kill")
+        .args(["-INT", &bf.id().to_string()])
+        .status();
+    let status = bf.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", p.read("backfill.stderr"));
+    let err = p.read("backfill.stderr");
+    assert!(err.contains("unfinished run(s) cancelled"), "{err}");
+    let after = backfill_runs();
+    assert_eq!(after.len(), 200);
+    // The engine of `up` stops any try of a cancelled run at its next heartbeat.
+    std::thread::sleep(Duration::from_secs(5));
+    let later = backfill_runs();
+    assert_eq!(done(&later), done(&after), "SUCCESS runs stopped growing");
+    let cancelled = later.iter().filter(|r| r["status"] == "CANCELLED").count();
+    assert_eq!(done(&later) + cancelled, 200, "{later:?}");
+    assert!(cancelled > 100);
+    // The schedule was not touched: the every-minute pipeline gets its next run.
+    let before = p.runs("minutely").len();
+    p.wait_for("the schedule to fire again", || {
+        p.runs("minutely").len() > before
+    });
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    // Running the same backfill again resumes the cancelled runs.
+    let again = p.run(&[
+        "backfill",
+        "bf",
+        "--from",
+        &days_ago(55),
+        "--to",
+        &to,
+        "--detach",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn cancel_stops_a_running_try_and_records_it() {
+    let marker = format!("cancel-marker-{}", std::process::id());
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + &format!("[[task]]\nid = \"long\"\ncommand = [\"sh\", \"-c\", \"sleep 300; true\", \"{marker}\"]\n[[task]]\nid = \"after\"\ncommand = [\"true\"]\ndepends_on = [\"long\"]\n")),
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("the task to start", || !processes_with(&marker).is_empty());
+    let run_id = p.runs("p")[0]["run_id"].as_str().unwrap().to_owned();
+    let bad = p.run(&["cancel", "p"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("name the runs to cancel"),
+        "{}",
+        stderr(&bad)
+    );
+    let out = p.run(&["cancel", "p", &run_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("cancelled 1 run(s): {run_id}")));
+    p.wait_for("the try's process to be killed", || {
+        processes_with(&marker).is_empty()
+    });
+    let again = p.run(&["cancel", "p", &run_id]);
+    assert_eq!(again.status.code(), Some(1), "nothing left to cancel");
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    let runs = p.runs("p");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "CANCELLED");
+    let doc = p.tasks(&run_id);
+    assert_eq!(task(&doc, "long")["state"], "CANCELLED");
+    assert_eq!(task(&doc, "after")["state"], "CANCELLED");
+    let t = only_try(&doc, "long");
+    assert_eq!(t["state"], "CANCELLED", "{doc}");
+    assert!(t["error"].as_str().unwrap().starts_with("cancelled"), "{t}");
+    let why = stdout(&p.run(&["explain", &run_id]));
+    assert!(why.contains("cancelled at"), "{why}");
+    // A cancelled run can be run again.
+    let rerun = p.run(&["rerun", &run_id]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+}
