@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use nightshift_core::deadline::DeadlineState;
+use nightshift_core::event::Event;
 use nightshift_core::project::{AlertKind, ProjectSettings};
 use nightshift_core::time::to_micros;
 use nightshift_core::{RunState, TaskState};
-use nightshift_engine::Event;
 use nightshift_store::{NewAlert, Store};
 use serde_json::json;
 
@@ -55,6 +55,7 @@ impl Alerter {
         settings: ProjectSettings,
         project_dir: PathBuf,
         on_failure: Option<FailureHook>,
+        host: &str,
     ) -> Alerter {
         let base_url = settings
             .alerts
@@ -95,11 +96,7 @@ impl Alerter {
             store,
             settings,
             base_url,
-            owner: format!(
-                "{}:{}",
-                nightshift_engine::procs::hostname(),
-                std::process::id()
-            ),
+            owner: format!("{host}:{}", std::process::id()),
             workers,
             outstanding,
         }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`deadline`]: deadline instants and the finish-time forecast.
 //! - [`diag`]: diagnostics with file positions, rendered like cargo's.
+//! - [`event`]: what the engine reports (events) and its loop's figures (stats).
 //! - [`project`]: `nightshift.toml` settings.
 //! - [`pipeline`]: the pipeline model and the validation of pipeline files.
 //! - [`template`]: `{{ ds }}` templates for task arguments.
@@ -11,6 +12,7 @@
 
 pub mod deadline;
 pub mod diag;
+pub mod event;
 pub mod pipeline;
 pub mod project;
 pub mod state;

@@ -8,8 +8,7 @@
 //! supervisor decides (exit, timeout, stop) and hands the outcome to a callback.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -23,6 +22,8 @@ use nix::sys::signal::Signal;
 use crate::clock::Clock;
 use crate::contain::Cell;
 use crate::procs;
+pub use crate::trylog::log_note;
+use crate::trylog::{LOG_BUFFER, LogSink};
 
 /// Why the executor stopped a process before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,235 +97,6 @@ impl ChildOutcome {
 
 /// Longest log line kept whole; longer lines are split so one line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
-/// The log is written through a buffer of this size (one write syscall per buffer, not per
-/// line), flushed whenever the task pauses so a live tail stays current.
-const LOG_BUFFER: usize = 64 * 1024;
-
-/// A try's log file, created on its first line (a task that prints nothing costs no file).
-/// Keeps the first half of its cap; past that, the latest output goes to two alternating
-/// tail files, joined to the log with a marker line when the try ends.
-pub struct LogSink {
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
-    mask: Vec<String>,
-    last_error: Option<String>,
-    cap: u64,
-    head: u64,
-    tail: Option<Tail>,
-    /// Bytes offered after the head was full.
-    after_head: u64,
-    error: Option<String>,
-    stamp: (i64, String),
-}
-
-struct Tail {
-    paths: [PathBuf; 2],
-    cur: usize,
-    file: BufWriter<File>,
-    len: u64,
-}
-
-impl LogSink {
-    pub fn new(path: PathBuf, mask: Vec<String>, cap: u64) -> Self {
-        LogSink {
-            path,
-            file: None,
-            mask,
-            last_error: None,
-            cap: cap.max(4096),
-            head: 0,
-            tail: None,
-            after_head: 0,
-            error: None,
-            stamp: (i64::MIN, String::new()),
-        }
-    }
-
-    fn failed(&mut self, what: &str, e: std::io::Error) {
-        if self.error.is_some() {
-            return;
-        }
-        let msg = format!("cannot write the try's log `{}`: {e}", self.path.display());
-        tracing::warn!(log = %self.path.display(), error = %e, "{what}: the try goes on without its log");
-        // Where the disk allows a last line, say why the log stops here.
-        if let Some(f) = self.file.as_mut() {
-            let _ = f.flush();
-            let _ = writeln!(f.get_mut(), "[nightshift] {msg}; output after this is lost");
-        }
-        self.error = Some(msg);
-    }
-
-    fn open(&mut self) -> Option<&mut BufWriter<File>> {
-        if self.file.is_none() && self.error.is_none() {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-            {
-                Ok(f) => {
-                    self.head = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    self.file = Some(BufWriter::with_capacity(LOG_BUFFER, f));
-                }
-                Err(e) => self.failed("cannot open the log", e),
-            }
-        }
-        self.file.as_mut()
-    }
-
-    /// Writes one line with its time and stream.
-    pub fn line(&mut self, clock: &dyn Clock, stream: &str, raw: &[u8]) {
-        let mut text = String::from_utf8_lossy(raw);
-        while text.ends_with(['\n', '\r']) {
-            text.to_mut().pop();
-        }
-        for secret in &self.mask {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "***").into();
-            }
-        }
-        if stream == "err"
-            && let Some(e) = text.strip_prefix("error: ")
-        {
-            self.last_error = Some(e.chars().take(2000).collect());
-        }
-        if self.error.is_some() {
-            return;
-        }
-        let now = clock.now();
-        let ms = now.as_millisecond();
-        if self.stamp.0 != ms {
-            self.stamp = (ms, now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
-        }
-        let len = (self.stamp.1.len() + stream.len() + text.len() + 5) as u64;
-        let head_room = self.cap / 2;
-        if self.head + len <= head_room && self.tail.is_none() {
-            let stamp = std::mem::take(&mut self.stamp.1);
-            let r = match self.open() {
-                Some(f) => writeln!(f, "{stamp} [{stream}] {text}"),
-                None => Ok(()),
-            };
-            self.stamp.1 = stamp;
-            match r {
-                Ok(()) => self.head += len,
-                Err(e) => self.failed("cannot write the log", e),
-            }
-            return;
-        }
-        self.after_head += len;
-        if let Err(e) = self.tail_line(len, stream, &text) {
-            self.failed("cannot write the log's tail", e);
-        }
-    }
-
-    fn tail_line(&mut self, len: u64, stream: &str, text: &str) -> std::io::Result<()> {
-        let part = self.cap / 4;
-        if self.tail.is_none() {
-            let paths = [
-                self.path.with_extension("log.tail0"),
-                self.path.with_extension("log.tail1"),
-            ];
-            let file = BufWriter::with_capacity(LOG_BUFFER, File::create(&paths[0])?);
-            self.tail = Some(Tail {
-                paths,
-                cur: 0,
-                file,
-                len: 0,
-            });
-        }
-        let Some(t) = self.tail.as_mut() else {
-            return Ok(());
-        };
-        if t.len + len > part {
-            t.file.flush()?;
-            t.cur = 1 - t.cur;
-            t.file = BufWriter::with_capacity(LOG_BUFFER, File::create(&t.paths[t.cur])?);
-            t.len = 0;
-        }
-        writeln!(t.file, "{} [{stream}] {text}", self.stamp.1)?;
-        t.len += len;
-        Ok(())
-    }
-
-    pub fn flush(&mut self) {
-        let r = match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        };
-        if let Err(e) = r {
-            self.failed("cannot write the log", e);
-        }
-        if let Some(t) = self.tail.as_mut() {
-            let _ = t.file.flush();
-        }
-    }
-
-    /// Joins the tail to the log behind a marker saying how much was dropped. Returns the
-    /// warning to keep on the try, if any.
-    pub fn finish(&mut self) -> Option<String> {
-        self.flush();
-        if let Some(t) = self.tail.take() {
-            drop(t.file);
-            let older = &t.paths[1 - t.cur];
-            let newer = &t.paths[t.cur];
-            let kept: u64 = [older, newer]
-                .iter()
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            let dropped = self.after_head.saturating_sub(kept);
-            let marker = format!(
-                "[nightshift] log cap of {} reached: {} of output dropped here; the last {} follow",
-                bytes(self.cap),
-                bytes(dropped),
-                bytes(kept)
-            );
-            let joined = (|| -> std::io::Result<()> {
-                let f = self
-                    .file
-                    .as_mut()
-                    .ok_or_else(|| std::io::Error::other("log not open"))?;
-                writeln!(f, "{marker}")?;
-                for p in [older, newer] {
-                    if let Ok(mut src) = File::open(p) {
-                        std::io::copy(&mut src, f)?;
-                    }
-                }
-                f.flush()
-            })();
-            let _ = std::fs::remove_file(older);
-            let _ = std::fs::remove_file(newer);
-            if let Err(e) = joined {
-                self.failed("cannot join the log's tail", e);
-            }
-            if self.error.is_none() {
-                return Some(format!(
-                    "log cut at its cap of {}: {} dropped between head and tail",
-                    bytes(self.cap),
-                    bytes(dropped)
-                ));
-            }
-        }
-        self.file = None;
-        self.error.clone()
-    }
-}
-
-fn bytes(n: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if n as f64 >= MIB {
-        format!("{:.1} MiB", n as f64 / MIB)
-    } else {
-        format!("{n} bytes")
-    }
-}
-
-/// Writes a line into a try's log as the orchestrator (not the task).
-pub fn log_note(path: &Path, clock: &dyn Clock, text: &str) {
-    let mut sink = LogSink::new(path.to_owned(), vec![], u64::MAX);
-    sink.line(clock, "nightshift", text.as_bytes());
-    sink.finish();
-}
-
 fn spawn_reader(
     mut r: impl Read + Send + 'static,
     log: Arc<Mutex<LogSink>>,
@@ -338,9 +110,9 @@ fn spawn_reader(
             let emit = |sink: &mut LogSink, line: &[u8]| {
                 if dbt_json && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line))
                 {
-                    sink.line(clock.as_ref(), stream, text.as_bytes());
+                    sink.line_stamped(stream, text.as_bytes());
                 } else {
-                    sink.line(clock.as_ref(), stream, line);
+                    sink.line_stamped(stream, line);
                 }
             };
             let mut buf = vec![0u8; LOG_BUFFER];
@@ -353,8 +125,9 @@ fn spawn_reader(
                     Ok(n) => n,
                 };
                 let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                sink.stamp_now(clock.as_ref());
                 let mut rest = &buf[..n];
-                while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                while let Some(i) = memchr::memchr(b'\n', rest) {
                     if partial.is_empty() {
                         emit(&mut sink, &rest[..i]);
                     } else {
@@ -377,6 +150,7 @@ fn spawn_reader(
             }
             if !partial.is_empty() {
                 let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                sink.stamp_now(clock.as_ref());
                 emit(&mut sink, &partial);
             }
         })
@@ -666,7 +440,7 @@ fn supervise(
         end,
         metrics,
         metrics_warnings,
-        last_error: sink.last_error.take(),
+        last_error: sink.take_last_error(),
         log_warning,
     }
 }
@@ -699,29 +473,4 @@ pub fn read_metrics(path: &Path) -> (BTreeMap<String, f64>, Vec<String>) {
         }
     }
     (sums, warnings)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::SystemClock;
-
-    #[test]
-    fn a_log_past_its_cap_keeps_head_and_tail_with_a_marker() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.log");
-        let mut sink = LogSink::new(path.clone(), vec!["hunter2".into()], 40_000);
-        for i in 0..5000 {
-            sink.line(&SystemClock, "out", format!("line {i} hunter2").as_bytes());
-        }
-        let warning = sink.finish().unwrap();
-        assert!(warning.contains("dropped"), "{warning}");
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() < 45_000, "{}", text.len());
-        assert!(text.contains("[out] line 0 ***"));
-        assert!(text.contains("[out] line 4999 ***"));
-        assert!(!text.contains("line 2500 "));
-        assert!(text.contains("[nightshift] log cap of 40000 bytes reached"));
-        assert!(!dir.path().join("t.log.tail0").exists());
-    }
 }

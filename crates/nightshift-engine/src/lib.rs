@@ -6,7 +6,12 @@
 //! - [`engine`]: the scheduler loop, run creation, orphan recovery.
 //! - [`dbt`]: the dbt kind's command line, retries of failed nodes, run_results.json.
 //! - [`explain`]: why a run or task is where it is, in words.
-//! - [`executor`]: one try as a child process in its own group, with logs and metrics.
+//! - [`executor`]: one try as a child process, supervised on its own threads.
+//! - [`trylog`]: a try's buffered, capped log.
+//! - [`attempt`]: a try's life, prepare → spawn → conclude; `kinds`: the built-in kinds' argv.
+//! - [`contain`]: ending every process of a try (cgroup v2, or subreaper + key sweep).
+//! - [`outcome`]: the outcome writer and its journal.
+//! - [`crash`]: named crash points for recovery tests.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
 pub mod attempt;
@@ -21,6 +26,7 @@ mod kinds;
 pub mod outcome;
 pub mod procs;
 pub mod project;
+pub mod trylog;
 
 pub use clock::{Clock, SimClock, SystemClock};
 pub use engine::{CrashPoint, Engine, Event, Mode, Options, Stats};

@@ -145,6 +145,9 @@ pub fn run(
         source: e,
     })?;
     let output = Path::new(&req.project_dir).join(&req.spec.output);
+    // Real time on purpose: `_extracted_at` is when the rows were loaded, which dbt's source
+    // freshness compares with the warehouse's clock.
+    #[allow(clippy::disallowed_methods)]
     let extracted_at = jiff::Timestamp::try_from(std::time::SystemTime::now())
         .map(|t| t.to_string())
         .unwrap_or_default();

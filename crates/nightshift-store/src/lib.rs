@@ -657,11 +657,12 @@ impl Store {
     pub fn working_runs(&self, queued: u32) -> Result<Vec<RunRow>> {
         self.read(|c| {
             let mut s = c.prepare_cached(&format!(
-                "SELECT {RUN_COLS} FROM pipeline_runs WHERE status = 'RUNNING'
+                // `status IN (…)` repeats the partial index's condition so SQLite uses it.
+                "SELECT {RUN_COLS} FROM pipeline_runs WHERE status IN ('QUEUED', 'RUNNING') AND status = 'RUNNING'
                  UNION ALL
                  SELECT {RUN_COLS} FROM (
                      SELECT *, ROW_NUMBER() OVER (PARTITION BY pipeline, (\"trigger\" = 'backfill') ORDER BY data_interval_start, id) AS n
-                     FROM pipeline_runs WHERE status = 'QUEUED')
+                     FROM pipeline_runs WHERE status IN ('QUEUED', 'RUNNING') AND status = 'QUEUED')
                  WHERE n <= ?1
                  ORDER BY data_interval_start, id"
             ))?;

@@ -29,7 +29,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nightshift_core::Pipeline;
-use nightshift_engine::Stats;
+use nightshift_core::event::Stats;
 use nightshift_engine::project::{self, Project};
 use nightshift_store::Store;
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use nightshift_core::RunState;
-use nightshift_engine::Event;
+use nightshift_core::event::Event;
 use nightshift_store::Store;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -192,11 +192,13 @@ impl Metrics {
     }
 
     /// The exposition, with gauges refreshed from the store.
-    pub fn render(&self, store: &Store, stats: Option<&nightshift_engine::Stats>) -> String {
+    pub fn render(&self, store: &Store, stats: Option<&nightshift_core::event::Stats>) -> String {
         if let Some(s) = stats {
             // A loop stuck in a store call shows as the age of its last iteration.
-            self.loop_lag
-                .set(s.loop_lag(std::time::Duration::from_secs(1)).as_secs_f64());
+            self.loop_lag.set(
+                s.loop_lag(now_us(), std::time::Duration::from_secs(1))
+                    .as_secs_f64(),
+            );
             let skipped = s.skipped.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for (p, n) in skipped {
                 let c = self.skipped.with_label_values(&[p.as_str()]);
@@ -238,4 +240,10 @@ pub async fn handler(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
         body,
     )
         .into_response()
+}
+
+/// Real time in µs, for the loop-lag gauge (the loop's tick is real time too).
+fn now_us() -> i64 {
+    #[allow(clippy::disallowed_methods)]
+    jiff::Timestamp::now().as_microsecond()
 }

@@ -2,6 +2,9 @@
 //! the same machine (the same processes spawned by a plain loop, or the same pass without
 //! history), and beside the target. Run: `cargo bench -p nightshift --bench engine`.
 
+// A benchmark prints its table, and reads the real clock and environment to set itself up.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -362,6 +362,7 @@ pub async fn drive_until(
         engine.project().settings.clone(),
         engine.project().dir.clone(),
         hook,
+        &nightshift_engine::procs::hostname(),
     );
     alerter.deliver_stale();
     let mut observe = |e: Event| {

@@ -1,0 +1,319 @@
+//! One pass over the working set: activating runs, deciding pending tasks, finishing
+//! runs, and claiming and starting ready tries.
+
+use super::*;
+
+/// Queued runs per pipeline and class a scheduler pass considers (oldest first).
+pub(crate) const QUEUED_WINDOW: u32 = 64;
+
+/// Result of one pass, for the loop's sleep decision.
+#[derive(Debug, Default, Clone)]
+pub struct PassOutcome {
+    /// Earliest data time at which something becomes due (a retry).
+    pub next_due: Option<Timestamp>,
+    /// Work was ready but could not be claimed now (limits, pools).
+    pub blocked: bool,
+    pub active_runs: usize,
+    pub claimed: usize,
+}
+
+impl Engine {
+    /// The runs a pass looks at: the scheduler takes a bounded window of each pipeline's
+    /// queued runs (a catch-up of thousands costs a pass no more than a few); `run` and
+    /// `backfill` take their own runs.
+    pub(crate) fn working_runs(&self) -> Result<Vec<RunRow>, Error> {
+        let runs = match &self.mode {
+            Mode::Scheduler { .. } => self.store.working_runs(QUEUED_WINDOW)?,
+            Mode::Runs(_) => self.store.active_runs()?,
+        };
+        Ok(runs.into_iter().filter(|r| self.in_scope(r)).collect())
+    }
+
+    pub(crate) fn in_scope(&self, run: &RunRow) -> bool {
+        match &self.mode {
+            Mode::Scheduler { .. } => true,
+            Mode::Runs(set) => set.contains(&run.pk),
+        }
+    }
+
+    /// One scheduling pass over the active runs: activate runs, decide pending tasks,
+    /// finish runs, claim and start ready tries.
+    pub fn pass(&mut self, now: Timestamp, may_claim: bool) -> Result<PassOutcome, Error> {
+        let mut out = PassOutcome::default();
+        let mut runs: Vec<RunRow> = self.working_runs()?;
+        runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
+        out.active_runs = runs.len();
+        let mut tis_by_run: HashMap<i64, Vec<TiRow>> = HashMap::new();
+        if !runs.is_empty() {
+            let pks: Vec<i64> = runs.iter().map(|r| r.pk).collect();
+            for ti in self.store.task_instances_of(&pks)? {
+                tis_by_run.entry(ti.run_pk).or_default().push(ti);
+            }
+        }
+        let now_us = to_micros(now);
+        let mut candidates: Vec<(Arc<Pipeline>, RunRow, TiRow)> = vec![];
+        // Caches keyed by task instance or run keep only what is active, so memory follows
+        // the active work, not the history.
+        let live: HashSet<i64> = tis_by_run.values().flatten().map(|t| t.pk).collect();
+        self.seen.retain(|pk, _| live.contains(pk));
+        let live_runs: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
+        self.deadline_seen.retain(|pk, _| live_runs.contains(pk));
+        self.estimates.retain(|pk, _| live_runs.contains(pk));
+        let mut full: HashSet<(String, bool)> = HashSet::new();
+        for mut run in runs {
+            let Some(p) = self.pipeline_of_version(&run.version)? else {
+                continue;
+            };
+            if run.status == RunState::Queued {
+                // Pausing stops the scheduler from starting runs; a run asked for explicitly
+                // (`run`, `backfill`) still runs.
+                let paused = matches!(self.mode, Mode::Scheduler { .. })
+                    && self.paused.contains(&run.pipeline);
+                if paused || !may_claim {
+                    continue;
+                }
+                let class = (run.pipeline.clone(), run.trigger == Trigger::Backfill);
+                if full.contains(&class) {
+                    continue;
+                }
+                if !self.store.activate_run(run.pk, now_us, p.max_active_runs)? {
+                    // The class is at its limit: later queued runs of it would be refused
+                    // too, one write each.
+                    full.insert(class);
+                    continue;
+                }
+                run.status = RunState::Running;
+                info!(pipeline = %run.pipeline, run_id = %run.run_id, trigger = run.trigger.as_str(), "run started");
+            }
+            let mut tis = tis_by_run.remove(&run.pk).unwrap_or_default();
+            let states: HashMap<String, TaskState> =
+                tis.iter().map(|t| (t.task_id.clone(), t.state)).collect();
+            let decisions = advance(&p, &states);
+            if !decisions.is_empty() {
+                self.store.decide_pending(run.pk, &decisions, now_us)?;
+                for ti in tis.iter_mut() {
+                    if let Some((_, s)) = decisions.iter().find(|(id, _)| *id == ti.task_id) {
+                        ti.state = *s;
+                    }
+                }
+            }
+            for ti in &tis {
+                self.observe(&p, &run, ti, now);
+            }
+            if let Some(outcome) = run_outcome(tis.iter().map(|t| t.state)) {
+                if self.store.finish_run(run.pk, outcome, now_us)? {
+                    self.judge_finished(&p, &run, now)?;
+                    let rows = self.store.run(run.pk)?.map(|r| r.rows_loaded).unwrap_or(0);
+                    info!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
+                    self.emit(Event::RunEnded {
+                        pipeline: run.pipeline.clone(),
+                        run_id: run.run_id.clone(),
+                        ds: run.logical_date.clone(),
+                        state: outcome,
+                        rows_loaded: rows,
+                        at: now,
+                        trigger: run.trigger,
+                    });
+                }
+                continue;
+            }
+            for ti in tis {
+                match ti.state {
+                    // A QUEUED task may wait for a time too (a sensor between pokes).
+                    TaskState::Queued | TaskState::UpForRetry => match ti.next_try_at {
+                        Some(at) if at > now_us => {
+                            let at = from_micros(at);
+                            out.next_due = Some(out.next_due.map_or(at, |n| n.min(at)));
+                        }
+                        _ => candidates.push((p.clone(), run.clone(), ti)),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if !may_claim {
+            return Ok(out);
+        }
+        // Scheduled and manual runs first, then older intervals, then upstream tasks first.
+        candidates.sort_by_key(|(p, run, ti)| {
+            (
+                run.trigger.priority(),
+                run.data_interval_start,
+                p.topo_rank(&ti.task_id),
+            )
+        });
+        // Claim in batches of the free slots: one transaction per batch. Claims refused for a
+        // pool or task limit leave their slot to the next candidates.
+        let mut rest = candidates.into_iter().peekable();
+        loop {
+            let free =
+                (self.project.settings.parallelism as usize).saturating_sub(self.running.len());
+            if rest.peek().is_none() {
+                break;
+            }
+            if free == 0 {
+                out.blocked = true;
+                break;
+            }
+            let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> = rest.by_ref().take(free).collect();
+            let lease_until = real_now_us() + us(self.opts.lease_ttl);
+            let claims: Vec<Claim<'_>> = batch
+                .iter()
+                .map(|(p, _, ti)| Claim {
+                    ti_pk: ti.pk,
+                    owner: &self.owner,
+                    host: &self.host,
+                    now: now_us,
+                    lease_until,
+                    pool: p
+                        .task(&ti.task_id)
+                        .and_then(|t| t.pool.as_deref())
+                        .map(|name| {
+                            (
+                                name,
+                                self.project.settings.pools.get(name).copied().unwrap_or(1),
+                            )
+                        }),
+                    pipeline_limit: (&p.name, p.max_active_tasks),
+                })
+                .collect();
+            let results = self.store.claim_batch(&claims)?;
+            drop(claims);
+            for ((p, run, ti), claimed) in batch.into_iter().zip(results) {
+                match claimed {
+                    Some(try_number) => {
+                        out.claimed += 1;
+                        self.start_try(p, run, ti, try_number)?;
+                    }
+                    None => out.blocked = true,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reports task state changes (including those made by other processes) once each.
+    pub(crate) fn observe(&mut self, p: &Pipeline, run: &RunRow, ti: &TiRow, now: Timestamp) {
+        let key = (ti.state, ti.try_number);
+        if self.seen.get(&ti.pk) == Some(&key) {
+            return;
+        }
+        self.seen.insert(ti.pk, key);
+        if ti.state.is_terminal() {
+            self.emit(Event::TaskEnded {
+                pipeline: run.pipeline.clone(),
+                run_id: run.run_id.clone(),
+                task_id: ti.task_id.clone(),
+                state: ti.state,
+                try_number: ti.try_number,
+                at: now,
+                tz: p.schedule.tz().clone(),
+            });
+        } else if ti.state == TaskState::UpForRetry {
+            self.emit(Event::TaskRetrying {
+                pipeline: run.pipeline.clone(),
+                run_id: run.run_id.clone(),
+                task_id: ti.task_id.clone(),
+                try_number: ti.try_number,
+                next_try_at: ti.next_try_at.map(from_micros).unwrap_or(now),
+            });
+        }
+    }
+
+    pub(crate) fn start_try(
+        &mut self,
+        p: Arc<Pipeline>,
+        run: RunRow,
+        ti: TiRow,
+        try_number: u32,
+    ) -> Result<(), Error> {
+        let ti_pk = ti.pk;
+        self.next_token += 1;
+        let token = self.next_token;
+        let ctx = TryCtx {
+            secrets: crate::kinds::secret_values(&self.project.settings),
+            channels: self.project.settings.channels.clone(),
+            connections: self.project.settings.connections.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            pipeline: p,
+            run,
+            ti,
+            try_number,
+            owner: self.owner.clone(),
+            project_dir: self.project.dir.clone(),
+            logs_dir: self.project.logs_dir(),
+            kill_grace: self.project.settings.kill_grace,
+            log_max_bytes: self.project.settings.log_max_bytes,
+            crash_at: self.opts.crash_at.clone(),
+            writer: self.writer()?,
+            containment: self.containment.clone(),
+            done: self.done_tx.clone(),
+            token,
+        };
+        if let Some(stopper) = attempt::start(ctx) {
+            self.running.insert(
+                ti_pk,
+                RunningTry {
+                    stopper,
+                    try_number,
+                    token,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::*;
+    use crate::SimClock;
+
+    /// With one free slot, a scheduled run's task is claimed before an older backfill's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn backfill_work_yields_to_scheduled_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        std::fs::write(dir.path().join("nightshift.toml"), "parallelism = 1\n").unwrap();
+        std::fs::write(
+            dir.path().join("pipelines/p.toml"),
+            "schedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
+        )
+        .unwrap();
+        let project = project::load(dir.path()).unwrap();
+        let lp = project.pipelines["p"].clone();
+        let store = Arc::new(Store::open(&project.store_path()).unwrap());
+        let now: Timestamp = "2024-06-03T00:00:00Z".parse().unwrap();
+        let older = lp
+            .pipeline
+            .schedule
+            .interval_ending_at("2024-06-02T00:00:00Z".parse().unwrap())
+            .unwrap();
+        let newer = lp.pipeline.schedule.interval_ending_at(now).unwrap();
+        let backfill = create_run(&store, &lp, older, Trigger::Backfill, now)
+            .unwrap()
+            .pk();
+        let scheduled = create_run(&store, &lp, newer, Trigger::Scheduled, now)
+            .unwrap()
+            .pk();
+        let mut engine = Engine::new(
+            project,
+            store.clone(),
+            Arc::new(SimClock::new(now)),
+            Mode::Scheduler { until: None },
+            Options::default(),
+        );
+        let out = engine.pass(now, true).unwrap();
+        assert_eq!(out.claimed, 1);
+        assert!(out.blocked);
+        assert_eq!(
+            store.task_instances(scheduled).unwrap()[0].state,
+            TaskState::Running
+        );
+        assert_eq!(
+            store.task_instances(backfill).unwrap()[0].state,
+            TaskState::Queued
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Leases and recovery: the scheduler lease, the heartbeat that renews try leases and
+//! stops tries whose claim is gone (cancelled, taken over), and orphaned tries of dead
+//! engines.
+
+use super::*;
+
+impl Engine {
+    /// Takes the project's scheduler lease (only one `up` per project).
+    pub fn acquire_scheduler_lease(&mut self) -> Result<(), Error> {
+        let me = Owner::me();
+        let ttl = us(self.opts.lease_ttl);
+        for _ in 0..2 {
+            let now = real_now_us();
+            match self
+                .store
+                .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
+            {
+                None => {
+                    self.holds_scheduler_lease = true;
+                    return Ok(());
+                }
+                Some(holder) => {
+                    // A holder on this machine whose process is gone cannot renew; take over
+                    // at once instead of waiting for the lease to expire.
+                    if Owner::parse(&holder.owner).is_some_and(|o| o.is_dead_here()) {
+                        warn!(owner = %holder.owner, "previous scheduler is gone; taking over its lease");
+                        self.store.break_scheduler_lease(&holder.owner)?;
+                        continue;
+                    }
+                    return Err(Error::SchedulerRunning {
+                        pid: holder.pid,
+                        host: holder.host,
+                        ago: (now - holder.heartbeat_at) / 1_000_000,
+                        expires: ((holder.expires_at - now) / 1_000_000).max(0),
+                    });
+                }
+            }
+        }
+        Err(Error::LostLease)
+    }
+
+    /// Renews leases, stops tries that lost their claim, and recovers orphans.
+    pub(crate) fn heartbeat(&mut self) -> Result<(), Error> {
+        let real = real_now_us();
+        let owned: HashSet<(i64, u32)> = self
+            .store
+            .renew_leases(&self.owner, real + us(self.opts.lease_ttl))?
+            .into_iter()
+            .collect();
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.forget_try(d);
+        }
+        for (ti, rt) in &self.running {
+            if owned.contains(&(*ti, rt.try_number)) {
+                continue;
+            }
+            // Not RUNNING any more: its run was cancelled, or another engine took it over. (A
+            // try that ended a moment ago is not RUNNING either: its supervisor is gone and
+            // refuses the stop.)
+            let cancelled = self.store.task_state(*ti)? == Some(TaskState::Cancelled);
+            let reason = if cancelled {
+                KillReason::Cancelled
+            } else {
+                KillReason::LostClaim
+            };
+            if rt.stopper.stop(reason) {
+                if cancelled {
+                    info!(
+                        ti,
+                        try_number = rt.try_number,
+                        "run cancelled; stopping the try"
+                    );
+                } else {
+                    warn!(
+                        ti,
+                        try_number = rt.try_number,
+                        "try lost its claim; stopping its process"
+                    );
+                }
+            }
+        }
+        if self.holds_scheduler_lease
+            && !self
+                .store
+                .renew_scheduler_lease(&self.owner, real, us(self.opts.lease_ttl))?
+        {
+            return Err(Error::LostLease);
+        }
+        self.paused = self.store.paused_pipelines()?.into_iter().collect();
+        self.recover_orphans()?;
+        self.prune_if_due()
+    }
+
+    /// Finds RUNNING tries whose engine is gone (dead process on this host, or an expired
+    /// lease), makes sure no process of theirs survives, and fails or retries them per policy.
+    pub fn recover_orphans(&mut self) -> Result<(), Error> {
+        let real = real_now_us();
+        let writer = self.writer()?;
+        for ti in self.store.running_task_instances()? {
+            // A try still running here, or one whose outcome waits for the writer, is no
+            // orphan whatever the store says.
+            if self.running.contains_key(&ti.pk) || writer.is_pending(ti.pk) {
+                continue;
+            }
+            let owner_text = ti.owner.clone().unwrap_or_default();
+            let mine = owner_text == self.owner;
+            let owner = Owner::parse(&owner_text);
+            let dead = mine
+                || owner.as_ref().is_some_and(Owner::is_dead_here)
+                || ti.lease_until.is_none_or(|l| l < real);
+            if !dead {
+                continue;
+            }
+            if ti.host.as_deref() == Some(self.host.as_str())
+                && let Some(pid) = ti
+                    .pid
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p > 1)
+            {
+                let start = ti.pid_start.map(|s| s as u64);
+                if procs::alive(pid, start) || procs::group_alive(pid) {
+                    warn!(task = %ti.task_id, pid, "killing the process group of an orphaned try");
+                    procs::kill_group_blocking(pid, self.project.settings.kill_grace);
+                }
+            }
+            if ti.host.as_deref() == Some(self.host.as_str()) {
+                // Processes of the try whose pid was not recorded yet (it had just started).
+                let key = try_key(&self.store, ti.pk, ti.try_number);
+                if !procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &key, self.project.settings.kill_grace)
+                    .is_empty()
+                {
+                    warn!(task = %ti.task_id, "killed the processes of an orphaned try found by its key");
+                }
+            }
+            let now = self.clock.now();
+            // The scheduler's death is not the task's failure: the try is given back, unless
+            // the task keeps being interrupted.
+            let (ti_state, next_try_at, extra_tries) =
+                attempt::after_interruption(&ti, to_micros(now));
+            let retry = (ti_state, next_try_at);
+            let who = owner
+                .map(|o| format!("pid {} on `{}`", o.pid, o.host))
+                .unwrap_or_else(|| "unknown".into());
+            let mut msg = format!(
+                "interrupted: the scheduler running this try ({who}) stopped; the try's processes were killed"
+            );
+            if ti_state == TaskState::Failed {
+                msg = format!(
+                    "interrupted {} times in a row; last: {msg}",
+                    ti.interruptions + 1
+                );
+            }
+            let written = self.store.finish_try(&FinishTry {
+                ti_pk: ti.pk,
+                try_number: ti.try_number,
+                owner: ti.owner.as_deref(),
+                end: to_micros(now),
+                try_state: TaskState::Failed,
+                ti_state: retry.0,
+                next_try_at: retry.1,
+                exit_code: None,
+                signal: None,
+                error: Some(&msg),
+                metrics: None,
+                rows_loaded: None,
+                extra_tries,
+                log_path: None,
+                pid: None,
+                interrupted: true,
+                warning: None,
+            })?;
+            if written {
+                warn!(pipeline = %ti.pipeline, task = %ti.task_id, try_number = ti.try_number, next = %retry.0, "recovered an orphaned try");
+            }
+        }
+        Ok(())
+    }
+}
