@@ -2,7 +2,7 @@
 //! doubled, no partition doubled or half-written, no try left RUNNING, the store intact.
 //! RUNBOOK.md names these tests.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -174,32 +174,6 @@ fn a_task_killed_from_outside_is_recorded_with_the_signal_and_retried() {
     let why = stdout(&p.run(&["explain", "20240602_0000", "big"]));
     assert!(why.contains("succeeded on try 2 of 2"), "{why}");
     assert_store_sound(&p, "p");
-}
-
-/// A small tmpfs mounted by the test; unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs and needs root: {}",
-            stderr(&out)
-        );
-        SmallDisk(at.to_owned())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -183,47 +183,10 @@ fn hang_try(doc: &Value) -> &Value {
     only_try(doc, "hang")
 }
 
-/// A small tmpfs mounted by the test; unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and needs root: {}",
-            stderr(&out)
-        );
-        Tmpfs(at.to_owned())
-    }
-
-    /// Fills the disk with one file; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        let f = self.0.join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=64k"])
-            .arg(format!("of={}", f.display()))
-            .stderr(Stdio::null())
-            .status();
-        f
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").args(["-l"]).arg(&self.0).status();
-    }
-}
-
 #[test]
 fn an_outcome_decided_while_the_stores_disk_is_full_is_recorded_once_space_returns() {
     let p = TestProject::new();
-    let disk = Tmpfs::mount(&p.path().join(".nightshift"), "64m");
+    let disk = SmallDisk::mount(&p.path().join(".nightshift"), "64m");
     p.file(
         "pipelines/p.toml",
         &(daily("p", &yesterday())
@@ -352,7 +315,7 @@ fn a_huge_log_keeps_head_and_tail_within_its_cap() {
 #[test]
 fn a_full_log_disk_is_a_warning_on_the_try_not_a_failure() {
     let p = TestProject::new();
-    let disk = Tmpfs::mount(&p.path().join(".nightshift/logs"), "1m");
+    let disk = SmallDisk::mount(&p.path().join(".nightshift/logs"), "1m");
     p.file(
         "pipelines/p.toml",
         &(daily("p", &yesterday())
