@@ -57,8 +57,10 @@ impl Containment {
     pub fn cell(&self, name: &str, key: &str) -> Cell {
         let dir = match self {
             Containment::Cgroup { root } => {
+                // `create_dir_all`: an engine that ended earlier in this process (the demo runs
+                // `up`, then a backfill) removed the root; a later one makes it again.
                 let dir = root.join(name);
-                std::fs::create_dir(&dir).ok().map(|_| dir)
+                std::fs::create_dir_all(&dir).ok().map(|_| dir)
             }
             Containment::Subreaper => None,
         };

@@ -385,8 +385,9 @@ fn supervise(
                     }
                     Ok(Msg::Stop(_)) => continue,
                     Ok(Msg::Kill(_)) | Err(_) => {
+                        // The main process leads the group: this ends it; its descendants
+                        // elsewhere are ended below, once it has exited.
                         procs::signal_group(pid, Signal::SIGKILL);
-                        spec.cell.kill_all(true);
                         while let Ok(m) = rx.recv() {
                             if let Msg::Exited(s) = m {
                                 status = s;

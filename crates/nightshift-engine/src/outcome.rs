@@ -117,7 +117,6 @@ enum Job {
 pub struct Writer {
     tx: mpsc::Sender<(Instant, Job)>,
     pending: Arc<Mutex<HashSet<(i64, u32)>>>,
-    degraded: Arc<AtomicBool>,
 }
 
 /// Called with a task instance's pk once its outcome is recorded (or found moot).
@@ -140,7 +139,6 @@ impl Writer {
         let writer = Writer {
             tx,
             pending: pending.clone(),
-            degraded: degraded.clone(),
         };
         let state = WriterThread {
             store,
@@ -176,10 +174,6 @@ impl Writer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-    }
-
-    pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
     }
 
     /// Records a try's pid after `delay` (a try that ends sooner has it written with its
