@@ -348,7 +348,7 @@ impl Alerter {
             .unwrap_or_else(|| "-".into());
         let mut text = format!(
             "pipeline: {pipeline}\nrun_id: {run_id}\nds: {}\ntask: {task_id}\nstate: {state}\ntry: {try_number} of {max_tries}\nduration: {dur}\n",
-            run.logical_date
+            run.ds
         );
         if let Some(e) = &error {
             text.push_str(&format!("error: {e}\n"));
@@ -358,7 +358,7 @@ impl Alerter {
         }
         text.push_str(&format!("page: {page}\nlog: {log}\n"));
         let data = json!({
-            "event": kind.as_str(), "pipeline": pipeline, "run_id": run_id, "ds": run.logical_date,
+            "event": kind.as_str(), "pipeline": pipeline, "run_id": run_id, "ds": run.ds,
             "task": task_id, "state": state, "try": try_number, "max_tries": max_tries,
             "duration_ms": duration_ms, "error": error,
             "exit_code": t.and_then(|t| t.exit_code), "signal": t.and_then(|t| t.signal),
@@ -418,14 +418,14 @@ impl Alerter {
         let end = run.end_time.unwrap_or_default();
         let data = |kind: AlertKind| {
             json!({
-                "event": kind.as_str(), "pipeline": pipeline, "run_id": run_id, "ds": run.logical_date,
+                "event": kind.as_str(), "pipeline": pipeline, "run_id": run_id, "ds": run.ds,
                 "state": run.status.as_str(), "duration_ms": duration_ms, "rows_loaded": run.rows_loaded,
                 "failed_tasks": failed, "links": {"page": link},
             })
         };
         let text = format!(
             "pipeline: {pipeline}\nrun_id: {run_id}\nds: {}\nstate: {}\nduration: {}\nrows_loaded: {}\n{}page: {link}\n",
-            run.logical_date,
+            run.ds,
             run.status,
             duration_ms
                 .map(|d| format!("{:.1}s", d as f64 / 1000.0))

@@ -35,7 +35,7 @@ pub enum Event {
     RunEnded {
         pipeline: String,
         run_id: String,
-        ds: String,
+        ds: jiff::civil::Date,
         state: RunState,
         rows_loaded: i64,
         at: Timestamp,
@@ -46,7 +46,7 @@ pub enum Event {
     Deadline {
         pipeline: String,
         run_id: String,
-        ds: String,
+        ds: jiff::civil::Date,
         state: DeadlineState,
         deadline: Timestamp,
         forecast: Option<Timestamp>,

@@ -49,25 +49,21 @@ pub fn check(s: &str) -> Result<Vec<Range<usize>>, TemplateError> {
 /// Values of the template variables for one try.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
-    pub ds: String,
-    pub run_id: String,
-    pub data_interval_start: String,
-    pub data_interval_end: String,
+    pub keys: crate::run::RunKeys,
     pub try_number: u32,
-    pub pipeline: String,
     pub task_id: String,
 }
 
 impl Context {
     pub fn get(&self, name: &str) -> Option<String> {
         Some(match name {
-            "ds" => self.ds.clone(),
-            "ds_nodash" => self.ds.replace('-', ""),
-            "run_id" => self.run_id.clone(),
-            "data_interval_start" => self.data_interval_start.clone(),
-            "data_interval_end" => self.data_interval_end.clone(),
+            "ds" => self.keys.ds_text(),
+            "ds_nodash" => self.keys.ds.strftime("%Y%m%d").to_string(),
+            "run_id" => self.keys.run_id.clone(),
+            "data_interval_start" => self.keys.start_text(),
+            "data_interval_end" => self.keys.end_text(),
             "try_number" => self.try_number.to_string(),
-            "pipeline" => self.pipeline.clone(),
+            "pipeline" => self.keys.pipeline.clone(),
             "task_id" => self.task_id.clone(),
             _ => return None,
         })
@@ -109,8 +105,11 @@ mod tests {
     #[test]
     fn renders_and_checks() {
         let ctx = Context {
-            ds: "2024-06-01".into(),
-            run_id: "20240602_0000".into(),
+            keys: crate::run::RunKeys {
+                ds: jiff::civil::date(2024, 6, 1),
+                run_id: "20240602_0000".into(),
+                ..Default::default()
+            },
             try_number: 2,
             ..Default::default()
         };
@@ -132,10 +131,16 @@ mod tests {
     #[test]
     fn values_are_never_reinterpreted() {
         let ctx = Context {
-            ds: "$(rm -rf /); `x` {{ run_id }}".into(),
-            run_id: "R".into(),
+            keys: crate::run::RunKeys {
+                run_id: "$(rm -rf /); `x` {{ pipeline }}".into(),
+                pipeline: "R".into(),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        assert_eq!(ctx.render("{{ ds }}"), "$(rm -rf /); `x` {{ run_id }}");
+        assert_eq!(
+            ctx.render("{{ run_id }}"),
+            "$(rm -rf /); `x` {{ pipeline }}"
+        );
     }
 }

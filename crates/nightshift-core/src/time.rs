@@ -52,7 +52,19 @@ impl fmt::Debug for Schedule {
 }
 
 /// The slice of time one run processes: `[start, end)`. The scheduled run fires at `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct DataInterval {
     pub start: Timestamp,
     pub end: Timestamp,

@@ -9,18 +9,17 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use nightshift_core::template::Context;
-use nightshift_core::time::{from_micros, to_micros};
-use nightshift_core::{Pipeline, TaskKind, TaskState};
+use nightshift_core::time::to_micros;
+use nightshift_core::{Pipeline, TaskState};
 use nightshift_store::{RunRow, Store, TiRow};
 use tokio::sync::mpsc;
-use tracing::info;
 
 use crate::clock::Clock;
 use crate::contain::Containment;
 use crate::crash::{CrashPoint, crash_if};
 use crate::dbt;
 use crate::executor::{self, ChildOutcome, ChildSpec, Exit, KillReason, Stopper};
-use crate::kinds::{self, rfc3339};
+use crate::kinds::{self, Prepared, TryPaths, Wait};
 use crate::outcome::{Outcome, SpawnRecord, Writer};
 use crate::procs;
 
@@ -74,8 +73,9 @@ pub(crate) fn try_key(store: &Store, ti_pk: i64, try_number: u32) -> String {
 struct Concluding {
     c: TryCtx,
     task: nightshift_core::pipeline::Task,
+    ctx: Context,
     started: Timestamp,
-    dbt_dir: PathBuf,
+    work_dir: PathBuf,
     log_path: PathBuf,
 }
 
@@ -89,74 +89,32 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     let log_path = dir.join(format!("{}.try-{}.log", task.id, c.try_number));
     let metrics_path = dir.join(format!("{}.try-{}.metrics.jsonl", task.id, c.try_number));
     let ctx = Context {
-        ds: c.run.logical_date.clone(),
-        run_id: c.run.run_id.clone(),
-        data_interval_start: rfc3339(c.run.data_interval_start),
-        data_interval_end: rfc3339(c.run.data_interval_end),
+        keys: c.run.keys(),
         try_number: c.try_number,
-        pipeline: c.run.pipeline.clone(),
         task_id: task.id.clone(),
     };
-    let mut cannot_start: Option<String> = None;
-    let mut extra_env: Vec<(String, String)> = vec![];
-    let dbt_dir = dbt::try_dir(
+    let work_dir = dbt::try_dir(
         &c.project_dir,
         &c.run.pipeline,
         &c.run.run_id,
         &task.id,
         c.try_number,
     );
-    let mut built = |r: Result<Vec<String>, String>| {
-        r.unwrap_or_else(|e| {
-            // The work cannot even be described: fail the try without a process.
-            cannot_start = Some(e);
-            vec![]
-        })
+    let runner = kinds::runner(&task.kind);
+    let paths = TryPaths {
+        ctx: &ctx,
+        work_dir: &work_dir,
+        log_path: &log_path,
     };
-    let argv = match &task.kind {
-        TaskKind::Notify(spec) => built(kinds::notify_argv(&c, spec)),
-        TaskKind::Publish(spec) => built(kinds::publish_argv(&c, spec, &ctx, &dbt_dir)),
-        TaskKind::Sensor(spec) => built(kinds::sensor_argv(&c, spec, &ctx)),
-        TaskKind::Extract(spec) => built(kinds::extract_argv(&c, spec)),
-        TaskKind::Dbt(spec) => {
-            // A retry runs only what failed or was skipped, when the previous try says so.
-            let prev = (c.try_number > 1)
-                .then(|| {
-                    dbt::read_results(&dbt::try_dir(
-                        &c.project_dir,
-                        &c.run.pipeline,
-                        &c.run.run_id,
-                        &task.id,
-                        c.try_number - 1,
-                    ))
-                })
-                .flatten();
-            let only = prev.as_deref().and_then(dbt::remaining_nodes);
-            if let Some(nodes) = &only {
-                executor::log_note(
-                    &log_path,
-                    c.clock.as_ref(),
-                    &format!(
-                        "retrying only the {} node(s) that did not succeed: {}",
-                        nodes.len(),
-                        nodes.join(" ")
-                    ),
-                );
-            }
-            if let Err(e) = std::fs::create_dir_all(&dbt_dir) {
-                cannot_start = Some(format!("cannot create `{}`: {e}", dbt_dir.display()));
-            }
-            let (argv, env) = dbt::command(spec, &c.project_dir, &dbt_dir, &ctx, only.as_deref());
-            extra_env = env;
-            argv
-        }
-        TaskKind::Shell(s) if s.shell => vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            s.command.first().cloned().unwrap_or_default(),
-        ],
-        TaskKind::Shell(s) => s.command.iter().map(|a| ctx.render(a)).collect(),
+    // When the work cannot even be described, the try fails without a process.
+    let (prepared, cannot_start) = match runner.prepare(&c, &task, &paths) {
+        Ok(p) => (p, None),
+        Err(e) => (Prepared::default(), Some(e)),
     };
+    let Prepared {
+        argv,
+        env: extra_env,
+    } = prepared;
     let key = try_key(&c.store, c.ti.pk, c.try_number);
     let mut env = ctx.env();
     env.push(("NIGHTSHIFT_TRY_KEY".to_owned(), key.clone()));
@@ -174,21 +132,10 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
         cwd,
         log_path: log_path.clone(),
         metrics_path,
-        // A sensor's `timeout` bounds the whole wait; one poke gets at most a minute.
-        timeout: match &task.kind {
-            TaskKind::Sensor(_) => Some(
-                task.timeout
-                    .unwrap_or(kinds::POKE_TIMEOUT)
-                    .min(kinds::POKE_TIMEOUT),
-            ),
-            _ => task.timeout,
-        },
+        timeout: runner.timeout(&task),
         kill_grace: c.kill_grace,
-        stop_signal: match &task.kind {
-            TaskKind::Dbt(_) => nix::sys::signal::Signal::SIGINT,
-            _ => nix::sys::signal::Signal::SIGTERM,
-        },
-        dbt_json_log: matches!(task.kind, TaskKind::Dbt(_)),
+        stop_signal: runner.stop_signal(),
+        dbt_json_log: runner.json_log(),
         mask: c.secrets.clone(),
         log_max_bytes: c.log_max_bytes,
         cell: c
@@ -203,8 +150,9 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     let concluding = Concluding {
         c,
         task,
+        ctx,
         started,
-        dbt_dir,
+        work_dir,
         log_path: log_path.clone(),
     };
     if let Some(msg) = cannot_start {
@@ -253,54 +201,40 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
 /// Decides the task's next state from the process's outcome and hands it to the writer.
 /// Runs on the try's supervisor thread (or the engine's, for a try that never started).
 fn conclude(k: Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) {
-    let Concluding {
-        c,
-        task,
-        started,
-        dbt_dir,
-        log_path,
-    } = k;
-    let done = c.done.clone();
-    let ti_pk = c.ti.pk;
-    let token = Some(c.token);
-    if let Some(o) = decide(
-        &c,
-        &task,
-        started,
-        &dbt_dir,
-        &log_path,
-        outcome,
-        spawned_pid,
-    ) {
-        crash_if(&c.crash_at, "before_outcome_commit", Some(&task.id));
-        c.writer.submit(o);
+    let done = k.c.done.clone();
+    let ti_pk = k.c.ti.pk;
+    let token = Some(k.c.token);
+    if let Some(o) = decide(&k, outcome, spawned_pid) {
+        crash_if(&k.c.crash_at, "before_outcome_commit", Some(&k.task.id));
+        k.c.writer.submit(o);
     }
     let _ = done.send(TryDone { ti_pk, token });
 }
 
-fn decide(
-    c: &TryCtx,
-    task: &nightshift_core::pipeline::Task,
-    started: Timestamp,
-    dbt_dir: &std::path::Path,
-    log_path: &std::path::Path,
-    outcome: ChildOutcome,
-    spawned_pid: Option<u32>,
-) -> Option<Outcome> {
+fn decide(k: &Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) -> Option<Outcome> {
+    let Concluding {
+        c,
+        task,
+        ctx,
+        started,
+        work_dir,
+        log_path,
+    } = k;
+    let runner = kinds::runner(&task.kind);
+    let found = runner.conclude(
+        c,
+        task,
+        *started,
+        &TryPaths {
+            ctx,
+            work_dir,
+            log_path,
+        },
+        &outcome,
+    );
     let end = outcome.end;
     let mut metrics_map = outcome.metrics.clone();
-    let mut dbt_reason = None;
-    let mut dbt_nodes = None;
-    if let TaskKind::Dbt(_) = &task.kind {
-        if let Some(nodes) = dbt::read_results(dbt_dir) {
-            metrics_map.extend(dbt::summary(&nodes));
-            dbt_reason = dbt::failure_reason(&nodes);
-            dbt_nodes = Some((c.run.pk, task.id.clone(), nodes));
-        }
-        if matches!(outcome.exit, Exit::Code(2)) && dbt_reason.is_none() {
-            dbt_reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
-        }
-    }
+    metrics_map.extend(found.metrics);
     let base = Outcome {
         ti_pk: c.ti.pk,
         try_number: c.try_number,
@@ -319,52 +253,30 @@ fn decide(
         pid: spawned_pid,
         interrupted: false,
         warning: outcome.log_warning.clone(),
-        dbt_nodes,
+        dbt_nodes: found.dbt_nodes.map(|n| (c.run.pk, task.id.clone(), n)),
         reschedule: None,
     };
-    let mut sensor_error = None;
-    if let (TaskKind::Sensor(spec), Exit::Code(nightshift_core::pipeline::SENSOR_NOT_YET)) =
-        (&task.kind, &outcome.exit)
-    {
-        let since = c.ti.waiting_since.map(from_micros).unwrap_or(started);
-        let waited = end.duration_since(since);
-        let limit = task.timeout.and_then(|t| SignedDuration::try_from(t).ok());
-        let next = plus(end, spec.poke_interval);
-        if limit.is_none_or(|l| {
-            waited + SignedDuration::try_from(spec.poke_interval).unwrap_or_default() <= l
-        }) {
-            info!(task = %task.id, next_poke = %next, "sensor condition not met yet; waiting without a slot");
+    let gave_up = match found.wait {
+        Some(Wait::Again(next)) => {
             return Some(Outcome {
-                reschedule: Some((to_micros(started), to_micros(next))),
+                reschedule: Some((to_micros(*started), to_micros(next))),
                 ..base
             });
         }
-        sensor_error = Some(format!(
-            "sensor timed out after {} waiting for {}",
-            // The configured timeout: the next poke would have come after it.
-            nightshift_core::time::format_duration(
-                task.timeout.unwrap_or_else(|| waited.unsigned_abs())
-            ),
-            kinds::describe_condition(&spec.condition)
-        ));
-    }
+        Some(Wait::GaveUp(msg)) => Some(msg),
+        None => None,
+    };
     let (mut ti_state, error, exit_code, signal) = match &outcome.exit {
-        _ if sensor_error.is_some() => (
-            TaskState::Failed,
-            sensor_error.clone(),
-            Some(nightshift_core::pipeline::SENSOR_NOT_YET),
-            None,
-        ),
+        // A wait that is over is not retried: the data did not arrive in time.
+        Exit::Code(n) if gave_up.is_some() => (TaskState::Failed, gave_up.clone(), Some(*n), None),
         Exit::Code(0) => (TaskState::Success, None, Some(0), None),
         Exit::Code(n) => (
             TaskState::Failed,
-            Some(dbt_reason.clone().unwrap_or_else(|| {
+            Some(found.reason.clone().unwrap_or_else(|| {
                 // nightshift's own kinds say what went wrong on their last `error:` line.
-                match (&task.kind, &outcome.last_error) {
-                    (TaskKind::Shell(_) | TaskKind::Dbt(_), _) | (_, None) => {
-                        format!("exited with code {n}")
-                    }
-                    (_, Some(e)) => e.clone(),
+                match &outcome.last_error {
+                    Some(e) if runner.says_why() => e.clone(),
+                    _ => format!("exited with code {n}"),
                 }
             })),
             Some(*n),
@@ -413,11 +325,7 @@ fn decide(
                 c.ti.interruptions + 1
             ));
         }
-    } else if ti_state == TaskState::Failed
-        && c.try_number < c.ti.max_tries
-        && sensor_error.is_none()
-    {
-        // (A sensor that timed out is not retried: the data did not arrive in time.)
+    } else if ti_state == TaskState::Failed && c.try_number < c.ti.max_tries && gave_up.is_none() {
         ti_state = TaskState::UpForRetry;
         next_try_at = Some(to_micros(plus(
             end,

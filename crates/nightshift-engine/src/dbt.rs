@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use nightshift_core::pipeline::DbtSpec;
+use nightshift_core::kinds::DbtSpec;
 use nightshift_core::template::Context;
 use nightshift_store::DbtNode;
 use serde::Deserialize;
@@ -203,16 +203,10 @@ pub fn command(
     for (k, v) in &spec.vars {
         vars.insert(k.clone(), ctx.render(v).into());
     }
-    vars.insert("ds".into(), ctx.ds.clone().into());
-    vars.insert(
-        "data_interval_start".into(),
-        ctx.data_interval_start.clone().into(),
-    );
-    vars.insert(
-        "data_interval_end".into(),
-        ctx.data_interval_end.clone().into(),
-    );
-    vars.insert("run_id".into(), ctx.run_id.clone().into());
+    vars.insert("ds".into(), ctx.keys.ds_text().into());
+    vars.insert("data_interval_start".into(), ctx.keys.start_text().into());
+    vars.insert("data_interval_end".into(), ctx.keys.end_text().into());
+    vars.insert("run_id".into(), ctx.keys.run_id.clone().into());
     let dir_s = dir.to_string_lossy().into_owned();
     let mut argv = vec![exe];
     argv.extend(spec.command.iter().cloned());
@@ -273,7 +267,7 @@ pub fn command(
         // Stamps nightshift's run id into run_results.json (metadata.env).
         (
             "DBT_ENV_CUSTOM_ENV_NIGHTSHIFT_RUN_ID".to_owned(),
-            ctx.run_id.clone(),
+            ctx.keys.run_id.clone(),
         ),
     ];
     (argv, env)

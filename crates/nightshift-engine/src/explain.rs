@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use nightshift_core::pipeline::{SensorCondition, TaskKind};
+use nightshift_core::kinds::{SensorCondition, TaskKind};
 use nightshift_core::time::from_micros;
 use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{RunRow, Store, TiRow};

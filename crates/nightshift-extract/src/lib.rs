@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use nightshift_core::pipeline::{ExtractRequest, OnIncomplete};
+use nightshift_core::kinds::{ExtractRequest, OnIncomplete};
 use nightshift_core::project::Connection;
 
 pub use partition::{PartitionWriter, swap_in};
@@ -106,7 +106,7 @@ fn completeness(table: &str, rows: i64, history: &[i64], min_ratio: Option<f64>)
 
 /// A sensor's SQL condition on a SQLite source, for the run's interval.
 pub fn condition_holds(
-    req: &nightshift_core::pipeline::SensorRequest,
+    req: &nightshift_core::kinds::SensorRequest,
     sql: &str,
 ) -> Result<bool, Error> {
     let Some(Connection::Sqlite { path }) = &req.connection else {
@@ -119,10 +119,7 @@ pub fn condition_holds(
     }
     let conn = sqlite::open(path)?;
     let params = sqlite::Params {
-        start: &req.start,
-        end: &req.end,
-        ds: &req.ds,
-        run_id: &req.run_id,
+        keys: &req.keys,
         extracted_at: "",
     };
     sqlite::holds(&conn, sql, &params).map_err(|message| Error::Table {
@@ -152,17 +149,15 @@ pub fn run(
         .map(|t| t.to_string())
         .unwrap_or_default();
     let params = sqlite::Params {
-        start: &req.start,
-        end: &req.end,
-        ds: &req.ds,
-        run_id: &req.run_id,
+        keys: &req.keys,
         extracted_at: &extracted_at,
     };
+    let ds = req.keys.ds_text();
     let mut staged = vec![];
     let mut warnings = vec![];
     for table in &req.spec.tables {
         let dir = output.join(&table.name);
-        let mut writer = PartitionWriter::new(&dir, &req.ds)?;
+        let mut writer = PartitionWriter::new(&dir, &ds)?;
         let expected = sqlite::count(&tx, &table.sql, &params).map_err(|e| Error::Table {
             table: table.name.clone(),
             message: e,
@@ -197,7 +192,7 @@ pub fn run(
         let _ = writeln!(
             log,
             "{}: {rows} rows ({bytes} bytes) staged for dt={}",
-            table.name, req.ds
+            table.name, ds
         );
         staged.push((table.name.clone(), rows, bytes, writer));
     }
@@ -235,7 +230,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nightshift_core::pipeline::{ExtractSpec, ExtractTable};
+    use nightshift_core::kinds::{ExtractSpec, ExtractTable};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     fn source(dir: &Path, n: i64) -> String {
@@ -277,10 +272,15 @@ mod tests {
                 path: db.to_owned(),
             },
             project_dir: dir.to_string_lossy().into_owned(),
-            ds: "2024-06-01".into(),
-            start: "2024-06-01T00:00:00Z".into(),
-            end: "2024-06-02T00:00:00Z".into(),
-            run_id: "20240602_0000".into(),
+            keys: nightshift_core::RunKeys {
+                pipeline: "nightly".into(),
+                run_id: "20240602_0000".into(),
+                ds: jiff::civil::date(2024, 6, 1),
+                interval: nightshift_core::DataInterval {
+                    start: "2024-06-01T00:00:00Z".parse().unwrap(),
+                    end: "2024-06-02T00:00:00Z".parse().unwrap(),
+                },
+            },
             history: BTreeMap::from([("t".to_owned(), history)]),
         }
     }
@@ -392,11 +392,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = source(dir.path(), 10);
         let mut req = request(dir.path(), &db, None, vec![]);
-        req.spec.tables[0].sql = "SELECT * FROM t WHERE substr(ts, 1, 10) = :ds".into();
+        req.spec.tables[0].sql = "SELECT * FROM t WHERE substr(ts, 1, 10) = :run_id".into();
+        req.keys.run_id = "2024-06-01".into();
         let s = run(&req, None, &mut std::io::sink()).unwrap();
         assert_eq!(s.rows_loaded(), 5);
         // Spliced into the text this would select every row; bound, it is just a string.
-        req.ds = "2024-06-01' OR '1'='1".into();
+        req.keys.run_id = "2024-06-01' OR '1'='1".into();
         let s = run(&req, None, &mut std::io::sink()).unwrap();
         assert_eq!(s.rows_loaded(), 0);
     }

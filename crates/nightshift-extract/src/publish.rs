@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use nightshift_core::pipeline::PublishRequest;
+use nightshift_core::kinds::PublishRequest;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::{Error, PartitionWriter, swap_in};
@@ -25,16 +25,17 @@ pub fn publish(
     req: &PublishRequest,
     log: &mut dyn Write,
 ) -> Result<Vec<(String, i64, PathBuf)>, Error> {
+    let ds = req.keys.ds_text();
     let root = PathBuf::from(&req.root);
     let mut staged = vec![];
     let mut exports = vec![];
     for o in &req.outputs {
-        let w = PartitionWriter::new(&root.join(o), &req.ds)?;
+        let w = PartitionWriter::new(&root.join(o), &ds)?;
         exports
             .push(serde_json::json!({"model": o, "path": w.staging_dir().join("part-0.parquet")}));
         staged.push((o.clone(), w));
     }
-    let args = serde_json::json!({"exports": exports, "ds": req.ds}).to_string();
+    let args = serde_json::json!({"exports": exports, "ds": ds}).to_string();
     let Some((exe, rest)) = req.dbt_argv.split_first() else {
         return Err(werr(&root, "no dbt command"));
     };
@@ -82,8 +83,8 @@ pub fn publish(
             .num_rows();
         let manifest = serde_json::json!({
             "output": o,
-            "run_id": req.run_id,
-            "ds": req.ds,
+            "run_id": req.keys.run_id,
+            "ds": ds,
             "rows": rows,
             "checks": req.checks,
             "dbt_invocation_id": req.dbt_invocation_id,
@@ -101,7 +102,7 @@ pub fn publish(
         std::fs::File::open(&file)
             .and_then(|f| f.sync_all())
             .map_err(|e| werr(&file, e))?;
-        let _ = writeln!(log, "{o}: {rows} rows ready for dt={}", req.ds);
+        let _ = writeln!(log, "{o}: {rows} rows ready for dt={ds}");
         out.push((o, rows, w));
     }
     let mut done = vec![];

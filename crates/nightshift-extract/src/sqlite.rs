@@ -13,10 +13,7 @@ use crate::{Error, PartitionWriter};
 const BATCH: usize = 65_536;
 
 pub(crate) struct Params<'a> {
-    pub start: &'a str,
-    pub end: &'a str,
-    pub ds: &'a str,
-    pub run_id: &'a str,
+    pub keys: &'a nightshift_core::RunKeys,
     /// Stamped into every row with `run_id`, for lineage and source freshness checks.
     pub extracted_at: &'a str,
 }
@@ -45,10 +42,10 @@ pub(crate) fn open(path: &str) -> Result<Connection, Error> {
 fn bind(stmt: &mut Statement<'_>, p: &Params<'_>) -> Result<(), String> {
     for i in 1..=stmt.parameter_count() {
         let value = match stmt.parameter_name(i) {
-            Some(":start") => p.start,
-            Some(":end") => p.end,
-            Some(":ds") => p.ds,
-            Some(":run_id") => p.run_id,
+            Some(":start") => p.keys.start_text(),
+            Some(":end") => p.keys.end_text(),
+            Some(":ds") => p.keys.ds_text(),
+            Some(":run_id") => p.keys.run_id.clone(),
             other => {
                 return Err(format!(
                     "unknown query parameter `{}`; use :start, :end, :ds or :run_id",
@@ -246,7 +243,7 @@ pub(crate) fn read_into(
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (name, value) in LINEAGE.iter().zip([p.run_id, p.extracted_at]) {
+        for (name, value) in LINEAGE.iter().zip([p.keys.run_id.as_str(), p.extracted_at]) {
             if !names.iter().any(|c| c == name) {
                 let constant: ArrayRef =
                     Arc::new(arrow_array::StringArray::from(vec![value; n as usize]));

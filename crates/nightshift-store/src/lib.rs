@@ -95,7 +95,7 @@ pub struct RunRow {
     pub pk: i64,
     pub run_id: String,
     pub pipeline: String,
-    pub logical_date: String,
+    pub ds: jiff::civil::Date,
     pub data_interval_start: i64,
     pub data_interval_end: i64,
     pub queued_at: i64,
@@ -105,6 +105,21 @@ pub struct RunRow {
     pub rows_loaded: i64,
     pub trigger: Trigger,
     pub version: String,
+}
+
+impl RunRow {
+    /// The run's keys as every request and template context carries them.
+    pub fn keys(&self) -> nightshift_core::RunKeys {
+        nightshift_core::RunKeys {
+            pipeline: self.pipeline.clone(),
+            run_id: self.run_id.clone(),
+            ds: self.ds,
+            interval: nightshift_core::DataInterval {
+                start: nightshift_core::time::from_micros(self.data_interval_start),
+                end: nightshift_core::time::from_micros(self.data_interval_end),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,7 +171,7 @@ pub struct TryRow {
 pub struct NewRun<'a> {
     pub run_id: &'a str,
     pub pipeline: &'a str,
-    pub logical_date: &'a str,
+    pub ds: jiff::civil::Date,
     pub data_interval_start: i64,
     pub data_interval_end: i64,
     pub now: i64,
@@ -276,7 +291,12 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         pk: r.get(0)?,
         run_id: r.get(1)?,
         pipeline: r.get(2)?,
-        logical_date: r.get(3)?,
+        ds: {
+            let text: String = r.get(3)?;
+            text.parse().map_err(|e: jiff::Error| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+            })?
+        },
         data_interval_start: r.get(4)?,
         data_interval_end: r.get(5)?,
         queued_at: r.get(6)?,
@@ -516,7 +536,7 @@ impl Store {
             let inserted = tx.execute(
                 "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, status, \"trigger\", version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'QUEUED', ?7, ?8) ON CONFLICT DO NOTHING",
-                params![run.run_id, run.pipeline, run.logical_date, run.data_interval_start, run.data_interval_end, run.now, run.trigger.as_str(), run.version],
+                params![run.run_id, run.pipeline, run.ds.to_string(), run.data_interval_start, run.data_interval_end, run.now, run.trigger.as_str(), run.version],
             )?;
             if inserted == 0 {
                 let pk: i64 = tx.query_row(
@@ -551,7 +571,7 @@ impl Store {
                 "INSERT INTO task_instances (run, pipeline, task_id, state, max_tries, pool, updated_at) VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
             )?;
             for run in runs {
-                let inserted = ins.execute(params![run.run_id, run.pipeline, run.logical_date, run.data_interval_start, run.data_interval_end, run.now, run.trigger.as_str(), run.version])?;
+                let inserted = ins.execute(params![run.run_id, run.pipeline, run.ds.to_string(), run.data_interval_start, run.data_interval_end, run.now, run.trigger.as_str(), run.version])?;
                 if inserted == 0 {
                     continue;
                 }
@@ -1128,7 +1148,7 @@ mod tests {
         NewRun {
             run_id,
             pipeline: "nightly",
-            logical_date: "2024-06-01",
+            ds: jiff::civil::date(2024, 6, 1),
             data_interval_start: start,
             data_interval_end: start + 1,
             now: 0,

@@ -336,12 +336,12 @@ impl AppState {
             nightshift_store::Created::Existing(_) if run.status.is_terminal() => {
                 return Err(WebError::Conflict(format!(
                     "run {} (ds {}) already finished {}; send \"rerun\": true to run it again",
-                    run.run_id, run.logical_date, run.status
+                    run.run_id, run.ds, run.status
                 )));
             }
             nightshift_store::Created::Existing(_) => "already active",
         };
-        Ok(json!({"pipeline": p, "run_id": run.run_id, "ds": run.logical_date, "result": what}))
+        Ok(json!({"pipeline": p, "run_id": run.run_id, "ds": run.ds.to_string(), "result": what}))
     }
 
     /// Backfill runs for every ended interval with a ds in [from, to]: new ones created,

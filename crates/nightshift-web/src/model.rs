@@ -63,7 +63,7 @@ impl RunSummary {
     pub fn from_row(r: &RunRow, d: Option<&nightshift_store::DeadlineRow>) -> RunSummary {
         RunSummary {
             run_id: r.run_id.clone(),
-            ds: r.logical_date.clone(),
+            ds: r.ds.to_string(),
             state: r.status.as_str().to_owned(),
             trigger: r.trigger.as_str().to_owned(),
             data_interval_start: from_micros(r.data_interval_start).to_string(),
@@ -346,11 +346,7 @@ impl AppState {
         for t in &p.tasks {
             if let TaskKind::Publish(spec) = &t.kind {
                 for o in &spec.outputs {
-                    let rel = format!(
-                        "{}/{o}/dt={}",
-                        spec.output.trim_end_matches('/'),
-                        run.logical_date
-                    );
+                    let rel = format!("{}/{o}/dt={}", spec.output.trim_end_matches('/'), run.ds);
                     let manifest =
                         std::fs::read_to_string(self.project_dir.join(&rel).join("_manifest.json"))
                             .ok()
@@ -419,9 +415,9 @@ impl AppState {
             to_micros(lo) - 86_400_000_000 * 2,
             to_micros(hi) + 86_400_000_000,
         )?;
-        let mut by_ds: HashMap<String, Vec<&RunRow>> = HashMap::new();
+        let mut by_ds: HashMap<jiff::civil::Date, Vec<&RunRow>> = HashMap::new();
         for r in &runs {
-            by_ds.entry(r.logical_date.clone()).or_default().push(r);
+            by_ds.entry(r.ds).or_default().push(r);
         }
         #[allow(clippy::disallowed_methods)]
         let now = Timestamp::now();
@@ -429,7 +425,7 @@ impl AppState {
         let mut d = from;
         while d <= to {
             let ds = d.to_string();
-            let runs = by_ds.get(&ds);
+            let runs = by_ds.get(&d);
             let (state, run_id) = match runs {
                 Some(rs) => {
                     use nightshift_core::RunState::*;

@@ -108,7 +108,7 @@ impl Engine {
                     self.emit(Event::RunEnded {
                         pipeline: run.pipeline.clone(),
                         run_id: run.run_id.clone(),
-                        ds: run.logical_date.clone(),
+                        ds: run.ds,
                         state: outcome,
                         rows_loaded: rows,
                         at: now,

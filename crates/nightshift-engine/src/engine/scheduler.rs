@@ -28,13 +28,12 @@ pub fn create_run(
     let p = &lp.pipeline;
     let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
     let run_id = p.schedule.run_id(&iv);
-    let ds = p.schedule.ds(&iv).to_string();
     let tasks = new_tasks(p);
     Ok(store.create_run(
         &NewRun {
             run_id: &run_id,
             pipeline: &p.name,
-            logical_date: &ds,
+            ds: p.schedule.ds(&iv),
             data_interval_start: to_micros(iv.start),
             data_interval_end: to_micros(iv.end),
             now: to_micros(now),
@@ -57,17 +56,14 @@ pub fn create_runs(
     let p = &lp.pipeline;
     let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
     let tasks = new_tasks(p);
-    let keys: Vec<(String, String)> = ivs
-        .iter()
-        .map(|iv| (p.schedule.run_id(iv), p.schedule.ds(iv).to_string()))
-        .collect();
+    let run_ids: Vec<String> = ivs.iter().map(|iv| p.schedule.run_id(iv)).collect();
     let runs: Vec<NewRun<'_>> = ivs
         .iter()
-        .zip(&keys)
-        .map(|(iv, (run_id, ds))| NewRun {
+        .zip(&run_ids)
+        .map(|(iv, run_id)| NewRun {
             run_id,
             pipeline: &p.name,
-            logical_date: ds,
+            ds: p.schedule.ds(iv),
             data_interval_start: to_micros(iv.start),
             data_interval_end: to_micros(iv.end),
             now: to_micros(now),

@@ -51,7 +51,7 @@ impl Engine {
         self.emit(Event::Deadline {
             pipeline: run.pipeline.clone(),
             run_id: run.run_id.clone(),
-            ds: run.logical_date.clone(),
+            ds: run.ds,
             state,
             deadline: d,
             forecast,

@@ -177,7 +177,7 @@ pub async fn exec(dir: &Path) -> Result<i32> {
             .map(|r| {
                 vec![
                     r.run_id.clone(),
-                    r.logical_date.clone(),
+                    r.ds.to_string(),
                     r.trigger.as_str().into(),
                     r.status.to_string(),
                     r.rows_loaded.to_string(),

@@ -21,7 +21,7 @@ pub fn run_json(r: &RunRow) -> Value {
     json!({
         "run_id": r.run_id,
         "pipeline": r.pipeline,
-        "logical_date": r.logical_date,
+        "logical_date": r.ds,
         "data_interval_start": iso(Some(r.data_interval_start)),
         "data_interval_end": iso(Some(r.data_interval_end)),
         "start_time": iso(r.start_time),
@@ -70,7 +70,7 @@ pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
         .map(|r| {
             vec![
                 r.run_id.clone(),
-                r.logical_date.clone(),
+                r.ds.to_string(),
                 r.status.to_string(),
                 r.trigger.as_str().to_owned(),
                 ts(r.start_time),
@@ -148,7 +148,7 @@ pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) ->
     }
     output::line(format!(
         "{} {} (ds {}): {}  rows_loaded={}",
-        run.pipeline, run.run_id, run.logical_date, run.status, run.rows_loaded
+        run.pipeline, run.run_id, run.ds, run.status, run.rows_loaded
     ));
     let mut rows = vec![];
     for ti in &tis {

@@ -2,9 +2,8 @@
 //! timeouts, kills, logs and recovery work for them exactly as for shell tasks.
 
 use anyhow::{Context as _, Result};
-use nightshift_core::pipeline::NotifyRequest;
-use nightshift_core::pipeline::{
-    ExtractRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
+use nightshift_core::kinds::{
+    ExtractRequest, NotifyRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
 };
 use nightshift_core::project::Channel;
 
@@ -83,7 +82,7 @@ pub fn publish(request: &str) -> Result<i32> {
 fn summary_text(r: &NotifyRequest) -> String {
     let mut out = format!(
         "nightshift: {} {} (ds {}) {} — rows_loaded={}",
-        r.pipeline, r.run_id, r.ds, r.status, r.rows_loaded
+        r.keys.pipeline, r.keys.run_id, r.keys.ds, r.status, r.rows_loaded
     );
     for t in &r.tasks {
         let dur = t
@@ -120,11 +119,11 @@ pub fn notify(request: &str) -> Result<i32> {
     let msg = nightshift_alert::Message {
         subject: format!(
             "[nightshift] {} {} (ds {}): {}",
-            req.pipeline, req.run_id, req.ds, req.status
+            req.keys.pipeline, req.keys.run_id, req.keys.ds, req.status
         ),
         text: text.clone(),
         data: serde_json::json!({
-            "pipeline": req.pipeline, "run_id": req.run_id, "ds": req.ds, "status": req.status,
+            "pipeline": req.keys.pipeline, "run_id": req.keys.run_id, "ds": req.keys.ds, "status": req.status,
             "rows_loaded": req.rows_loaded, "tasks": req.tasks, "failed_checks": req.failed_checks,
         }),
         link: None,

@@ -50,7 +50,7 @@ fn now_us() -> i64 {
 fn next_step(run: &RunRow) -> String {
     format!(
         "queued: a running `nightshift up` picks it up; or run it now with `nightshift run {} --date {}`",
-        run.pipeline, run.logical_date
+        run.pipeline, run.ds
     )
 }
 
@@ -228,7 +228,7 @@ pub fn explain(
     }
     output::line(format!(
         "Run {} {} (ds {}): {}",
-        run.pipeline, run.run_id, run.logical_date, run.status
+        run.pipeline, run.run_id, run.ds, run.status
     ));
     for r in &reasons {
         match &r.task_id {

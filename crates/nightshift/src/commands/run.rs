@@ -38,7 +38,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
                 if !rerun {
                     output::note(format!(
                         "run {} of `{name}` (ds {}) already finished: {}\n  = help: add --rerun to run it again; its history is kept",
-                        run.run_id, run.logical_date, run.status
+                        run.run_id, run.ds, run.status
                     ));
                     return Ok(if run.status == RunState::Success {
                         0
@@ -80,7 +80,7 @@ pub async fn exec(dir: &Path, name: &str, date: &str, rerun: bool) -> Result<i32
         .ok_or_else(|| anyhow::anyhow!("run {pk} vanished"))?;
     output::note(format!(
         "Run {} {} (ds {}): {}, rows_loaded={}",
-        run.pipeline, run.run_id, run.logical_date, run.status, run.rows_loaded
+        run.pipeline, run.run_id, run.ds, run.status, run.rows_loaded
     ));
     Ok(match run.status {
         RunState::Success => 0,

@@ -1,0 +1,86 @@
+//! Task kinds, one module each. A kind's module holds its spec (what a pipeline file says),
+//! its keys and reader (how the file is checked), and, for nightshift's own kinds, the
+//! request the engine hands its child process (`nightshift __<kind> REQUEST`). How the
+//! engine runs a kind lives in the engine's `kinds` module; ARCHITECTURE.md says how to add
+//! one.
+
+pub mod dbt;
+pub mod extract;
+pub mod notify;
+pub mod publish;
+pub mod sensor;
+pub mod shell;
+
+pub use dbt::DbtSpec;
+pub use extract::{ExtractRequest, ExtractSpec, ExtractTable, OnIncomplete};
+pub use notify::{NotifyRequest, NotifySpec, TaskSummary};
+pub use publish::{PublishRequest, PublishSpec};
+pub use sensor::{SENSOR_NOT_YET, SensorCondition, SensorRequest, SensorSpec};
+pub use shell::ShellSpec;
+
+use crate::diag::Diagnostic;
+use crate::pipeline::TriggerRule;
+use crate::project::ProjectSettings;
+use crate::toml_reader::TableReader;
+
+/// The closed set of task kinds. Every kind ends up as a child process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    Shell(ShellSpec),
+    Extract(ExtractSpec),
+    Sensor(SensorSpec),
+    Dbt(DbtSpec),
+    Publish(PublishSpec),
+    Notify(NotifySpec),
+}
+
+impl TaskKind {
+    /// The kind's definition: its name and keys, and how it is read.
+    pub(crate) fn def(&self) -> &'static Def {
+        match self {
+            TaskKind::Shell(_) => &shell::DEF,
+            TaskKind::Extract(_) => &extract::DEF,
+            TaskKind::Sensor(_) => &sensor::DEF,
+            TaskKind::Dbt(_) => &dbt::DEF,
+            TaskKind::Publish(_) => &publish::DEF,
+            TaskKind::Notify(_) => &notify::DEF,
+        }
+    }
+
+    /// The name a pipeline file gives the kind (`kind = "…"`).
+    pub fn name(&self) -> &'static str {
+        self.def().name
+    }
+}
+
+/// What the pipeline reader knows of a kind.
+pub(crate) struct Def {
+    pub name: &'static str,
+    /// The keys a task of this kind may have, beside the common ones.
+    pub keys: &'static [&'static str],
+    /// The trigger rule when the task names none.
+    pub trigger_rule: TriggerRule,
+    /// Reads the kind's own keys of a `[[task]]` table (`id` is the task's id).
+    pub read:
+        fn(&TableReader<'_, '_>, &str, &ProjectSettings, &mut Vec<Diagnostic>) -> Option<TaskKind>,
+}
+
+/// Every kind, in the order the docs list them.
+pub(crate) const KINDS: [&Def; 6] = [
+    &shell::DEF,
+    &extract::DEF,
+    &sensor::DEF,
+    &dbt::DEF,
+    &publish::DEF,
+    &notify::DEF,
+];
+
+/// The kind named `name` (a task without `kind` is a shell task).
+pub(crate) fn find(name: &str) -> Option<&'static Def> {
+    KINDS.into_iter().find(|k| k.name == name)
+}
+
+/// The names of every kind, for did-you-mean help.
+pub(crate) fn names() -> impl Iterator<Item = &'static str> {
+    KINDS.into_iter().map(|k| k.name)
+}

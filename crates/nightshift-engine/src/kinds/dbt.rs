@@ -1,0 +1,78 @@
+//! `dbt`: dbt's own argv (built in [`crate::dbt`]) with a target path per try; a retry runs
+//! only the nodes the previous try did not finish; its results are read from
+//! `run_results.json` after it ends.
+
+use jiff::Timestamp;
+use nightshift_core::kinds::DbtSpec;
+use nightshift_core::pipeline::Task;
+
+use super::{Findings, Prepared, Runner, TryPaths};
+use crate::attempt::TryCtx;
+use crate::dbt;
+use crate::executor::{self, ChildOutcome, Exit};
+
+impl Runner for DbtSpec {
+    fn prepare(&self, c: &TryCtx, task: &Task, p: &TryPaths<'_>) -> Result<Prepared, String> {
+        // A retry runs only what failed or was skipped, when the previous try says so.
+        let prev = (c.try_number > 1)
+            .then(|| {
+                dbt::read_results(&dbt::try_dir(
+                    &c.project_dir,
+                    &c.run.pipeline,
+                    &c.run.run_id,
+                    &task.id,
+                    c.try_number - 1,
+                ))
+            })
+            .flatten();
+        let only = prev.as_deref().and_then(dbt::remaining_nodes);
+        if let Some(nodes) = &only {
+            executor::log_note(
+                p.log_path,
+                c.clock.as_ref(),
+                &format!(
+                    "retrying only the {} node(s) that did not succeed: {}",
+                    nodes.len(),
+                    nodes.join(" ")
+                ),
+            );
+        }
+        std::fs::create_dir_all(p.work_dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", p.work_dir.display()))?;
+        let (argv, env) = dbt::command(self, &c.project_dir, p.work_dir, p.ctx, only.as_deref());
+        Ok(Prepared { argv, env })
+    }
+
+    /// dbt finishes the node it is on and writes its artifacts on SIGINT.
+    fn stop_signal(&self) -> nix::sys::signal::Signal {
+        nix::sys::signal::Signal::SIGINT
+    }
+
+    fn json_log(&self) -> bool {
+        true
+    }
+
+    fn says_why(&self) -> bool {
+        false
+    }
+
+    fn conclude(
+        &self,
+        _c: &TryCtx,
+        _task: &Task,
+        _started: Timestamp,
+        p: &TryPaths<'_>,
+        outcome: &ChildOutcome,
+    ) -> Findings {
+        let mut found = Findings::default();
+        if let Some(nodes) = dbt::read_results(p.work_dir) {
+            found.metrics = dbt::summary(&nodes);
+            found.reason = dbt::failure_reason(&nodes);
+            found.dbt_nodes = Some(nodes);
+        }
+        if matches!(outcome.exit, Exit::Code(2)) && found.reason.is_none() {
+            found.reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
+        }
+        found
+    }
+}

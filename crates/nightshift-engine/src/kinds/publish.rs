@@ -1,0 +1,57 @@
+//! `publish`: `nightshift __publish REQUEST`. Refuses when a dbt test of this run failed,
+//! whatever the trigger rules let through: only tested data is published.
+
+use nightshift_core::kinds::{PublishRequest, PublishSpec};
+use nightshift_core::pipeline::Task;
+
+use super::{Prepared, Runner, TryPaths, internal_argv};
+use crate::attempt::TryCtx;
+use crate::dbt;
+
+impl Runner for PublishSpec {
+    fn prepare(&self, c: &TryCtx, _task: &Task, p: &TryPaths<'_>) -> Result<Prepared, String> {
+        let nodes = c.store.dbt_nodes(c.run.pk).map_err(|e| e.to_string())?;
+        // The latest try of each dbt task speaks for it.
+        let mut latest: std::collections::BTreeMap<&str, u32> = Default::default();
+        for (task, try_number, _) in &nodes {
+            let e = latest.entry(task.as_str()).or_insert(0);
+            *e = (*e).max(*try_number);
+        }
+        let mut checks: std::collections::BTreeMap<String, u32> = Default::default();
+        let mut invocation = None;
+        for (task, try_number, n) in &nodes {
+            if latest.get(task.as_str()) != Some(try_number) {
+                continue;
+            }
+            invocation = invocation.or(n.invocation_id.clone());
+            if n.resource_type == "test" {
+                *checks.entry(n.status.clone()).or_insert(0) += 1;
+            }
+        }
+        let bad =
+            checks.get("fail").copied().unwrap_or(0) + checks.get("error").copied().unwrap_or(0);
+        if bad > 0 {
+            return Err(format!(
+                "refusing to publish: {bad} dbt test(s) of this run failed"
+            ));
+        }
+        let dir = p.work_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let (dbt_argv, dbt_env) = dbt::command(&self.dbt, &c.project_dir, dir, p.ctx, None);
+        let request = PublishRequest {
+            outputs: self.outputs.clone(),
+            root: c
+                .project_dir
+                .join(&self.output)
+                .to_string_lossy()
+                .into_owned(),
+            dbt_argv,
+            dbt_env,
+            keys: p.ctx.keys.clone(),
+            checks,
+            dbt_invocation_id: invocation,
+        };
+        internal_argv("__publish", &request)
+    }
+}
