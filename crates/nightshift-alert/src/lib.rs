@@ -17,6 +17,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use nightshift_core::clock::{Clock, real_now_us};
 use nightshift_core::deadline::DeadlineState;
 use nightshift_core::event::Event;
 use nightshift_core::project::{AlertKind, ProjectSettings};
@@ -41,12 +42,10 @@ pub struct Alerter {
     owner: String,
     workers: HashMap<String, mpsc::Sender<i64>>,
     outstanding: Arc<AtomicUsize>,
+    /// Data time: when an alert was raised and sent. Its claim is a lease, in real time.
+    clock: Arc<dyn Clock>,
 }
 
-fn now_us() -> i64 {
-    #[allow(clippy::disallowed_methods)]
-    to_micros(Timestamp::now())
-}
 
 impl Alerter {
     /// Starts one delivery thread per alert channel.
@@ -56,6 +55,7 @@ impl Alerter {
         project_dir: PathBuf,
         on_failure: Option<FailureHook>,
         host: &str,
+        clock: Arc<dyn Clock>,
     ) -> Alerter {
         let base_url = settings
             .alerts
@@ -75,11 +75,12 @@ impl Alerter {
             let dir = project_dir.clone();
             let outstanding = outstanding.clone();
             let hook = on_failure.clone();
+            let clock = clock.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("alerts-{name}"))
                 .spawn(move || {
                     for id in rx {
-                        deliver_recorded(&store, &name2, &ch, &dir, id, hook.as_ref());
+                        deliver_recorded(&store, &name2, &ch, &dir, id, hook.as_ref(), clock.as_ref());
                         outstanding.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
@@ -99,6 +100,7 @@ impl Alerter {
             owner: format!("{host}:{}", std::process::id()),
             workers,
             outstanding,
+            clock,
         }
     }
 
@@ -111,7 +113,7 @@ impl Alerter {
         if self.workers.is_empty() {
             return;
         }
-        let now = now_us();
+        let now = real_now_us();
         match self
             .store
             .claim_stale_alerts(&self.owner, now, now + CLAIM.as_micros() as i64)
@@ -269,7 +271,7 @@ impl Alerter {
         allow: impl Fn(&str) -> bool,
     ) -> Result<(), nightshift_store::Error> {
         let payload = serde_json::to_string(msg).unwrap_or_default();
-        let now = now_us();
+        let now = to_micros(self.clock.now());
         for channel in &self.settings.alerts.channels {
             if !self.wants(channel, kind) || !allow(channel) {
                 continue;
@@ -285,7 +287,7 @@ impl Alerter {
                 payload: &payload,
                 now,
                 owner: &self.owner,
-                claim_until: now + CLAIM.as_micros() as i64,
+                claim_until: real_now_us() + CLAIM.as_micros() as i64,
             })?;
             if let Some(id) = id {
                 self.dispatch(channel, id);
@@ -520,6 +522,7 @@ fn deliver_recorded(
     dir: &std::path::Path,
     id: i64,
     hook: Option<&FailureHook>,
+    clock: &dyn Clock,
 ) {
     let row = match store.alert(id) {
         Ok(Some(r)) if r.status == "pending" => r,
@@ -533,7 +536,7 @@ fn deliver_recorded(
                 false,
                 0,
                 Some(&format!("unreadable payload: {e}")),
-                now_us(),
+                to_micros(clock.now()),
             );
             return;
         }
@@ -544,7 +547,7 @@ fn deliver_recorded(
         out.error.is_none(),
         out.attempts,
         out.error.as_deref(),
-        now_us(),
+        to_micros(clock.now()),
     ) {
         tracing::error!(error = %e, alert = id, "cannot record an alert's delivery");
     }

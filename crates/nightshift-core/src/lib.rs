@@ -1,6 +1,7 @@
-//! nightshift's pure logic: no I/O, no system clock.
+//! nightshift's pure logic: no I/O; the system clock is read only in [`clock`].
 //!
 //! # Layout
+//! - [`clock`]: the `Clock` every crate takes data time from; the one reader of real time.
 //! - [`deadline`]: deadline instants and the finish-time forecast.
 //! - [`diag`]: diagnostics with file positions, rendered like cargo's.
 //! - [`event`]: what the engine reports (events) and its loop's figures (stats).
@@ -13,6 +14,7 @@
 //! - [`time`]: schedules, DST rules, data intervals, `ds` and `run_id`.
 //! - [`state`]: run and task states, trigger rules, run outcomes.
 
+pub mod clock;
 pub mod deadline;
 pub mod diag;
 pub mod event;

@@ -14,7 +14,7 @@ use nightshift_core::{Pipeline, TaskState};
 use nightshift_store::{RunRow, Store, TiRow};
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
+use nightshift_core::clock::Clock;
 use crate::contain::Containment;
 use crate::crash::{CrashPoint, crash_if};
 use crate::dbt;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use nix::sys::signal::Signal;
 
-use crate::clock::Clock;
+use nightshift_core::clock::Clock;
 use crate::contain::Cell;
 use crate::procs;
 pub use crate::trylog::log_note;
@@ -317,7 +317,7 @@ fn locate(arg0: &str, cwd: &Path, env: &[(String, String)]) -> Result<PathBuf, S
         .rev()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| std::ffi::OsString::from(v))
-        .or_else(|| std::env::var_os("PATH"))
+        .or_else(crate::env::path)
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .map(|d| cwd.join(d).join(arg0))

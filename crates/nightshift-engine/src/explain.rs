@@ -9,7 +9,7 @@ use nightshift_core::time::from_micros;
 use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{RunRow, Store, TiRow};
 
-use crate::clock::real_now_us;
+use nightshift_core::clock::real_now_us;
 
 /// One finding: what it is about (`None`: the run) and why.
 #[derive(Debug, Clone, serde::Serialize)]

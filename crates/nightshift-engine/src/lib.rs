@@ -1,25 +1,27 @@
 //! nightshift's engine: everything that touches processes and time.
 //!
 //! # Layout
-//! - [`clock`]: the `Clock` seam (system time, simulated time) and real time for leases.
+//! - `clock`: re-exported from `nightshift_core::clock` for the binary.
 //! - [`project`]: loading a project folder and noticing edits.
 //! - [`engine`]: the scheduler loop, run creation, orphan recovery.
 //! - [`dbt`]: the dbt kind's command line, retries of failed nodes, run_results.json.
 //! - [`explain`]: why a run or task is where it is, in words.
 //! - [`executor`]: one try as a child process, supervised on its own threads.
 //! - [`trylog`]: a try's buffered, capped log.
-//! - [`attempt`]: a try's life, prepare → spawn → conclude; `kinds`: the built-in kinds' argv.
+//! - [`attempt`]: a try's life, prepare → spawn → conclude.
+//! - `kinds`: one module per task kind: its try's argv and environment, and what it left.
+//! - `env`: the engine's one reader of its environment (secrets to mask, `PATH`).
 //! - [`contain`]: ending every process of a try (cgroup v2, or subreaper + key sweep).
 //! - [`outcome`]: the outcome writer and its journal.
 //! - [`crash`]: named crash points for recovery tests.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
 
 pub mod attempt;
-pub mod clock;
 pub mod contain;
 pub mod crash;
 pub mod dbt;
 pub mod engine;
+mod env;
 pub mod executor;
 pub mod explain;
 mod kinds;
@@ -28,5 +30,5 @@ pub mod procs;
 pub mod project;
 pub mod trylog;
 
-pub use clock::{Clock, SimClock, SystemClock};
+pub use nightshift_core::clock::{self, Clock, SimClock, SystemClock};
 pub use engine::{CrashPoint, Engine, Event, Mode, Options, Stats};

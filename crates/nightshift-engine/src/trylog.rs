@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::clock::Clock;
+use nightshift_core::clock::Clock;
 
 /// The log is written through a buffer of this size (one write syscall per buffer, not per
 /// line), flushed whenever the task pauses so a live tail stays current.
@@ -278,7 +278,7 @@ pub fn log_note(path: &Path, clock: &dyn Clock, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
+    use nightshift_core::clock::SystemClock;
 
     #[test]
     fn a_log_past_its_cap_keeps_head_and_tail_with_a_marker() {

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use nightshift_core::clock::Clock;
 use nightshift_core::kinds::{ExtractRequest, OnIncomplete};
 use nightshift_core::project::Connection;
 
@@ -132,6 +133,7 @@ pub fn condition_holds(
 /// partitions in, and writes the figures to `metrics` (the `NIGHTSHIFT_METRICS` file).
 pub fn run(
     req: &ExtractRequest,
+    clock: &dyn Clock,
     metrics: Option<&Path>,
     log: &mut dyn Write,
 ) -> Result<Summary, Error> {
@@ -142,12 +144,9 @@ pub fn run(
         source: e,
     })?;
     let output = Path::new(&req.project_dir).join(&req.spec.output);
-    // Real time on purpose: `_extracted_at` is when the rows were loaded, which dbt's source
-    // freshness compares with the warehouse's clock.
-    #[allow(clippy::disallowed_methods)]
-    let extracted_at = jiff::Timestamp::try_from(std::time::SystemTime::now())
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    // `_extracted_at` is when the rows were loaded, which dbt's source freshness compares
+    // with the warehouse's clock: the caller passes the real one.
+    let extracted_at = clock.now().to_string();
     let params = sqlite::Params {
         keys: &req.keys,
         extracted_at: &extracted_at,
@@ -230,6 +229,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nightshift_core::clock::SystemClock;
     use nightshift_core::kinds::{ExtractSpec, ExtractTable};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -311,6 +311,7 @@ mod tests {
         let metrics = dir.path().join("m.jsonl");
         let s = run(
             &request(dir.path(), &db, None, vec![]),
+            &SystemClock,
             Some(&metrics),
             &mut std::io::sink(),
         )
@@ -322,6 +323,7 @@ mod tests {
         let db = source(dir.path(), 120);
         run(
             &request(dir.path(), &db, None, vec![]),
+            &SystemClock,
             Some(&metrics),
             &mut std::io::sink(),
         )
@@ -349,6 +351,7 @@ mod tests {
         let db = source(dir.path(), 100);
         run(
             &request(dir.path(), &db, None, vec![]),
+            &SystemClock,
             None,
             &mut std::io::sink(),
         )
@@ -358,6 +361,7 @@ mod tests {
         let db = source(dir.path(), 10);
         let err = run(
             &request(dir.path(), &db, Some(0.5), vec![50, 52, 49]),
+            &SystemClock,
             None,
             &mut std::io::sink(),
         )
@@ -377,6 +381,7 @@ mod tests {
         let db = source(dir.path(), 0);
         let err = run(
             &request(dir.path(), &db, Some(0.5), vec![]),
+            &SystemClock,
             None,
             &mut std::io::sink(),
         )
@@ -394,11 +399,11 @@ mod tests {
         let mut req = request(dir.path(), &db, None, vec![]);
         req.spec.tables[0].sql = "SELECT * FROM t WHERE substr(ts, 1, 10) = :run_id".into();
         req.keys.run_id = "2024-06-01".into();
-        let s = run(&req, None, &mut std::io::sink()).unwrap();
+        let s = run(&req, &SystemClock, None, &mut std::io::sink()).unwrap();
         assert_eq!(s.rows_loaded(), 5);
         // Spliced into the text this would select every row; bound, it is just a string.
         req.keys.run_id = "2024-06-01' OR '1'='1".into();
-        let s = run(&req, None, &mut std::io::sink()).unwrap();
+        let s = run(&req, &SystemClock, None, &mut std::io::sink()).unwrap();
         assert_eq!(s.rows_loaded(), 0);
     }
 }

@@ -23,6 +23,7 @@ fn werr(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
 /// Publishes every output; returns (output, rows, partition) for each.
 pub fn publish(
     req: &PublishRequest,
+    clock: &dyn nightshift_core::clock::Clock,
     log: &mut dyn Write,
 ) -> Result<Vec<(String, i64, PathBuf)>, Error> {
     let ds = req.keys.ds_text();
@@ -65,12 +66,7 @@ pub fn publish(
             format!("dbt run-operation nightshift_export failed ({status}); nothing was published"),
         ));
     }
-    // Real time on purpose: the manifest says when the data was published, whatever clock
-    // the scheduler runs on.
-    #[allow(clippy::disallowed_methods)]
-    let published_at = jiff::Timestamp::try_from(std::time::SystemTime::now())
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    let published_at = clock.now().to_string();
     let mut out = vec![];
     for (o, w) in staged {
         let file = w.staging_dir().join("part-0.parquet");

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use jiff::Timestamp;
 use nightshift_core::time::{parse_date, to_micros};
 use nightshift_core::{RunState, Trigger};
 use nightshift_engine::engine::{create_run, rerun};
@@ -23,10 +22,6 @@ type Q = Query<HashMap<String, String>>;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-fn now() -> Timestamp {
-    #[allow(clippy::disallowed_methods)]
-    Timestamp::now()
-}
 
 /// A positive integer query value within bounds, or a 400 naming it.
 pub fn query_int(
@@ -142,7 +137,7 @@ pub async fn calendar(
     Query(q): Q,
 ) -> Result<Json<Value>, WebError> {
     st.require_read(&headers)?;
-    let (from, to) = calendar_range(&q)?;
+    let (from, to) = calendar_range(&q, st.today())?;
     Ok(Json(
         json!({"pipeline": p, "days": st.calendar(&p, from, to)?}),
     ))
@@ -151,8 +146,8 @@ pub async fn calendar(
 /// `from`/`to` of a calendar, by default the last 16 weeks; at most two years.
 pub fn calendar_range(
     q: &HashMap<String, String>,
+    today: jiff::civil::Date,
 ) -> Result<(jiff::civil::Date, jiff::civil::Date), WebError> {
-    let today = now().to_zoned(jiff::tz::TimeZone::UTC).date();
     let to = query_date(q, "to")?.unwrap_or(today);
     let from = query_date(q, "from")?
         .unwrap_or_else(|| to.checked_sub(jiff::Span::new().days(111)).unwrap_or(to));
@@ -283,7 +278,7 @@ impl AppState {
         };
         let (runs, tries) =
             self.store
-                .cancel_runs(&pks, to_micros(now()), "cancelled from the web UI or API")?;
+                .cancel_runs(&pks, to_micros(self.now()), "cancelled from the web UI or API")?;
         if run_id.is_some() && runs.is_empty() {
             return Err(WebError::Conflict(format!(
                 "run `{}` has finished already; nothing to cancel",
@@ -299,7 +294,7 @@ impl AppState {
 
     pub fn act_pause(&self, p: &str, paused: bool) -> Result<Value, WebError> {
         self.pipeline(p)?;
-        self.store.set_paused(p, paused, to_micros(now()))?;
+        self.store.set_paused(p, paused, to_micros(self.now()))?;
         Ok(json!({"pipeline": p, "paused": paused}))
     }
 
@@ -320,7 +315,7 @@ impl AppState {
             .ok_or_else(|| {
                 WebError::BadRequest(format!("the schedule of `{p}` starts no interval on {ds}"))
             })?;
-        let t = now();
+        let t = self.now();
         let created =
             create_run(&self.store, lp, iv, Trigger::Manual, t).map_err(WebError::from)?;
         let run = self
@@ -365,7 +360,7 @@ impl AppState {
                 "`to` {to} is before `from` {from}"
             )));
         }
-        let t = now();
+        let t = self.now();
         let (ivs, _) = lp
             .pipeline
             .intervals_between(from_d, to_d, t, 10_000)
@@ -424,7 +419,7 @@ impl AppState {
         let cleared = self.store.clear_tasks(
             run.pk,
             &list,
-            to_micros(now()),
+            to_micros(self.now()),
             "cleared from the web UI or API",
         )?;
         if cleared.is_empty() {

@@ -29,6 +29,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nightshift_core::Pipeline;
+use nightshift_core::clock::Clock;
 use nightshift_core::event::Stats;
 use nightshift_engine::project::{self, Project};
 use nightshift_store::Store;
@@ -112,9 +113,20 @@ pub struct AppState {
     pub sessions: auth::Sessions,
     pub metrics: Arc<Metrics>,
     pub stats: Option<Arc<Stats>>,
+    /// The scheduler's clock: "today" in the calendar and forecasts follows a simulation.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl AppState {
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
+    }
+
+    /// Today's date (UTC) on the scheduler's clock.
+    pub fn today(&self) -> jiff::civil::Date {
+        self.now().to_zoned(jiff::tz::TimeZone::UTC).date()
+    }
+
     /// The project as its files are now (re-read at most once a second when they changed).
     pub fn project(&self) -> Project {
         let mut guard = self.project.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,6 +179,7 @@ pub const STORE_WAIT: Duration = Duration::from_secs(2);
 pub struct Config {
     pub bind: SocketAddr,
     pub token: Option<String>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Binds `cfg.bind` now (so a taken port is reported at start) and serves on a thread of
@@ -200,6 +213,7 @@ pub fn serve(
         sessions: auth::Sessions::default(),
         metrics,
         stats,
+        clock: cfg.clock,
     });
     let app = router(state);
     std::thread::Builder::new()

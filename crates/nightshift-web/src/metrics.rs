@@ -196,7 +196,7 @@ impl Metrics {
         if let Some(s) = stats {
             // A loop stuck in a store call shows as the age of its last iteration.
             self.loop_lag.set(
-                s.loop_lag(now_us(), std::time::Duration::from_secs(1))
+                s.loop_lag(nightshift_core::clock::real_now_us(), std::time::Duration::from_secs(1))
                     .as_secs_f64(),
             );
             let skipped = s.skipped.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -242,8 +242,3 @@ pub async fn handler(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
         .into_response()
 }
 
-/// Real time in µs, for the loop-lag gauge (the loop's tick is real time too).
-fn now_us() -> i64 {
-    #[allow(clippy::disallowed_methods)]
-    jiff::Timestamp::now().as_microsecond()
-}

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use nightshift_core::time::{from_micros, to_micros};
 use nightshift_core::{Pipeline, TaskKind};
 use nightshift_store::{DbtNode, RunRow, TiRow, TryRow};
@@ -202,8 +201,7 @@ impl AppState {
     pub fn summary(&self, name: &str) -> Result<PipelineSummary, WebError> {
         let p = self.pipeline(name)?;
         let paused = self.store.paused_pipelines()?.iter().any(|x| x == name);
-        #[allow(clippy::disallowed_methods)]
-        let now = Timestamp::now();
+        let now = self.now();
         let (last, _) = self.store.last_runs(name)?;
         let deadlines = match &last {
             Some(r) => self.store.deadlines_of(&[r.pk])?,
@@ -359,14 +357,13 @@ impl AppState {
                 }
             }
         }
-        #[allow(clippy::disallowed_methods)]
         let reasons = nightshift_engine::explain::explain(
             &self.store,
             &self.project().settings,
             &p,
             &run,
             None,
-            Timestamp::now(),
+            self.now(),
         )?;
         Ok((
             RunDetail {
@@ -419,8 +416,7 @@ impl AppState {
         for r in &runs {
             by_ds.entry(r.ds).or_default().push(r);
         }
-        #[allow(clippy::disallowed_methods)]
-        let now = Timestamp::now();
+        let now = self.now();
         let mut out = vec![];
         let mut d = from;
         while d <= to {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use nightshift_core::time::to_micros;
 
@@ -386,7 +385,7 @@ pub async fn calendar(
     Query(q): Q,
 ) -> Response {
     render(&st, &headers, || {
-        let (from, to) = calendar_range(&q)?;
+        let (from, to) = calendar_range(&q, st.today())?;
         let days = st.calendar(&p, from, to)?;
         let summary = st.summary(&p)?;
         let csrf = st.session_csrf(&headers);
@@ -435,8 +434,7 @@ pub async fn run(
     render(&st, &headers, || {
         let (d, _) = st.run_detail(&p, &run_id)?;
         let csrf = st.session_csrf(&headers);
-        #[allow(clippy::disallowed_methods)]
-        let now_us = to_micros(Timestamp::now());
+        let now_us = to_micros(st.now());
         let r = &d.run;
         let pname = p.clone();
         let rid = run_id.clone();

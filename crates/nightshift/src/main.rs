@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod env;
 mod output;
 mod scaffold;
 mod shop;
@@ -43,9 +44,7 @@ fn init_tracing(cmd: &cli::Command) {
         cli::Command::Up { .. } => "info",
         _ => "warn",
     };
-    #[allow(clippy::disallowed_methods)]
-    let filter = std::env::var("NIGHTSHIFT_LOG")
-        .ok()
+    let filter = env::log_filter()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

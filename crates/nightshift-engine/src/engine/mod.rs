@@ -29,7 +29,7 @@ mod scheduler;
 mod upkeep;
 
 use crate::attempt::{self, TryCtx, TryDone, plus, try_key};
-use crate::clock::{Clock, real_now_us};
+use nightshift_core::clock::{Clock, real_now_us};
 use crate::contain::Containment;
 pub use crate::crash::CrashPoint;
 use crate::crash::crash_if;
@@ -215,6 +215,11 @@ impl Engine {
     /// The loop's figures, shared with whoever serves metrics.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// The clock the engine takes data time from, for the web server and the alerter.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {

@@ -150,10 +150,9 @@ pub(crate) fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<
         }
     }
     names.push(&settings.web.token_env);
-    #[allow(clippy::disallowed_methods)]
     names
         .into_iter()
-        .filter_map(|n| std::env::var(n).ok())
+        .filter_map(crate::env::var)
         // A token written in nightshift.toml is a secret too.
         .chain(settings.web.token.clone())
         .filter(|v| v.len() >= 4)

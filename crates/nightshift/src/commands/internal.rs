@@ -9,13 +9,17 @@ use nightshift_core::project::Channel;
 
 use crate::output;
 
+// Real time on purpose in these children: `_extracted_at` is compared by dbt's source
+// freshness with the warehouse's clock, and a manifest says when data was really published,
+// whatever clock the scheduler runs on.
+use nightshift_core::clock::SystemClock;
+
 pub fn extract(request: &str) -> Result<i32> {
     let req: ExtractRequest =
         serde_json::from_str(request).context("reading the extract request")?;
-    #[allow(clippy::disallowed_methods)]
-    let metrics = std::env::var_os("NIGHTSHIFT_METRICS").map(std::path::PathBuf::from);
+    let metrics = crate::env::metrics_file();
     let mut log = std::io::stdout();
-    match nightshift_extract::run(&req, metrics.as_deref(), &mut log) {
+    match nightshift_extract::run(&req, &SystemClock, metrics.as_deref(), &mut log) {
         Ok(summary) => {
             output::line(format!(
                 "extracted {} rows in {} table(s)",
@@ -65,7 +69,7 @@ pub fn publish(request: &str) -> Result<i32> {
     let req: PublishRequest =
         serde_json::from_str(request).context("reading the publish request")?;
     let mut log = std::io::stdout();
-    match nightshift_extract::publish(&req, &mut log) {
+    match nightshift_extract::publish(&req, &SystemClock, &mut log) {
         Ok(done) => {
             let rows: i64 = done.iter().map(|d| d.1).sum();
             output::line(format!("published {} output(s), {rows} rows", done.len()));

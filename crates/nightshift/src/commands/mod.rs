@@ -278,8 +278,7 @@ pub fn shutdown_signal() -> watch::Receiver<u32> {
 /// Engine options from the environment (the crash-point hook for recovery tests).
 pub fn engine_options() -> Result<Options> {
     let mut opts = Options::default();
-    #[allow(clippy::disallowed_methods)]
-    if let Ok(v) = std::env::var("NIGHTSHIFT_CRASH_AT") {
+    if let Some(v) = crate::env::crash_at() {
         opts.crash_at = Some(nightshift_engine::CrashPoint::parse(&v).ok_or_else(|| {
             usage(format!(
                 "invalid NIGHTSHIFT_CRASH_AT `{v}`: use one of {}",
@@ -363,6 +362,7 @@ pub async fn drive_until(
         engine.project().dir.clone(),
         hook,
         &nightshift_engine::procs::hostname(),
+        engine.clock(),
     );
     alerter.deliver_stale();
     let mut observe = |e: Event| {

@@ -65,11 +65,14 @@ pub async fn exec(
         (None, _, false) => web_settings.bind.parse().ok().map(|b| (b, false)),
     };
     if let Some((addr, explicit)) = serve_at {
-        #[allow(clippy::disallowed_methods)]
-        let token = web_settings.resolve_token(|k| std::env::var(k).ok());
+        let token = web_settings.resolve_token(crate::env::var);
         let has_token = token.is_some();
         match nightshift_web::serve(
-            nightshift_web::Config { bind: addr, token },
+            nightshift_web::Config {
+                bind: addr,
+                token,
+                clock: engine.clock(),
+            },
             web_project,
             metrics.clone(),
             Some(engine.stats()),

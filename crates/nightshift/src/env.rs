@@ -1,0 +1,27 @@
+//! The binary's one reader of its environment: the variables nightshift itself takes
+//! (`NIGHTSHIFT_LOG`, `NIGHTSHIFT_CRASH_AT`, `NIGHTSHIFT_METRICS`) and the variables a
+//! project points at (its web token).
+
+use std::path::PathBuf;
+
+/// A variable's value, when set and valid UTF-8.
+#[allow(clippy::disallowed_methods)]
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The log filter (`NIGHTSHIFT_LOG`, tracing's `EnvFilter` syntax).
+pub fn log_filter() -> Option<String> {
+    var("NIGHTSHIFT_LOG")
+}
+
+/// The crash point a recovery test asks for (`NIGHTSHIFT_CRASH_AT`).
+pub fn crash_at() -> Option<String> {
+    var("NIGHTSHIFT_CRASH_AT")
+}
+
+/// The metrics file the engine gave a built-in kind's child (`NIGHTSHIFT_METRICS`).
+#[allow(clippy::disallowed_methods)]
+pub fn metrics_file() -> Option<PathBuf> {
+    std::env::var_os("NIGHTSHIFT_METRICS").map(PathBuf::from)
+}
