@@ -46,7 +46,6 @@ pub struct Alerter {
     clock: Arc<dyn Clock>,
 }
 
-
 impl Alerter {
     /// Starts one delivery thread per alert channel.
     pub fn new(
@@ -80,7 +79,15 @@ impl Alerter {
                 .name(format!("alerts-{name}"))
                 .spawn(move || {
                     for id in rx {
-                        deliver_recorded(&store, &name2, &ch, &dir, id, hook.as_ref(), clock.as_ref());
+                        deliver_recorded(
+                            &store,
+                            &name2,
+                            &ch,
+                            &dir,
+                            id,
+                            hook.as_ref(),
+                            clock.as_ref(),
+                        );
                         outstanding.fetch_sub(1, Ordering::SeqCst);
                     }
                 });

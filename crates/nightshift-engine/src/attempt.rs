@@ -14,7 +14,6 @@ use nightshift_core::{Pipeline, TaskState};
 use nightshift_store::{RunRow, Store, TiRow};
 use tokio::sync::mpsc;
 
-use nightshift_core::clock::Clock;
 use crate::contain::Containment;
 use crate::crash::{CrashPoint, crash_if};
 use crate::dbt;
@@ -22,6 +21,7 @@ use crate::executor::{self, ChildOutcome, ChildSpec, Exit, KillReason, Stopper};
 use crate::kinds::{self, Prepared, TryPaths, Wait};
 use crate::outcome::{Outcome, SpawnRecord, Writer};
 use crate::procs;
+use nightshift_core::clock::Clock;
 
 /// How long a try runs before its pid is recorded on its own (a shorter try has it written
 /// with its outcome; recovery finds one in between by its `NIGHTSHIFT_TRY_KEY`).

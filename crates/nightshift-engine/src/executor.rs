@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use nix::sys::signal::Signal;
 
-use nightshift_core::clock::Clock;
 use crate::contain::Cell;
 use crate::procs;
 pub use crate::trylog::log_note;
 use crate::trylog::{LOG_BUFFER, LogSink};
+use nightshift_core::clock::Clock;
 
 /// Why the executor stopped a process before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

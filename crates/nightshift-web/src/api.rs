@@ -22,7 +22,6 @@ type Q = Query<HashMap<String, String>>;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-
 /// A positive integer query value within bounds, or a 400 naming it.
 pub fn query_int(
     q: &HashMap<String, String>,
@@ -276,9 +275,11 @@ impl AppState {
                 self.store.unfinished_backfill_runs(p)?
             }
         };
-        let (runs, tries) =
-            self.store
-                .cancel_runs(&pks, to_micros(self.now()), "cancelled from the web UI or API")?;
+        let (runs, tries) = self.store.cancel_runs(
+            &pks,
+            to_micros(self.now()),
+            "cancelled from the web UI or API",
+        )?;
         if run_id.is_some() && runs.is_empty() {
             return Err(WebError::Conflict(format!(
                 "run `{}` has finished already; nothing to cancel",

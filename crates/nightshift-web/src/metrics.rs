@@ -196,8 +196,11 @@ impl Metrics {
         if let Some(s) = stats {
             // A loop stuck in a store call shows as the age of its last iteration.
             self.loop_lag.set(
-                s.loop_lag(nightshift_core::clock::real_now_us(), std::time::Duration::from_secs(1))
-                    .as_secs_f64(),
+                s.loop_lag(
+                    nightshift_core::clock::real_now_us(),
+                    std::time::Duration::from_secs(1),
+                )
+                .as_secs_f64(),
             );
             let skipped = s.skipped.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for (p, n) in skipped {
@@ -241,4 +244,3 @@ pub async fn handler(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Res
     )
         .into_response()
 }
-

@@ -124,6 +124,8 @@ fn rss_kb(pid: u32) -> u64 {
 
 fn seed_history(store: &Store, version: &str, runs: i64, tasks_per_run: i64) {
     store
+        .sqlite()
+        .expect("benchmarks seed a SQLite store")
         .bulk(|tx| {
             let mut run = tx.prepare(
                 "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version)
@@ -183,6 +185,8 @@ fn pass_time(history_runs: i64) -> (f64, i64) {
         .pk();
     // The first task is running elsewhere, so the pass evaluates everything and claims nothing.
     store
+        .sqlite()
+        .expect("benchmarks seed a SQLite store")
         .bulk(|tx| {
             tx.execute("UPDATE pipeline_runs SET status = 'RUNNING', start_time = 0 WHERE id = ?1", [pk])?;
             tx.execute(

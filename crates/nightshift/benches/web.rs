@@ -125,6 +125,8 @@ fn main() {
     #[allow(clippy::disallowed_methods)]
     let today = jiff::Timestamp::now().as_microsecond() / DAY_US * DAY_US;
     store
+        .sqlite()
+        .expect("benchmarks seed a SQLite store")
         .bulk(|tx| {
             let mut run = tx.prepare(
                 "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version)

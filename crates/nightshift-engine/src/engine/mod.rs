@@ -29,7 +29,6 @@ mod scheduler;
 mod upkeep;
 
 use crate::attempt::{self, TryCtx, TryDone, plus, try_key};
-use nightshift_core::clock::{Clock, real_now_us};
 use crate::contain::Containment;
 pub use crate::crash::CrashPoint;
 use crate::crash::crash_if;
@@ -37,6 +36,7 @@ use crate::executor::{KillReason, Stopper};
 use crate::outcome::Writer;
 use crate::procs::{self, Owner};
 use crate::project::{self, LoadedPipeline, Project};
+use nightshift_core::clock::{Clock, real_now_us};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

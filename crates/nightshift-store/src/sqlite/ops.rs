@@ -1,0 +1,190 @@
+//! Operator actions on runs: clearing tasks so they run again.
+
+use rusqlite::{OptionalExtension, params};
+
+use nightshift_core::TaskState;
+
+use super::{SqliteStore, event};
+use crate::{CancelledTry, Error, Result};
+
+impl SqliteStore {
+    pub fn clear_tasks(
+        &self,
+        run_pk: i64,
+        tasks: &[(&str, u32)],
+        now: i64,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        self.write(|tx| {
+            let mut cleared = vec![];
+            for (task, max_tries) in tasks {
+                let n = tx.execute(
+                    "UPDATE task_instances SET state = 'PENDING', next_try_at = NULL, owner = NULL, pid = NULL, pid_start = NULL,
+                         lease_until = NULL, waiting_since = NULL, pokes = 0, interruptions = 0, max_tries = try_number + ?3, updated_at = ?4
+                     WHERE run = ?1 AND task_id = ?2 AND state IN ('SUCCESS', 'FAILED', 'UPSTREAM_FAILED', 'SKIPPED', 'UP_FOR_RETRY', 'CANCELLED')",
+                    params![run_pk, task, max_tries, now],
+                )?;
+                if n == 1 {
+                    event(tx, now, run_pk, Some(task), None, "PENDING", Some(reason))?;
+                    cleared.push((*task).to_owned());
+                }
+            }
+            if !cleared.is_empty() {
+                let n = tx.execute(
+                    "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL, queued_at = ?2 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
+                    params![run_pk, now],
+                )?;
+                if n == 1 {
+                    event(tx, now, run_pk, None, None, "QUEUED", Some(reason))?;
+                }
+            }
+            Ok(cleared)
+        })
+    }
+}
+
+impl SqliteStore {
+    pub fn cancel_runs(
+        &self,
+        run_pks: &[i64],
+        now: i64,
+        reason: &str,
+    ) -> Result<(Vec<String>, Vec<CancelledTry>)> {
+        self.write(|tx| {
+            let mut runs = vec![];
+            let mut tries = vec![];
+            for pk in run_pks {
+                let run_id: Option<String> = tx
+                    .query_row(
+                        "UPDATE pipeline_runs SET status = 'CANCELLED', end_time = ?2 WHERE id = ?1 AND status IN ('QUEUED', 'RUNNING') RETURNING run_id",
+                        params![pk, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(run_id) = run_id else { continue };
+                let mut running = tx.prepare_cached(
+                    "SELECT task_id, try_number, owner FROM task_instances WHERE run = ?1 AND state = 'RUNNING'",
+                )?;
+                let live: Vec<(String, u32, Option<String>)> = running
+                    .query_map([pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (task, try_number, owner) in live {
+                    tx.execute(
+                        "UPDATE task_tries SET state = 'CANCELLED', end_time = ?4, duration_ms = (?4 - start_time) / 1000,
+                             error = COALESCE(error, ?5)
+                         WHERE run = ?1 AND task_id = ?2 AND try_number = ?3",
+                        params![pk, task, try_number, now, format!("cancelled: {reason}")],
+                    )?;
+                    tries.push(CancelledTry {
+                        run_id: run_id.clone(),
+                        task_id: task,
+                        try_number,
+                        owner,
+                    });
+                }
+                tx.execute(
+                    "UPDATE task_instances SET state = 'CANCELLED', next_try_at = NULL, lease_until = NULL, updated_at = ?2
+                     WHERE run = ?1 AND state IN ('PENDING', 'QUEUED', 'RUNNING', 'UP_FOR_RETRY')",
+                    params![pk, now],
+                )?;
+                event(tx, now, *pk, None, None, "CANCELLED", Some(reason))?;
+                runs.push(run_id);
+            }
+            Ok((runs, tries))
+        })
+    }
+
+    pub fn unfinished_backfill_runs(&self, pipeline: &str) -> Result<Vec<i64>> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT id FROM pipeline_runs WHERE pipeline = ?1 AND \"trigger\" = 'backfill' AND status IN ('QUEUED', 'RUNNING') ORDER BY data_interval_start",
+            )?;
+            s.query_map([pipeline], |r| r.get(0))?.collect()
+        })
+    }
+
+    pub fn task_state(&self, ti_pk: i64) -> Result<Option<TaskState>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT state FROM task_instances WHERE id = ?1")?
+                .query_row([ti_pk], |r| r.get::<_, String>(0))
+                .optional()
+        })?
+        .map(|s| s.parse().map_err(Error::Corrupt))
+        .transpose()
+    }
+}
+
+impl SqliteStore {
+    pub fn mark_task(
+        &self,
+        run_pk: i64,
+        task: &str,
+        state: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        self.write(|tx| {
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM task_instances WHERE run = ?1 AND task_id = ?2",
+                    params![run_pk, task],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(old) = old.filter(|s| s != "RUNNING") else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE task_instances SET state = ?3, next_try_at = NULL, owner = NULL, lease_until = NULL, updated_at = ?4
+                 WHERE run = ?1 AND task_id = ?2",
+                params![run_pk, task, state, now],
+            )?;
+            event(tx, now, run_pk, Some(task), None, state, Some(&format!("marked {} by hand: {reason}", state.to_lowercase())))?;
+            Ok(Some(old))
+        })
+    }
+
+    pub fn settle_run(&self, run_pk: i64, outcome: Option<&str>, now: i64) -> Result<()> {
+        self.write(|tx| {
+            match outcome {
+                Some(o) => {
+                    tx.execute(
+                        "UPDATE pipeline_runs SET status = ?2, end_time = COALESCE(end_time, ?3), start_time = COALESCE(start_time, ?3) WHERE id = ?1",
+                        params![run_pk, o, now],
+                    )?;
+                    event(tx, now, run_pk, None, None, o, Some("settled after a task was marked"))?;
+                }
+                None => {
+                    let n = tx.execute(
+                        "UPDATE pipeline_runs SET status = 'QUEUED', end_time = NULL WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
+                        [run_pk],
+                    )?;
+                    if n == 1 {
+                        event(tx, now, run_pk, None, None, "QUEUED", Some("queued again after a task was marked"))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn pool_users(&self, pool: &str) -> Result<Vec<(String, String, String)>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT t.pipeline, r.run_id, t.task_id FROM task_instances t JOIN pipeline_runs r ON r.id = t.run
+                 WHERE t.state = 'RUNNING' AND t.pool = ?1 ORDER BY r.data_interval_start",
+            )?;
+            s.query_map([pool], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+        })
+    }
+
+    pub fn running_runs(&self, pipeline: &str) -> Result<Vec<crate::RunRow>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {} FROM pipeline_runs WHERE pipeline = ?1 AND status = 'RUNNING' ORDER BY data_interval_start",
+                super::RUN_COLS
+            ))?;
+            s.query_map([pipeline], super::run_row)?.collect()
+        })
+    }
+}
