@@ -5,9 +5,48 @@ use rusqlite::{OptionalExtension, params};
 use nightshift_core::TaskState;
 
 use super::{SqliteStore, event};
-use crate::{CancelledTry, Error, Result};
+use nightshift_core::Trigger;
+
+use crate::{CancelledTry, Error, NewTask, Result};
 
 impl SqliteStore {
+    pub fn reset_run(
+        &self,
+        pk: i64,
+        now: i64,
+        trigger: Trigger,
+        version: &str,
+        tasks: &[NewTask<'_>],
+    ) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE pipeline_runs SET status = 'QUEUED', start_time = NULL, end_time = NULL, rows_loaded = 0, queued_at = ?2,
+                     \"trigger\" = ?3, version = ?4
+                 WHERE id = ?1 AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')",
+                params![pk, now, trigger.as_str(), version],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let pipeline: String = tx.query_row("SELECT pipeline FROM pipeline_runs WHERE id = ?1", [pk], |r| r.get(0))?;
+            tx.execute(
+                "UPDATE task_instances SET state = 'SKIPPED', next_try_at = NULL, owner = NULL, updated_at = ?2 WHERE run = ?1",
+                params![pk, now],
+            )?;
+            for t in tasks {
+                tx.execute(
+                    "INSERT INTO task_instances (run, pipeline, task_id, state, max_tries, pool, updated_at) VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)
+                     ON CONFLICT (run, task_id) DO UPDATE SET state = 'PENDING', next_try_at = NULL, owner = NULL, pid = NULL,
+                         pid_start = NULL, waiting_since = NULL, pokes = 0, interruptions = 0, lease_until = NULL, pool = excluded.pool,
+                         max_tries = task_instances.try_number + excluded.max_tries, updated_at = excluded.updated_at",
+                    params![pk, pipeline, t.task_id, t.max_tries, t.pool, now],
+                )?;
+            }
+            event(tx, now, pk, None, None, "QUEUED", Some("rerun"))?;
+            Ok(true)
+        })
+    }
+
     pub fn clear_tasks(
         &self,
         run_pk: i64,
