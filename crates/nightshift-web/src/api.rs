@@ -15,12 +15,11 @@ use nightshift_engine::engine::{create_run, rerun};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::openapi::ErrorBody;
 use crate::{AppState, WebError};
 
 type St = State<Arc<AppState>>;
 type Q = Query<HashMap<String, String>>;
-
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// A positive integer query value within bounds, or a 400 naming it.
 pub fn query_int(
@@ -68,14 +67,18 @@ fn date_field(v: &str, field: &str) -> Result<jiff::civil::Date, WebError> {
     })
 }
 
+/// This document
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub async fn openapi() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        crate::openapi::document(),
     )
         .into_response()
 }
 
+/// Pipelines with schedule, next run, last run, deadline state, paused; and files with errors
+#[utoipa::path(get, path = "/api/v1/pipelines", responses((status = 200, description = "Pipelines", body = Object)))]
 pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<Value>, WebError> {
     st.require_read(&headers)?;
     let project = st.project();
@@ -94,6 +97,8 @@ pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<Value>,
     Ok(Json(json!({"pipelines": out, "problems": problems})))
 }
 
+/// One pipeline
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}", params(("p" = String, Path, description = "Pipeline name")), responses((status = 200, description = "Pipeline", body = Object), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn pipeline(
     State(st): St,
     headers: HeaderMap,
@@ -105,6 +110,8 @@ pub async fn pipeline(
     ))
 }
 
+/// A page of the grid: runs newest first with each task's state
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Runs per page (default 25)"), ("before" = Option<i64>, Query, description = "next_before of the previous page")), responses((status = 200, description = "Grid page", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn runs(
     State(st): St,
     headers: HeaderMap,
@@ -119,6 +126,8 @@ pub async fn runs(
     ))
 }
 
+/// A run: tasks and tries, dbt results, data-quality figures, published manifests, history
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs/{run_id}", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), responses((status = 200, description = "Run", body = Object), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn run(
     State(st): St,
     headers: HeaderMap,
@@ -129,6 +138,8 @@ pub async fn run(
     Ok(Json(serde_json::to_value(d).unwrap_or_default()))
 }
 
+/// Partitions by day: done, failed, running, queued, missing, future
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/calendar", params(("p" = String, Path, description = "Pipeline name"), ("from" = Option<String>, Query, format = Date, description = "First day (default: 16 weeks before `to`)"), ("to" = Option<String>, Query, format = Date, description = "Last day (default: today)")), responses((status = 200, description = "Days", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn calendar(
     State(st): St,
     headers: HeaderMap,
@@ -163,6 +174,8 @@ pub fn calendar_range(
     Ok((from, to))
 }
 
+/// Alerts sent or failed, newest first
+#[utoipa::path(get, path = "/api/v1/alerts", params(("pipeline" = Option<String>, Query, description = "Only this pipeline's alerts"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Alerts", body = Object), (status = 400, description = "Error", body = ErrorBody)))]
 pub async fn alerts(
     State(st): St,
     headers: HeaderMap,
@@ -178,6 +191,7 @@ pub async fn alerts(
 
 /// A chunk of a try's log from `offset`; `X-Next-Offset` says where to continue and
 /// `X-Complete` whether the try has ended (then no more will come).
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id"), ("task" = String, Path, description = "Task id"), ("n" = u32, Path, description = "Try number"), ("offset" = Option<u64>, Query, description = "Byte offset to read from (default 0)")), responses((status = 200, description = "Log text", content_type = "text/plain", body = String), (status = 400, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn log(
     State(st): St,
     headers: HeaderMap,
@@ -432,31 +446,42 @@ impl AppState {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TriggerBody {
+#[schema(as = TriggerRequest)]
+pub struct TriggerBody {
+    #[schema(format = Date)]
     ds: String,
     #[serde(default)]
+    #[schema(default = false)]
     rerun: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BackfillBody {
+#[schema(as = BackfillRequest)]
+pub struct BackfillBody {
+    #[schema(format = Date)]
     from: String,
+    #[schema(format = Date)]
     to: String,
     #[serde(default)]
+    #[schema(default = false)]
     rerun: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ClearBody {
+#[schema(as = ClearRequest)]
+pub struct ClearBody {
     task: String,
     #[serde(default)]
+    #[schema(default = false)]
     downstream: bool,
 }
 
+/// Trigger a run for a ds (rerun: run a finished one again)
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name")), request_body = TriggerBody, security(("bearer" = [])), responses((status = 201, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
 pub async fn trigger(
     State(st): St,
     headers: HeaderMap,
@@ -469,6 +494,8 @@ pub async fn trigger(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+/// Backfill runs for every ended interval with a ds in [from, to]
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/backfills", params(("p" = String, Path, description = "Pipeline name")), request_body = BackfillBody, security(("bearer" = [])), responses((status = 201, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
 pub async fn backfill(
     State(st): St,
     headers: HeaderMap,
@@ -481,6 +508,8 @@ pub async fn backfill(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+/// Clear a task (and optionally its downstream) to run again
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs/{run_id}/clear", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), request_body = ClearBody, security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
 pub async fn clear(
     State(st): St,
     headers: HeaderMap,
@@ -497,6 +526,8 @@ pub async fn clear(
     )?))
 }
 
+/// Cancel an unfinished run: queued work and running tries become CANCELLED (the schedule goes on)
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs/{run_id}/cancel", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody), (status = 503, description = "Error", body = ErrorBody)))]
 pub async fn cancel_run(
     State(st): St,
     headers: HeaderMap,
@@ -506,6 +537,8 @@ pub async fn cancel_run(
     Ok(Json(st.act_cancel(&p, Some(&run_id))?))
 }
 
+/// Cancel every unfinished backfill run of the pipeline
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/backfills/cancel", params(("p" = String, Path, description = "Pipeline name")), security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 401, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 503, description = "Error", body = ErrorBody)))]
 pub async fn cancel_backfills(
     State(st): St,
     headers: HeaderMap,
@@ -515,6 +548,8 @@ pub async fn cancel_backfills(
     Ok(Json(st.act_cancel(&p, None)?))
 }
 
+/// Pause: the scheduler starts no new runs
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/pause", params(("p" = String, Path, description = "Pipeline name")), security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
 pub async fn pause(
     State(st): St,
     headers: HeaderMap,
@@ -524,6 +559,8 @@ pub async fn pause(
     Ok(Json(st.act_pause(&p, true)?))
 }
 
+/// Unpause
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/unpause", params(("p" = String, Path, description = "Pipeline name")), security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
 pub async fn unpause(
     State(st): St,
     headers: HeaderMap,

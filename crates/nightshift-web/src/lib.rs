@@ -1,8 +1,10 @@
-//! The web UI, the REST API (`/api/v1`, described at `/api/v1/openapi.json`) and the
-//! Prometheus metrics (`/metrics`) that `nightshift up` serves.
+//! The web UI, the REST API (`/api/v1`, described at `/api/v1/openapi.json`, a document
+//! generated from the handlers) and the Prometheus metrics (`/metrics`) that `nightshift up`
+//! serves.
 //!
 //! # Layout
 //! - [`model`]: what pages and API show, read from the store (one shape for both).
+//! - [`openapi`]: the API's routes and the document generated from them.
 //! - [`pages`]: server-rendered HTML (maud); no build step, one small script for live logs.
 //! - [`svg`]: the DAG graph, the Gantt chart and the history charts, drawn as SVG.
 //! - [`api`]: JSON endpoints and the actions (trigger, backfill, clear, pause).
@@ -16,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod pages;
 pub mod svg;
 
@@ -94,7 +97,9 @@ impl IntoResponse for WebError {
             )
                 .into_response();
         }
-        let body = serde_json::json!({"error": self.to_string()});
+        let body = openapi::ErrorBody {
+            error: self.to_string(),
+        };
         (self.status(), axum::Json(body)).into_response()
     }
 }
@@ -258,6 +263,7 @@ async fn healthz(axum::extract::State(st): axum::extract::State<Arc<AppState>>) 
 /// Every route; [`ROUTES`] lists them for the OpenAPI check.
 pub fn router(state: Arc<AppState>) -> Router {
     use axum::routing::{get, post};
+    let (api, _) = openapi::api_router();
     Router::new()
         .route("/", get(pages::index))
         .route("/healthz", get(healthz))
@@ -281,58 +287,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/ui/pipelines/{p}/runs/{run_id}/cancel",
             post(pages::cancel_action),
         )
-        .route("/api/v1/openapi.json", get(api::openapi))
-        .route("/api/v1/pipelines", get(api::pipelines))
-        .route("/api/v1/pipelines/{p}", get(api::pipeline))
-        .route(
-            "/api/v1/pipelines/{p}/runs",
-            get(api::runs).post(api::trigger),
-        )
-        .route("/api/v1/pipelines/{p}/backfills", post(api::backfill))
-        .route(
-            "/api/v1/pipelines/{p}/backfills/cancel",
-            post(api::cancel_backfills),
-        )
-        .route("/api/v1/pipelines/{p}/pause", post(api::pause))
-        .route("/api/v1/pipelines/{p}/unpause", post(api::unpause))
-        .route("/api/v1/pipelines/{p}/calendar", get(api::calendar))
-        .route("/api/v1/pipelines/{p}/runs/{run_id}", get(api::run))
-        .route(
-            "/api/v1/pipelines/{p}/runs/{run_id}/clear",
-            post(api::clear),
-        )
-        .route(
-            "/api/v1/pipelines/{p}/runs/{run_id}/cancel",
-            post(api::cancel_run),
-        )
-        .route(
-            "/api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log",
-            get(api::log),
-        )
-        .route("/api/v1/alerts", get(api::alerts))
+        .merge(api)
         .fallback(|| async { WebError::NotFound("no such page".into()) })
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
-
-/// The API routes and methods the OpenAPI document must describe, as `METHOD /path`.
-pub const API_ROUTES: &[&str] = &[
-    "GET /api/v1/openapi.json",
-    "GET /api/v1/pipelines",
-    "GET /api/v1/pipelines/{p}",
-    "GET /api/v1/pipelines/{p}/runs",
-    "POST /api/v1/pipelines/{p}/runs",
-    "POST /api/v1/pipelines/{p}/backfills",
-    "POST /api/v1/pipelines/{p}/backfills/cancel",
-    "POST /api/v1/pipelines/{p}/pause",
-    "POST /api/v1/pipelines/{p}/unpause",
-    "GET /api/v1/pipelines/{p}/calendar",
-    "GET /api/v1/pipelines/{p}/runs/{run_id}",
-    "POST /api/v1/pipelines/{p}/runs/{run_id}/clear",
-    "POST /api/v1/pipelines/{p}/runs/{run_id}/cancel",
-    "GET /api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log",
-    "GET /api/v1/alerts",
-];
 
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
