@@ -1,7 +1,8 @@
 //! Diagnostics for user-written files: a message, a byte span in a named file, and a hint.
 //!
 //! Every configuration problem is collected (not just the first) and rendered the way
-//! cargo and rustc do: `error: …`, then ` --> file:line:col`, the source line and a caret.
+//! cargo and rustc do (with annotate-snippets, rustc's own renderer): `error: …`, then
+//! ` --> file:line:col`, the source line and a caret, then `= help: …`.
 
 use std::fmt;
 use std::ops::Range;
@@ -82,43 +83,50 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// Renders one diagnostic with its location, in the form `path:line:col`.
+/// Renders one diagnostic with its location, in the form `path:line:col`, the way cargo
+/// does (annotate-snippets); `color` adds cargo's colours for a terminal.
 pub fn render(path: &Path, source: &str, d: &Diagnostic) -> String {
-    let mut out = String::new();
-    let label = match d.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
+    render_with(path, source, d, false)
+}
+
+pub fn render_with(path: &Path, source: &str, d: &Diagnostic, color: bool) -> String {
+    use annotate_snippets::{Level, Renderer, Snippet};
+    let level = match d.severity {
+        Severity::Error => Level::Error,
+        Severity::Warning => Level::Warning,
     };
-    out.push_str(&format!("{label}: {}\n", d.message));
-    match &d.span {
-        Some(span) => {
-            let (line, col) = line_col(source, span.start);
-            out.push_str(&format!(" --> {}:{line}:{col}\n", path.display()));
-            let text = source.lines().nth(line - 1).unwrap_or("");
-            let gutter = line.to_string().len();
-            let pad = " ".repeat(gutter);
-            // The caret covers the span on its first line only; a multi-line span
-            // (a whole table) is marked by its first character.
-            let end = span.end.min(source.len());
-            let span_text =
-                &source[floor_char_boundary(source, span.start)..floor_char_boundary(source, end)];
-            let width = span_text
-                .lines()
-                .next()
-                .map(|l| l.chars().count())
-                .unwrap_or(1)
-                .max(1);
-            out.push_str(&format!(
-                "{pad} |\n{line} | {text}\n{pad} | {}{}\n",
-                " ".repeat(col - 1),
-                "^".repeat(width)
-            ));
-        }
-        None => out.push_str(&format!(" --> {}\n", path.display())),
+    let origin = path.display().to_string();
+    let mut message = level.title(&d.message);
+    if let Some(span) = &d.span {
+        // The caret covers the span on its first line only; a multi-line span (a whole
+        // table) is marked on its first line.
+        let start = floor_char_boundary(source, span.start.min(source.len()));
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
+        let end = floor_char_boundary(source, span.end.min(line_end)).max(start);
+        message = message.snippet(
+            Snippet::source(source)
+                .origin(&origin)
+                .fold(true)
+                .annotation(level.span(start..end)),
+        );
     }
     if let Some(help) = &d.help {
-        out.push_str(&format!("  = help: {help}\n"));
+        message = message.footer(Level::Help.title(help));
     }
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
+    let mut out = renderer.render(message).to_string();
+    if d.span.is_none() {
+        // A problem of the whole file: name the file under the message.
+        let first = out.find('\n').unwrap_or(out.len());
+        out.insert_str(first, &format!("\n --> {origin}"));
+    }
+    out.push('\n');
     out
 }
 
@@ -180,8 +188,20 @@ mod tests {
         let text = render(Path::new("pipelines/x.toml"), src, &d);
         assert_eq!(
             text,
-            "error: unknown key `retires`\n --> pipelines/x.toml:2:1\n  |\n2 | retires = 2\n  | ^^^^^^^\n  = help: did you mean `retries`?\n"
+            "error: unknown key `retires`\n --> pipelines/x.toml:2:1\n  |\n2 | retires = 2\n  | ^^^^^^^\n  |\n  = help: did you mean `retries`?\n"
         );
+        // A problem of the whole file names the file; an empty span marks one column.
+        let whole = Diagnostic::error("the pipeline has no tasks", None).with_help("add one");
+        assert_eq!(
+            render(Path::new("p.toml"), src, &whole),
+            "error: the pipeline has no tasks\n --> p.toml\n = help: add one\n"
+        );
+        let at_start = Diagnostic::error("missing `schedule`", Some(0..0));
+        let text = render(Path::new("p.toml"), src, &at_start);
+        assert!(text.contains(" --> p.toml:1:1\n"), "{text}");
+        assert!(text.contains("1 | name = \"x\"\n"), "{text}");
+        // Colour for terminals.
+        assert!(render_with(Path::new("p.toml"), src, &d, true).contains("\u{1b}["));
     }
 
     #[test]

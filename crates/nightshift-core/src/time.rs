@@ -284,43 +284,19 @@ pub fn resolve(tz: &TimeZone, civil: DateTime) -> Timestamp {
     .unwrap_or(Timestamp::MAX)
 }
 
-/// Parses a duration like `500ms`, `10s`, `10m`, `1h30m`, `2d`.
+/// Parses a duration in jiff's friendly format (`500ms`, `10s`, `1h30m`, `1h 30m`,
+/// `10 minutes`, `2d`, a day being 24 hours) or ISO 8601 (`PT10M`). Negative durations and
+/// calendar units (months, years) are refused.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, Error> {
     let bad = || Error::Duration(s.to_owned());
-    let text = s.trim();
-    if text.is_empty() {
+    let span: jiff::Span = s.trim().parse().map_err(|_| bad())?;
+    if span.is_negative() {
         return Err(bad());
     }
-    let mut total_ms: u128 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let ms = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        total_ms = total_ms
-            .checked_add(n.checked_mul(ms).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-    }
-    let ms = u64::try_from(total_ms).map_err(|_| bad())?;
-    Ok(std::time::Duration::from_millis(ms))
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    std::time::Duration::try_from(d).map_err(|_| bad())
 }
 
 /// Formats a duration the way [`parse_duration`] reads it (largest units first).
@@ -541,6 +517,12 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ten s").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("10 minutes").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("1h 30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(parse_duration("PT10M").unwrap().as_secs(), 600);
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("1 month").is_err());
         assert_eq!(format_duration(parse_duration("1h30m").unwrap()), "1h30m");
     }
 

@@ -4,7 +4,6 @@
 //! `SameSite=Strict` and `HttpOnly`.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, State};
@@ -19,24 +18,21 @@ const COOKIE: &str = "nightshift_session";
 #[derive(Default)]
 pub struct Sessions(Mutex<HashMap<String, String>>);
 
-/// 32 random bytes from the kernel, hex.
+/// 32 random bytes from the operating system (getrandom), hex.
 pub fn random_token() -> String {
     let mut buf = [0u8; 32];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if ok.is_err() {
+    if getrandom::fill(&mut buf).is_err() {
         // Without the kernel's randomness no session can be safe: make one nobody can use.
         return String::new();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compares without leaking where two strings differ.
+/// Compares without leaking where two strings differ (subtle's constant-time equality; a
+/// different length shows, which tells only the token's length).
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {

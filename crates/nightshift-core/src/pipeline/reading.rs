@@ -81,7 +81,7 @@ fn read_inheritable(
                         format!("invalid duration `{}` for `{key}` in {}", s.value, r.label),
                         Some(s.span),
                     )
-                    .with_help("write a number with a unit: `500ms`, `10s`, `5m`, `2h`, `1h30m`"),
+                    .with_help("write a number with a unit: `500ms`, `10s`, `5m`, `2h`, `1h30m`, `10 minutes`"),
                 );
                 None
             }
@@ -711,7 +711,7 @@ trigger_rule = "all_done"
         let out = errors(&src);
         assert!(
             out.contains(
-                "error: unknown key `retires` in `[defaults]`\n --> pipelines/nightly.toml:11:1"
+                "error: unknown key `retires` in `[defaults]`\n  --> pipelines/nightly.toml:11:1"
             ),
             "{out}"
         );
@@ -739,7 +739,7 @@ trigger_rule = "all_done"
         let src = NIGHTLY
             .replace("0 0 * * *", "0 0 * * * *")
             .replace("\"UTC\"", "\"Europe/Berln\"")
-            .replace("\"10s\"", "\"10 seconds\"")
+            .replace("\"10s\"", "\"ten seconds\"")
             .replace("id = \"dbt_run\"", "id = \"extract_data\"");
         let out = errors(&src);
         assert!(
@@ -751,7 +751,7 @@ trigger_rule = "all_done"
             out.contains("unknown time zone `Europe/Berln`\n --> pipelines/nightly.toml:4:12"),
             "{out}"
         );
-        assert!(out.contains("invalid duration `10 seconds`"), "{out}");
+        assert!(out.contains("invalid duration `ten seconds`"), "{out}");
         assert!(out.contains("duplicate task id `extract_data`"), "{out}");
     }
 

@@ -45,9 +45,9 @@ command = ["./z.sh"]
         "error: unknown key `retires` in `[defaults]`\n --> pipelines/nightly.toml:7:1",
         "did you mean `retries`?",
         "invalid duration `10 seconds` for `retry_delay`",
-        "unknown task `extract_dat` in `depends_on` of `dbt_run`\n --> pipelines/nightly.toml:17:15",
+        "unknown task `extract_dat` in `depends_on` of `dbt_run`\n  --> pipelines/nightly.toml:17:15",
         "error: dependency cycle: dbt_run → dbt_test → dbt_run",
-        "error: duplicate task id `dbt_test`\n --> pipelines/nightly.toml:25:6",
+        "error: duplicate task id `dbt_test`\n  --> pipelines/nightly.toml:25:6",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -136,7 +136,7 @@ fn bad_extract_settings_are_reported_with_their_location() {
     );
     assert!(err.contains("did you mean `shop`?"), "{err}");
     assert!(
-        err.contains("unknown query parameter `:begin`\n --> pipelines/nightly.toml:19:41"),
+        err.contains("unknown query parameter `:begin`\n  --> pipelines/nightly.toml:19:41"),
         "{err}"
     );
 }
