@@ -6,6 +6,7 @@
 mod graph;
 mod model;
 mod reading;
+mod task;
 
 pub use model::{
     Backoff, IntervalsError, Pipeline, RetryPolicy, Task, TriggerRule, valid_identifier,

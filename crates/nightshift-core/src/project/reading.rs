@@ -1,0 +1,365 @@
+//! Reading `nightshift.toml`: each table by its own function, every problem collected
+//! with its location.
+
+use toml::de::DeTable;
+
+use super::*;
+use crate::diag::Diagnostic;
+use crate::time;
+use crate::toml_reader::{Span, TableReader, parse_document};
+
+const ROOT_KEYS: &[&str] = &[
+    "timezone",
+    "parallelism",
+    "store",
+    "pools",
+    "shutdown_grace",
+    "kill_grace",
+    "defaults",
+    "connections",
+    "channels",
+    "secrets",
+    "alerts",
+    "web",
+    "retention",
+    "log_max_bytes",
+];
+pub(super) const CHANNEL_KEYS: &[&str] =
+    &["kind", "timeout", "retries", "events", "after_failures"];
+pub(super) const WEBHOOK_KEYS: &[&str] = &["url", "url_env", "format"];
+pub(super) const SMTP_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "from",
+    "to",
+    "starttls",
+    "username_env",
+    "password_env",
+];
+pub(super) const COMMAND_KEYS: &[&str] = &["command"];
+const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
+const WEB_KEYS: &[&str] = &["bind", "token", "token_env"];
+const RETENTION_KEYS: &[&str] = &["max_age"];
+const CONNECTION_KEYS: &[&str] = &["kind", "path"];
+const STORE_KEYS: &[&str] = &["path"];
+const POOL_KEYS: &[&str] = &["slots", "description"];
+const DEFAULT_KEYS: &[&str] = &["retries", "timeout"];
+
+/// Reads `nightshift.toml`. Returns defaults for what is missing, and every problem found.
+pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
+    let mut s = ProjectSettings::default();
+    let mut diags = vec![];
+    let doc = match parse_document(source) {
+        Ok(d) => d,
+        Err(d) => return (s, vec![d]),
+    };
+    let root = TableReader::new(doc.get_ref(), doc.span(), "nightshift.toml", &[ROOT_KEYS]);
+    if let Some(tz) = root.string("timezone", &mut diags) {
+        if time::parse_zone(&tz.value).is_err() {
+            diags.push(
+                Diagnostic::error(format!("unknown time zone `{}`", tz.value), Some(tz.span))
+                    .with_help("use an IANA zone name such as `UTC` or `Europe/Berlin`"),
+            );
+        } else {
+            s.timezone = tz.value;
+        }
+    }
+    if let Some(p) = root.uint("parallelism", 10_000, &mut diags) {
+        if p.value == 0 {
+            diags.push(Diagnostic::error(
+                "`parallelism` must be at least 1",
+                Some(p.span),
+            ));
+        } else {
+            s.parallelism = p.value as u32;
+        }
+    }
+    for (key, slot) in [
+        ("shutdown_grace", &mut s.shutdown_grace),
+        ("kill_grace", &mut s.kill_grace),
+    ] {
+        if let Some(v) = root.string(key, &mut diags) {
+            match time::parse_duration(&v.value) {
+                Ok(d) => *slot = d,
+                Err(_) => diags.push(
+                    Diagnostic::error(
+                        format!("invalid duration `{}` for `{key}`", v.value),
+                        Some(v.span),
+                    )
+                    .with_help("write e.g. `30s` or `2m`"),
+                ),
+            }
+        }
+    }
+    if let Some(v) = root.uint("log_max_bytes", 1 << 40, &mut diags) {
+        if v.value < 4096 {
+            diags.push(
+                Diagnostic::error("`log_max_bytes` must be at least 4096", Some(v.span))
+                    .with_help("the default is 104857600 (100 MiB)"),
+            );
+        } else {
+            s.log_max_bytes = v.value;
+        }
+    }
+    if let Some((t, span)) = root.table("store", &mut diags) {
+        read_store(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("defaults", &mut diags) {
+        read_defaults(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("pools", &mut diags) {
+        read_pools(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("connections", &mut diags) {
+        read_connections(t, span, &mut s, &mut diags);
+    }
+    if let Some(list) = root.string_list("secrets", false, &mut diags) {
+        for v in list {
+            if v.value.is_empty() || v.value.contains('=') {
+                diags.push(Diagnostic::error(
+                    format!(
+                        "invalid environment variable name `{}` in `secrets`",
+                        v.value
+                    ),
+                    Some(v.span),
+                ));
+            } else {
+                s.secrets.push(v.value);
+            }
+        }
+    }
+    if let Some((t, span)) = root.table("channels", &mut diags) {
+        super::channels::read_channels(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("alerts", &mut diags) {
+        read_alerts(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("web", &mut diags) {
+        read_web(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("retention", &mut diags) {
+        read_retention(t, span, &mut s, &mut diags);
+    }
+    root.finish(&mut diags);
+    (s, diags)
+}
+
+fn read_store(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {
+    let r = TableReader::new(t, span, "`[store]`", &[STORE_KEYS]);
+    if let Some(p) = r.string("path", diags) {
+        if p.value.trim().is_empty() {
+            diags.push(Diagnostic::error(
+                "`path` in `[store]` is empty",
+                Some(p.span),
+            ));
+        } else {
+            s.store_path = p.value;
+        }
+    }
+    r.finish(diags);
+}
+
+fn read_defaults(
+    t: &DeTable<'_>,
+    span: Span,
+    s: &mut ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let r = TableReader::new(t, span, "`[defaults]`", &[DEFAULT_KEYS]);
+    if let Some(v) = r.uint("retries", 100, diags) {
+        s.default_retries = v.value as u32;
+    }
+    if let Some(v) = r.string("timeout", diags) {
+        match time::parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => s.default_timeout = d,
+            _ => diags.push(Diagnostic::error(
+                format!("invalid duration `{}` for `timeout`", v.value),
+                Some(v.span),
+            )),
+        }
+    }
+    r.finish(diags);
+}
+
+fn read_pools(t: &DeTable<'_>, _span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {
+    for (name, v) in t.iter() {
+        let label = format!("pool `{}`", name.get_ref());
+        let slots = match v.get_ref() {
+            toml::de::DeValue::Table(pt) => {
+                let r = TableReader::new(pt, v.span(), label, &[POOL_KEYS]);
+                let slots = r.uint("slots", 100_000, diags);
+                if slots.is_none() && !r.has("slots") {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("pool `{}` has no `slots`", name.get_ref()),
+                            Some(v.span()),
+                        )
+                        .with_help("write `{ slots = 1 }`"),
+                    );
+                }
+                r.string("description", diags);
+                r.finish(diags);
+                slots.map(|s| s.value)
+            }
+            _ => {
+                diags.push(
+                    Diagnostic::error(
+                        format!("pool `{}` must be a table", name.get_ref()),
+                        Some(v.span()),
+                    )
+                    .with_help("write `{ slots = 1 }`"),
+                );
+                None
+            }
+        };
+        if let Some(n) = slots {
+            if n == 0 {
+                diags.push(Diagnostic::error(
+                    format!("pool `{}` must have at least 1 slot", name.get_ref()),
+                    Some(v.span()),
+                ));
+            } else {
+                s.pools.insert(name.get_ref().to_string(), n as u32);
+            }
+        }
+    }
+}
+
+fn read_connections(
+    t: &DeTable<'_>,
+    _span: Span,
+    s: &mut ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (name, v) in t.iter() {
+        let label = format!("connection `{}`", name.get_ref());
+        let toml::de::DeValue::Table(ct) = v.get_ref() else {
+            diags.push(
+                Diagnostic::error(format!("{label} must be a table"), Some(v.span()))
+                    .with_help("write `[connections.shop]` with `kind = \"sqlite\"` and `path = \"source/shop.db\"`"),
+            );
+            continue;
+        };
+        let r = TableReader::new(ct, v.span(), label.clone(), &[CONNECTION_KEYS]);
+        let kind = r.string("kind", diags);
+        match kind.as_ref().map(|k| k.value.as_str()) {
+            Some("sqlite") => match r.string("path", diags) {
+                Some(p) if !p.value.trim().is_empty() => {
+                    s.connections.insert(
+                        name.get_ref().to_string(),
+                        Connection::Sqlite { path: p.value },
+                    );
+                }
+                _ => diags.push(Diagnostic::error(
+                    format!("{label} needs a `path`"),
+                    Some(v.span()),
+                )),
+            },
+            Some(other) => diags.push(
+                Diagnostic::error(
+                    format!("unknown connection kind `{other}` in {label}"),
+                    kind.map(|k| k.span),
+                )
+                .with_help("use `sqlite`"),
+            ),
+            None => diags.push(
+                Diagnostic::error(format!("{label} needs a `kind`"), Some(v.span()))
+                    .with_help("write `kind = \"sqlite\"`"),
+            ),
+        }
+        r.finish(diags);
+    }
+}
+
+fn read_alerts(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {
+    let r = TableReader::new(t, span, "`[alerts]`", &[ALERTS_KEYS]);
+    if let Some(list) = r.string_list("channels", false, diags) {
+        for c in list {
+            if s.channels.contains_key(&c.value) {
+                s.alerts.channels.push(c.value);
+            } else {
+                let known: Vec<&str> = s.channels.keys().map(String::as_str).collect();
+                diags.push(
+                    Diagnostic::error(
+                        format!(
+                            "`[alerts]` names channel `{}`, which is not defined",
+                            c.value
+                        ),
+                        Some(c.span),
+                    )
+                    .with_help(if known.is_empty() {
+                        "define it under `[channels.NAME]`".to_owned()
+                    } else {
+                        format!("defined channels: {}", known.join(", "))
+                    }),
+                );
+            }
+        }
+    }
+    if let Some(u) = r.string("base_url", diags) {
+        if u.value.starts_with("http://") || u.value.starts_with("https://") {
+            s.alerts.base_url = Some(u.value.trim_end_matches('/').to_owned());
+        } else {
+            diags.push(Diagnostic::error(
+                "`base_url` must start with http:// or https://",
+                Some(u.span),
+            ));
+        }
+    }
+    r.finish(diags);
+}
+
+fn read_web(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {
+    let r = TableReader::new(t, span, "`[web]`", &[WEB_KEYS]);
+    if let Some(b) = r.string("bind", diags) {
+        if b.value.parse::<std::net::SocketAddr>().is_ok() {
+            s.web.bind = b.value;
+        } else {
+            diags.push(
+                Diagnostic::error(
+                    format!("invalid `bind` address `{}`", b.value),
+                    Some(b.span),
+                )
+                .with_help("write an IP address and port, e.g. \"127.0.0.1:8080\""),
+            );
+        }
+    }
+    if let Some(tok) = r.string("token", diags) {
+        if tok.value.len() < 16 {
+            diags.push(
+                Diagnostic::error("`token` is shorter than 16 characters", Some(tok.span))
+                    .with_help(
+                        "use a long random token, better kept in the environment (`token_env`)",
+                    ),
+            );
+        } else {
+            s.web.token = Some(tok.value);
+        }
+    }
+    if let Some(e) = r.string("token_env", diags) {
+        s.web.token_env = e.value;
+    }
+    r.finish(diags);
+}
+
+fn read_retention(
+    t: &DeTable<'_>,
+    span: Span,
+    s: &mut ProjectSettings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let r = TableReader::new(t, span, "`[retention]`", &[RETENTION_KEYS]);
+    if let Some(v) = r.string("max_age", diags) {
+        match time::parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => s.retention = Some(d),
+            _ => diags.push(
+                Diagnostic::error(
+                    format!("invalid duration `{}` for `max_age`", v.value),
+                    Some(v.span),
+                )
+                .with_help("write e.g. `90d`"),
+            ),
+        }
+    }
+    r.finish(diags);
+}

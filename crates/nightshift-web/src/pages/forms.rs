@@ -1,0 +1,130 @@
+//! Login and the UI's actions: forms that carry the session's CSRF token, answered with a
+//! redirect and a message.
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::*;
+use crate::WebError;
+
+pub fn login_page(error: Option<&str>, next: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; link rel="icon" href="data:,"; title { "Log in · nightshift" } style { (PreEscaped(CSS)) } }
+            body {
+                header { a href="/" { strong { "nightshift" } } }
+                main {
+                    h1 { "Log in" }
+                    p { "Actions need the token set in " code { "NIGHTSHIFT_TOKEN" } " (or " code { "[web] token_env" } ") when " code { "nightshift up" } " started." }
+                    @if let Some(e) = error { p.err role="alert" { (e) } }
+                    form method="post" action="/login" {
+                        input type="hidden" name="next" value=(next.unwrap_or("/"));
+                        label { "Token " input type="password" name="token" autocomplete="current-password" required; }
+                        " " button type="submit" { "Log in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn login_form(Query(q): Q) -> Response {
+    axum::response::Html(login_page(None, q.get("next").map(String::as_str)).into_string())
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct ActionForm {
+    csrf: Option<String>,
+    ds: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    rerun: Option<String>,
+    task: Option<String>,
+    downstream: Option<String>,
+}
+
+fn done(to: String, msg: &str) -> Response {
+    let enc: String = msg
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Redirect::to(&format!("{to}?msg={enc}")).into_response()
+}
+
+fn need<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, WebError> {
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| WebError::BadRequest(format!("the form needs `{name}`")))
+}
+
+pub async fn pipeline_action(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, action)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    let res = (|| {
+        st.require_session(&headers, f.csrf.as_deref())?;
+        let again = f.rerun.as_deref() == Some("true");
+        let v = match action.as_str() {
+            "trigger" => st.act_trigger(&p, need(&f.ds, "ds")?, again)?,
+            "backfill" => st.act_backfill(&p, need(&f.from, "from")?, need(&f.to, "to")?, again)?,
+            "pause" => st.act_pause(&p, true)?,
+            "unpause" => st.act_pause(&p, false)?,
+            "cancel-backfills" => st.act_cancel(&p, None)?,
+            other => return Err(WebError::NotFound(format!("no action `{other}`"))),
+        };
+        Ok(v)
+    })();
+    match res {
+        Ok(v) => done(format!("/pipelines/{p}"), &format!("{action}: {v}")),
+        Err(e) => error_page(&st, &headers, e),
+    }
+}
+
+pub async fn cancel_action(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    let res = (|| {
+        st.require_session(&headers, f.csrf.as_deref())?;
+        st.act_cancel(&p, Some(&run_id))
+    })();
+    match res {
+        Ok(_) => done(format!("/pipelines/{p}/runs/{run_id}"), "cancelled"),
+        Err(e) => error_page(&st, &headers, e),
+    }
+}
+
+pub async fn clear_action(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    let res = (|| {
+        st.require_session(&headers, f.csrf.as_deref())?;
+        st.act_clear(
+            &p,
+            &run_id,
+            need(&f.task, "task")?,
+            f.downstream.as_deref() == Some("true"),
+        )
+    })();
+    match res {
+        Ok(v) => done(
+            format!("/pipelines/{p}/runs/{run_id}"),
+            &format!("cleared: {}", v["cleared"]),
+        ),
+        Err(e) => error_page(&st, &headers, e),
+    }
+}
