@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`run`]: one extract try (what `nightshift __extract REQUEST` executes).
+//! - [`execute`]: one `sql` try (`nightshift __sql REQUEST`): statements in one transaction.
 //! - `sqlite`: reading a query into Arrow batches with the interval bound as parameters.
 //! - [`publish`]: write-audit-publish of tested dbt outputs into `published/`.
 //! - `partition`: writing a partition aside and swapping it in atomically.
@@ -51,6 +52,8 @@ pub enum Error {
     Incomplete(String),
     #[error("sensor condition: {0}")]
     Condition(String),
+    #[error("{0}")]
+    Statement(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +130,48 @@ pub fn condition_holds(
         table: "(sensor)".to_owned(),
         message,
     })
+}
+
+/// Runs a `sql` try: its statements in one transaction on its connection, with the run's
+/// keys bound. Writes `rows_affected` to `metrics`; returns the rows each statement changed.
+pub fn execute(
+    req: &nightshift_core::kinds::SqlRequest,
+    metrics: Option<&Path>,
+) -> Result<Vec<usize>, Error> {
+    let Connection::Sqlite { path } = &req.connection;
+    if !Path::new(path).exists() {
+        return Err(Error::Statement(format!(
+            "the database `{path}` does not exist"
+        )));
+    }
+    let params = sqlite::Params {
+        keys: &req.keys,
+        extracted_at: "",
+    };
+    let changed = sqlite::execute(path, &req.spec.statements, &params).map_err(Error::Statement)?;
+    if let Some(m) = metrics {
+        let total: usize = changed.iter().sum();
+        append_metrics(
+            m,
+            &BTreeMap::from([("rows_affected".to_owned(), total as f64)]),
+        )?;
+    }
+    Ok(changed)
+}
+
+/// Appends one line of figures to the try's metrics file (`NIGHTSHIFT_METRICS`).
+fn append_metrics(path: &Path, figures: &BTreeMap<String, f64>) -> Result<(), Error> {
+    let line = serde_json::to_string(figures).unwrap_or_default();
+    let werr = |e: std::io::Error| Error::Write {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(werr)?;
+    writeln!(f, "{line}").map_err(werr)
 }
 
 /// Runs one extract: reads every table for the interval, checks counts, swaps the
@@ -209,19 +254,7 @@ pub fn run(
     }
     let summary = Summary { tables, warnings };
     if let Some(m) = metrics {
-        let line = serde_json::to_string(&summary.metrics()).unwrap_or_default();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m)
-            .map_err(|e| Error::Write {
-                path: m.to_owned(),
-                message: e.to_string(),
-            })?;
-        writeln!(f, "{line}").map_err(|e| Error::Write {
-            path: m.to_owned(),
-            message: e.to_string(),
-        })?;
+        append_metrics(m, &summary.metrics())?;
     }
     Ok(summary)
 }

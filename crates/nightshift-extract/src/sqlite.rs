@@ -61,6 +61,39 @@ fn bind(stmt: &mut Statement<'_>, p: &Params<'_>) -> Result<(), String> {
 
 /// Whether a condition query holds: its first column of its first row is neither NULL, 0
 /// nor empty (a sensor's poke). Same read-only connection and bound parameters as extracts.
+/// Runs statements in one write transaction, each with the run's keys bound; returns the
+/// rows each changed. Nothing is committed unless every statement succeeded.
+pub(crate) fn execute(
+    path: &str,
+    statements: &[String],
+    p: &Params<'_>,
+) -> Result<Vec<usize>, String> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("opening `{path}`: {e}"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| format!("starting a transaction on `{path}`: {e}"))?;
+    let mut changed = vec![];
+    for (i, sql) in statements.iter().enumerate() {
+        let mut stmt = tx
+            .prepare(sql)
+            .map_err(|e| format!("statement {} `{sql}`: {e}", i + 1))?;
+        bind(&mut stmt, p)?;
+        let n = stmt
+            .raw_execute()
+            .map_err(|e| format!("statement {} `{sql}`: {e}", i + 1))?;
+        changed.push(n);
+    }
+    tx.commit()
+        .map_err(|e| format!("committing on `{path}`: {e}"))?;
+    Ok(changed)
+}
+
 pub(crate) fn holds(conn: &Connection, sql: &str, p: &Params<'_>) -> Result<bool, String> {
     use rusqlite::types::ValueRef;
     let mut stmt = conn

@@ -217,6 +217,9 @@ pub enum Command {
     /// Runs a notify try (started by the engine, not by people).
     #[command(name = "__notify", hide = true)]
     InternalNotify { request: String },
+    /// Runs a sql try (started by the engine, not by people).
+    #[command(name = "__sql", hide = true)]
+    InternalSql { request: String },
     /// Stop the scheduler from creating and starting runs of a pipeline (running tasks finish).
     Pause { pipeline: String },
     /// Let the scheduler create and start runs of a pipeline again (catchup applies).

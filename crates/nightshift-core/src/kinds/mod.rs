@@ -10,6 +10,7 @@ pub mod notify;
 pub mod publish;
 pub mod sensor;
 pub mod shell;
+pub mod sql;
 
 pub use dbt::DbtSpec;
 pub use extract::{ExtractRequest, ExtractSpec, ExtractTable, OnIncomplete};
@@ -17,6 +18,7 @@ pub use notify::{NotifyRequest, NotifySpec, TaskSummary};
 pub use publish::{PublishRequest, PublishSpec};
 pub use sensor::{SENSOR_NOT_YET, SensorCondition, SensorRequest, SensorSpec};
 pub use shell::ShellSpec;
+pub use sql::{SqlRequest, SqlSpec};
 
 use crate::diag::Diagnostic;
 use crate::pipeline::TriggerRule;
@@ -32,6 +34,7 @@ pub enum TaskKind {
     Dbt(DbtSpec),
     Publish(PublishSpec),
     Notify(NotifySpec),
+    Sql(SqlSpec),
 }
 
 impl TaskKind {
@@ -44,6 +47,7 @@ impl TaskKind {
             TaskKind::Dbt(_) => &dbt::DEF,
             TaskKind::Publish(_) => &publish::DEF,
             TaskKind::Notify(_) => &notify::DEF,
+            TaskKind::Sql(_) => &sql::DEF,
         }
     }
 
@@ -66,13 +70,14 @@ pub(crate) struct Def {
 }
 
 /// Every kind, in the order the docs list them.
-pub(crate) const KINDS: [&Def; 6] = [
+pub(crate) const KINDS: [&Def; 7] = [
     &shell::DEF,
     &extract::DEF,
     &sensor::DEF,
     &dbt::DEF,
     &publish::DEF,
     &notify::DEF,
+    &sql::DEF,
 ];
 
 /// The kind named `name` (a task without `kind` is a shell task).

@@ -10,6 +10,7 @@ mod notify;
 mod publish;
 mod sensor;
 mod shell;
+mod sql;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +34,7 @@ pub(crate) fn runner(kind: &TaskKind) -> &dyn Runner {
         TaskKind::Dbt(s) => s,
         TaskKind::Publish(s) => s,
         TaskKind::Notify(s) => s,
+        TaskKind::Sql(s) => s,
     }
 }
 

@@ -4,6 +4,7 @@
 use anyhow::{Context as _, Result};
 use nightshift_core::kinds::{
     ExtractRequest, NotifyRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
+    SqlRequest,
 };
 use nightshift_core::project::Channel;
 
@@ -63,6 +64,24 @@ pub fn sensor(request: &str) -> Result<i32> {
         },
     };
     Ok(if ready { 0 } else { SENSOR_NOT_YET })
+}
+
+/// Runs the statements in one transaction; says how many rows each changed.
+pub fn sql(request: &str) -> Result<i32> {
+    let req: SqlRequest = serde_json::from_str(request).context("reading the sql request")?;
+    let metrics = crate::env::metrics_file();
+    match nightshift_extract::execute(&req, metrics.as_deref()) {
+        Ok(changed) => {
+            for (sql, n) in req.spec.statements.iter().zip(&changed) {
+                output::line(format!("{n} row(s): {}", sql.trim()));
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            output::note(format!("error: {e}"));
+            Ok(1)
+        }
+    }
 }
 
 pub fn publish(request: &str) -> Result<i32> {

@@ -161,6 +161,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::InternalSensor { request } => internal::sensor(&request),
         Command::InternalPublish { request } => internal::publish(&request),
         Command::InternalNotify { request } => internal::notify(&request),
+        Command::InternalSql { request } => internal::sql(&request),
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),

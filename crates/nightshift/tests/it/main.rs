@@ -12,6 +12,7 @@ mod recover;
 mod runbook;
 mod scheduler;
 mod soak;
+mod sql;
 mod supervision;
 mod support;
 mod web;
