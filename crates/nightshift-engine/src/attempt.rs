@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use nightshift_core::template::Context;
 use nightshift_core::time::to_micros;
 use nightshift_core::{Pipeline, TaskState};
-use nightshift_store::{RunRow, Store, TiRow};
+use nightshift_store::{FinishTry, RunRow, Store, TiRow};
 use tokio::sync::mpsc;
 
 use crate::contain::Containment;
@@ -235,10 +235,10 @@ fn decide(k: &Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) -> Op
     let end = outcome.end;
     let mut metrics_map = outcome.metrics.clone();
     metrics_map.extend(found.metrics);
-    let base = Outcome {
+    let base = FinishTry {
         ti_pk: c.ti.pk,
         try_number: c.try_number,
-        owner: c.owner.clone(),
+        owner: Some(c.owner.clone()),
         end: to_micros(end),
         try_state: TaskState::Failed,
         ti_state: TaskState::Failed,
@@ -253,14 +253,14 @@ fn decide(k: &Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) -> Op
         pid: spawned_pid,
         interrupted: false,
         warning: outcome.log_warning.clone(),
-        dbt_nodes: found.dbt_nodes.map(|n| (c.run.pk, task.id.clone(), n)),
-        reschedule: None,
     };
+    let dbt_nodes = found.dbt_nodes.map(|n| (c.run.pk, task.id.clone(), n));
     let gave_up = match found.wait {
         Some(Wait::Again(next)) => {
             return Some(Outcome {
+                finish: base,
+                dbt_nodes,
                 reschedule: Some((to_micros(*started), to_micros(next))),
-                ..base
             });
         }
         Some(Wait::GaveUp(msg)) => Some(msg),
@@ -356,17 +356,21 @@ fn decide(k: &Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) -> Op
         );
     }
     Some(Outcome {
-        try_state,
-        ti_state,
-        next_try_at,
-        exit_code,
-        signal,
-        error,
-        metrics,
-        rows_loaded,
-        extra_tries,
-        interrupted,
-        ..base
+        finish: FinishTry {
+            try_state,
+            ti_state,
+            next_try_at,
+            exit_code,
+            signal,
+            error,
+            metrics,
+            rows_loaded,
+            extra_tries,
+            interrupted,
+            ..base
+        },
+        dbt_nodes,
+        reschedule: None,
     })
 }
 

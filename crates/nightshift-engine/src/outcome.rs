@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use nightshift_core::TaskState;
 use nightshift_store::{DbtNode, FinishTry, Store};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -29,23 +28,9 @@ use crate::executor::{KillReason, Stopper};
 /// A try's outcome as it will be written: owned, so it can wait in the journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
-    pub ti_pk: i64,
-    pub try_number: u32,
-    pub owner: String,
-    pub end: i64,
-    pub try_state: TaskState,
-    pub ti_state: TaskState,
-    pub next_try_at: Option<i64>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: Option<String>,
-    pub metrics: Option<String>,
-    pub rows_loaded: Option<i64>,
-    pub extra_tries: u32,
-    pub log_path: Option<String>,
-    pub pid: Option<u32>,
-    pub interrupted: bool,
-    pub warning: Option<String>,
+    /// The try's outcome and the task's next state (its owner is always set: fenced).
+    #[serde(flatten)]
+    pub finish: FinishTry,
     /// dbt node results to record first: (run, task id, nodes).
     pub dbt_nodes: Option<(i64, String, Vec<DbtNode>)>,
     /// A sensor whose condition was not met yet: (poke started, next poke) instead of an
@@ -55,42 +40,26 @@ pub struct Outcome {
 
 impl Outcome {
     fn key(&self) -> (i64, u32) {
-        (self.ti_pk, self.try_number)
+        (self.finish.ti_pk, self.finish.try_number)
     }
 
     fn file_name(&self) -> String {
-        format!("{}-{}.json", self.ti_pk, self.try_number)
+        format!("{}-{}.json", self.finish.ti_pk, self.finish.try_number)
     }
 
     /// Writes it to the store. `Ok(false)`: the fence did not hold; nothing was written.
     fn apply(&self, store: &Store) -> nightshift_store::Result<bool> {
+        let f = &self.finish;
         if let Some((run, task, nodes)) = &self.dbt_nodes {
-            store.record_dbt_nodes(*run, self.ti_pk, self.try_number, task, nodes)?;
+            store.record_dbt_nodes(*run, f.ti_pk, f.try_number, task, nodes)?;
         }
         if let Some((started, next)) = self.reschedule {
+            let owner = f.owner.as_deref().unwrap_or_default();
             return store
-                .reschedule(self.ti_pk, self.try_number, &self.owner, started, next)
+                .reschedule(f.ti_pk, f.try_number, owner, started, next)
                 .map(|s| s.is_some());
         }
-        store.finish_try(&FinishTry {
-            ti_pk: self.ti_pk,
-            try_number: self.try_number,
-            owner: Some(&self.owner),
-            end: self.end,
-            try_state: self.try_state,
-            ti_state: self.ti_state,
-            next_try_at: self.next_try_at,
-            exit_code: self.exit_code,
-            signal: self.signal,
-            error: self.error.as_deref(),
-            metrics: self.metrics.as_deref(),
-            rows_loaded: self.rows_loaded,
-            extra_tries: self.extra_tries,
-            log_path: self.log_path.as_deref(),
-            pid: self.pid,
-            interrupted: self.interrupted,
-            warning: self.warning.as_deref(),
-        })
+        store.finish_try(f)
     }
 }
 
@@ -214,8 +183,8 @@ impl Writer {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(o.key());
                     info!(
-                        task_instance = o.ti_pk,
-                        try_number = o.try_number,
+                        task_instance = o.finish.ti_pk,
+                        try_number = o.finish.try_number,
                         "replaying a journaled outcome"
                     );
                     let _ = self
@@ -323,7 +292,7 @@ impl WriterThread {
                                 // restart before then loses it (and recovery runs the task
                                 // again without using a retry).
                                 Err(e) => {
-                                    warn!(error = %e, task_instance = o.ti_pk, "cannot journal the outcome; keeping it in memory")
+                                    warn!(error = %e, task_instance = o.finish.ti_pk, "cannot journal the outcome; keeping it in memory")
                                 }
                             }
                         }
@@ -385,8 +354,8 @@ impl WriterThread {
             Job::Outcome(o, _) => {
                 if !o.apply(&self.store)? {
                     warn!(
-                        task_instance = o.ti_pk,
-                        try_number = o.try_number,
+                        task_instance = o.finish.ti_pk,
+                        try_number = o.finish.try_number,
                         "outcome not recorded: the try lost its claim"
                     );
                 }
@@ -408,7 +377,7 @@ impl WriterThread {
             if remove_file && let Some(f) = file {
                 let _ = std::fs::remove_file(f);
             }
-            (self.on_recorded)(o.ti_pk);
+            (self.on_recorded)(o.finish.ti_pk);
         }
     }
 }

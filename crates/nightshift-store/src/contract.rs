@@ -97,7 +97,7 @@ fn cancelling_a_run_records_its_running_try_and_fences_its_outcome() {
     let fin = FinishTry {
         ti_pk: a,
         try_number: 1,
-        owner: Some("A"),
+        owner: Some("A".into()),
         end: 9,
         try_state: TaskState::Failed,
         ti_state: TaskState::UpForRetry,
@@ -159,7 +159,7 @@ fn claims_are_fenced() {
     let fin = |owner: &'static str, try_number| FinishTry {
         ti_pk: ti,
         try_number,
-        owner: Some(owner),
+        owner: Some(owner.into()),
         end: 9,
         try_state: TaskState::Failed,
         ti_state: TaskState::UpForRetry,

@@ -151,7 +151,7 @@ interface! {
     /// Records a try's outcome and the task instance's next state in one transaction.
     /// Fenced on (instance, try number, owner, RUNNING): false means the claim was lost and
     /// nothing was written.
-    fn finish_try(&self, f: &FinishTry<'_>) -> Result<bool>;
+    fn finish_try(&self, f: &FinishTry) -> Result<bool>;
     /// RUNNING → terminal, with `rows_loaded` summed from the successful tries.
     fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool>;
     /// Extends the leases of this owner's running tries; returns the (instance, try) pairs it

@@ -109,32 +109,33 @@ pub struct Claim<'a> {
     pub pipeline_limit: (&'a str, u32),
 }
 
-pub struct FinishTry<'a> {
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FinishTry {
     pub ti_pk: i64,
     pub try_number: u32,
     /// The claim's owner; `None` finishes a try whatever owns it (recovery of a dead owner,
     /// still fenced on the try number).
-    pub owner: Option<&'a str>,
+    pub owner: Option<String>,
     pub end: i64,
     pub try_state: TaskState,
     pub ti_state: TaskState,
     pub next_try_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub error: Option<&'a str>,
-    pub metrics: Option<&'a str>,
+    pub error: Option<String>,
+    pub metrics: Option<String>,
     pub rows_loaded: Option<i64>,
     /// Tries added to the task's budget (a try stopped by a shutdown does not count).
     pub extra_tries: u32,
     /// The try's log, when it was not recorded at spawn.
-    pub log_path: Option<&'a str>,
+    pub log_path: Option<String>,
     /// The try's process, when it was not recorded at spawn (a short try).
     pub pid: Option<u32>,
     /// nightshift itself ended this try (crash, kill, shutdown): counts towards the task's
     /// interruptions in a row instead of its retries. Any other outcome resets the count.
     pub interrupted: bool,
     /// A problem that did not change the outcome, kept on the try.
-    pub warning: Option<&'a str>,
+    pub warning: Option<String>,
 }
 
 /// One dbt node's result in one try.

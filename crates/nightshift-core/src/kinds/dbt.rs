@@ -59,14 +59,7 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
             return None;
         }
     };
-    let project_dir = r
-        .string("project_dir", diags)
-        .map(|p| p.value)
-        .unwrap_or_else(|| "dbt".to_owned());
-    let profiles_dir = r
-        .string("profiles_dir", diags)
-        .map(|p| p.value)
-        .unwrap_or_else(|| project_dir.clone());
+    let (project_dir, profiles_dir) = read_dirs(r, diags);
     let list = |key: &str, diags: &mut Vec<Diagnostic>| -> Vec<String> {
         let v = r.string_list(key, true, diags).unwrap_or_default();
         for item in &v {
@@ -98,6 +91,20 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
         vars: vars.into_iter().map(|(k, v)| (k.value, v.value)).collect(),
         args,
     })
+}
+
+/// `project_dir` (default `dbt`) and `profiles_dir` (default: the project's), relative to
+/// the nightshift project; read by the dbt and publish kinds.
+pub(crate) fn read_dirs(r: &TableReader<'_, '_>, diags: &mut Vec<Diagnostic>) -> (String, String) {
+    let project_dir = r
+        .string("project_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| "dbt".to_owned());
+    let profiles_dir = r
+        .string("profiles_dir", diags)
+        .map(|p| p.value)
+        .unwrap_or_else(|| project_dir.clone());
+    (project_dir, profiles_dir)
 }
 
 pub(crate) const DEF: Def = Def {

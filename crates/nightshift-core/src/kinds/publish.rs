@@ -68,14 +68,7 @@ fn read_spec(
             r.raw("output").map(|v| v.span()),
         ));
     }
-    let project_dir = r
-        .string("project_dir", diags)
-        .map(|p| p.value)
-        .unwrap_or_else(|| "dbt".to_owned());
-    let profiles_dir = r
-        .string("profiles_dir", diags)
-        .map(|p| p.value)
-        .unwrap_or_else(|| project_dir.clone());
+    let (project_dir, profiles_dir) = super::dbt::read_dirs(r, diags);
     Some(PublishSpec {
         outputs: outputs.into_iter().map(|o| o.value).collect(),
         output,

@@ -28,20 +28,29 @@ pub fn create_run(
     let p = &lp.pipeline;
     let version = store.put_version(&p.name, &lp.source, to_micros(now))?;
     let run_id = p.schedule.run_id(&iv);
-    let tasks = new_tasks(p);
-    Ok(store.create_run(
-        &NewRun {
-            run_id: &run_id,
-            pipeline: &p.name,
-            ds: p.schedule.ds(&iv),
-            data_interval_start: to_micros(iv.start),
-            data_interval_end: to_micros(iv.end),
-            now: to_micros(now),
-            trigger,
-            version: &version,
-        },
-        &tasks,
-    )?)
+    let run = new_run(p, iv, &run_id, trigger, &version, now);
+    Ok(store.create_run(&run, &new_tasks(p))?)
+}
+
+/// The row of a new run of `p` for one interval.
+fn new_run<'a>(
+    p: &'a Pipeline,
+    iv: DataInterval,
+    run_id: &'a str,
+    trigger: Trigger,
+    version: &'a str,
+    now: Timestamp,
+) -> NewRun<'a> {
+    NewRun {
+        run_id,
+        pipeline: &p.name,
+        ds: p.schedule.ds(&iv),
+        data_interval_start: to_micros(iv.start),
+        data_interval_end: to_micros(iv.end),
+        now: to_micros(now),
+        trigger,
+        version,
+    }
 }
 
 /// Creates the runs of many intervals of one pipeline in one transaction (catch-up);
@@ -60,16 +69,7 @@ pub fn create_runs(
     let runs: Vec<NewRun<'_>> = ivs
         .iter()
         .zip(&run_ids)
-        .map(|(iv, run_id)| NewRun {
-            run_id,
-            pipeline: &p.name,
-            ds: p.schedule.ds(iv),
-            data_interval_start: to_micros(iv.start),
-            data_interval_end: to_micros(iv.end),
-            now: to_micros(now),
-            trigger,
-            version: &version,
-        })
+        .map(|(iv, run_id)| new_run(p, *iv, run_id, trigger, &version, now))
         .collect();
     Ok(store.create_runs(&runs, &tasks)?)
 }

@@ -119,7 +119,7 @@ impl SqliteStore {
         })
     }
 
-    pub fn finish_try(&self, f: &FinishTry<'_>) -> Result<bool> {
+    pub fn finish_try(&self, f: &FinishTry) -> Result<bool> {
         self.write(|tx| {
             let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7,
                      interruptions = CASE WHEN ?8 THEN interruptions + 1 ELSE 0 END
@@ -138,7 +138,7 @@ impl SqliteStore {
                 let (run, task): (i64, String) = tx
                     .prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?
                     .query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error)?;
+                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error.as_deref())?;
             }
             Ok(true)
         })

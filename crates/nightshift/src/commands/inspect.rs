@@ -2,8 +2,10 @@
 //! a scheduler runs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
+use nightshift_engine::project::Project;
 use nightshift_store::{RunRow, Store, TryRow};
 use serde_json::{Value, json};
 
@@ -96,6 +98,18 @@ pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
     Ok(0)
 }
 
+/// The project, its store and one run of it: what every command about a run starts from.
+pub fn open_run(
+    dir: &Path,
+    run_id: &str,
+    pipeline: Option<&str>,
+) -> Result<(Project, Arc<Store>, RunRow)> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let run = find_run(&store, run_id, pipeline)?;
+    Ok((project, store, run))
+}
+
 pub fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<RunRow> {
     let mut runs = store.runs_with_id(run_id)?;
     if let Some(p) = pipeline {
@@ -118,9 +132,7 @@ pub fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<R
 }
 
 pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (_, store, run) = open_run(dir, run_id, pipeline)?;
     let tis = store.task_instances(run.pk)?;
     let tries = store.tries(run.pk)?;
     if as_json {
@@ -219,9 +231,7 @@ pub fn logs(
     try_number: Option<u32>,
     pipeline: Option<&str>,
 ) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let tries: Vec<TryRow> = store
         .tries(run.pk)?
         .into_iter()
@@ -301,9 +311,7 @@ pub fn dbt_results(
     pipeline: Option<&str>,
     as_json: bool,
 ) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (_, store, run) = open_run(dir, run_id, pipeline)?;
     let nodes: Vec<_> = store
         .dbt_nodes(run.pk)?
         .into_iter()

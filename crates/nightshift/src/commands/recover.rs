@@ -11,8 +11,8 @@ use nightshift_engine::Clock;
 use nightshift_engine::project::Project;
 use nightshift_store::{RunRow, Store};
 
-use crate::commands::inspect::find_run;
-use crate::commands::{load_project, open_store, usage};
+use crate::commands::inspect::open_run;
+use crate::commands::usage;
 use crate::output;
 
 /// The pipeline version a run executes.
@@ -62,9 +62,7 @@ pub fn clear(
     failed_only: bool,
     pipeline: Option<&str>,
 ) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let p = pipeline_of(&project, &store, &run)?;
     let tis = store.task_instances(run.pk)?;
     let state_of = |id: &str| tis.iter().find(|t| t.task_id == id).map(|t| t.state);
@@ -129,9 +127,7 @@ pub fn clear(
 }
 
 pub fn rerun(dir: &Path, run_id: &str, pipeline: Option<&str>) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let lp = project.pipelines.get(&run.pipeline).ok_or_else(|| {
         usage(format!(
             "pipeline `{}` has no valid file now; fix it (`nightshift validate`) and try again",
@@ -174,9 +170,7 @@ pub fn mark(
     if reason.trim().is_empty() {
         return Err(usage("--reason is empty: say what was done by hand"));
     }
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let p = pipeline_of(&project, &store, &run)?;
     require_task(&p, task)?;
     let Some(old) = store.mark_task(run.pk, task, state.as_str(), reason.trim(), now_us())? else {
@@ -212,9 +206,7 @@ pub fn explain(
     pipeline: Option<&str>,
     as_json: bool,
 ) -> Result<i32> {
-    let project = load_project(dir)?;
-    let store = open_store(&project)?;
-    let run = find_run(&store, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let p = pipeline_of(&project, &store, &run)?;
     if let Some(t) = task {
         require_task(&p, t)?;

@@ -78,7 +78,11 @@ fn a_failing_statement_changes_nothing_and_says_which_statement() {
         .to_owned();
     assert!(err.contains("statement 2"), "{err}");
     assert!(err.contains("no such table: load_log"), "{err}");
-    assert_eq!(loads(&p).len(), 2, "the DELETE was rolled back with the failed INSERT");
+    assert_eq!(
+        loads(&p).len(),
+        2,
+        "the DELETE was rolled back with the failed INSERT"
+    );
 }
 
 #[test]
