@@ -14,7 +14,7 @@ start_date = "2024-06-01"
 
 [defaults]
 retires = 2
-retry_delay = "10 seconds"
+retry_delay = "ten seconds"
 
 [[task]]
 id = "extract_data"
@@ -44,7 +44,7 @@ command = ["./z.sh"]
         "error: unknown time zone `Europe/Berln`\n --> pipelines/nightly.toml:3:12",
         "error: unknown key `retires` in `[defaults]`\n --> pipelines/nightly.toml:7:1",
         "did you mean `retries`?",
-        "invalid duration `10 seconds` for `retry_delay`",
+        "invalid duration `ten seconds` for `retry_delay`",
         "unknown task `extract_dat` in `depends_on` of `dbt_run`\n  --> pipelines/nightly.toml:17:15",
         "error: dependency cycle: dbt_run → dbt_test → dbt_run",
         "error: duplicate task id `dbt_test`\n  --> pipelines/nightly.toml:25:6",
