@@ -309,3 +309,46 @@ fn a_running_tries_log_tails_and_metrics_count_what_ran() {
     sigterm(&up);
     up.wait().unwrap();
 }
+
+#[test]
+fn the_calendar_follows_a_simulated_clock() {
+    // A task that sleeps holds the simulated clock near its start (it jumps only when idle),
+    // so the server's "today" must be the simulated day, not the machine's.
+    let p = TestProject::new();
+    p.file(
+        "pipelines/slow.toml",
+        &(daily("slow", "2024-06-01")
+            + "[[task]]\nid = \"sleep\"\ncommand = [\"sleep\", \"30\"]\n"),
+    );
+    let mut up = p.spawn(
+        &[
+            "up",
+            "--simulate-from",
+            "2024-06-02T00:30:00Z",
+            "--simulate-until",
+            "2024-06-10T00:00:00Z",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "up",
+    );
+    let url = web_url(&p, "up");
+    p.wait_for("the first run to start", || {
+        p.runs("slow")
+            .first()
+            .is_some_and(|r| r["status"] == "RUNNING")
+    });
+    let (code, body) = get(&format!("{url}/api/v1/pipelines/slow/calendar"));
+    // The second SIGTERM stops the sleeping try at once.
+    sigterm(&up);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sigterm(&up);
+    let _ = up.wait();
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let days = doc["days"].as_array().unwrap();
+    assert_eq!(days.last().unwrap()["ds"], "2024-06-02", "{body}");
+    let first_run = days.iter().find(|d| d["ds"] == "2024-06-01").unwrap();
+    assert_ne!(first_run["state"], "missing", "{body}");
+}
