@@ -9,7 +9,7 @@ echo "== dbt"
 bash tools/dbt/install
 export NIGHTSHIFT_TEST_DBT="$PWD/.venv/bin/dbt"
 
-echo "== test tools (chromium, promtool, aiosmtpd, openapi-spec-validator)"
+echo "== test tools (chromium, promtool, postgresql, aiosmtpd, openapi-spec-validator)"
 bash tools/testdeps/install
 
 echo "== format"

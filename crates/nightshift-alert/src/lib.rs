@@ -17,7 +17,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use nightshift_core::clock::{Clock, real_now_us};
+use nightshift_core::clock::Clock;
 use nightshift_core::deadline::DeadlineState;
 use nightshift_core::event::Event;
 use nightshift_core::project::{AlertKind, ProjectSettings};
@@ -120,7 +120,10 @@ impl Alerter {
         if self.workers.is_empty() {
             return;
         }
-        let now = real_now_us();
+        // Claims are compared across hosts: measured with the store's clock.
+        let Ok(now) = self.store.now_us() else {
+            return;
+        };
         match self
             .store
             .claim_stale_alerts(&self.owner, now, now + CLAIM.as_micros() as i64)
@@ -294,7 +297,7 @@ impl Alerter {
                 payload: &payload,
                 now,
                 owner: &self.owner,
-                claim_until: real_now_us() + CLAIM.as_micros() as i64,
+                claim_until: self.store.now_us()? + CLAIM.as_micros() as i64,
             })?;
             if let Some(id) = id {
                 self.dispatch(channel, id);

@@ -65,7 +65,7 @@ pub(crate) struct TryCtx {
 /// Identifies a try's processes on this machine through their environment: unique per
 /// store, task instance and try.
 pub(crate) fn try_key(store: &Store, ti_pk: i64, try_number: u32) -> String {
-    let store_id = nightshift_store::version_hash("store", &store.path().to_string_lossy());
+    let store_id = nightshift_store::version_hash("store", &store.location().identity());
     format!("{store_id}:{ti_pk}:{try_number}")
 }
 

@@ -9,8 +9,6 @@ use nightshift_core::time::from_micros;
 use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{RunRow, Store, TiRow};
 
-use nightshift_core::clock::real_now_us;
-
 /// One finding: what it is about (`None`: the run) and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reason {
@@ -37,9 +35,10 @@ pub fn explain(
     let tries = store.tries(run.pk)?;
     let paused = store.paused_pipelines()?.iter().any(|x| x == &run.pipeline);
     let deadline = store.deadline(run.pk)?;
+    let store_now = store.now_us()?;
     let scheduler = store
         .scheduler_lease()?
-        .filter(|l| l.expires_at > real_now_us());
+        .filter(|l| l.expires_at > store_now);
 
     let mut run_reasons = vec![];
     match run.status {

@@ -30,5 +30,5 @@ pub mod procs;
 pub mod project;
 pub mod trylog;
 
-pub use engine::{CrashPoint, Engine, Event, Mode, Options, Stats};
+pub use engine::{CrashPoint, DEFAULT_POOL, Engine, Error, Event, Mode, Options, Stats};
 pub use nightshift_core::clock::{self, Clock, SimClock, SystemClock};

@@ -92,17 +92,17 @@ pub struct Writer {
 pub type OnRecorded = Box<dyn Fn(i64) + Send>;
 
 impl Writer {
-    /// Starts the writer on its own connection to the store at `store_path`, journaling
+    /// Starts the writer on its own connection to the store at `location`, journaling
     /// under `journal`. `degraded` is raised while the store refuses writes.
     pub fn start(
-        store_path: &Path,
+        location: &nightshift_store::Location,
         journal: PathBuf,
         degraded: Arc<AtomicBool>,
         on_recorded: OnRecorded,
     ) -> Result<Writer, nightshift_store::Error> {
         // A short lock wait per statement: the thread retries with backoff anyway, and stays
         // responsive to new jobs meanwhile.
-        let store = Store::open_waiting(store_path, Duration::from_millis(500))?;
+        let store = Store::open_waiting(location, Duration::from_millis(500))?;
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(Mutex::new(HashSet::new()));
         let writer = Writer {

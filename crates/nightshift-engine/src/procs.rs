@@ -126,12 +126,24 @@ pub fn kill_by_env(name: &str, value: &str, grace: Duration) -> Vec<u32> {
 }
 
 /// This machine's name, for the `host` of tries and leases.
+/// This host's name, as claims and leases record it: `NIGHTSHIFT_HOSTNAME` when set (hosts
+/// whose kernel names collide, containers, tests that play several hosts on one machine),
+/// else the kernel's host name.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        crate::env::var("NIGHTSHIFT_HOSTNAME")
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|s| s.trim().to_owned())
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "localhost".into())
+    })
+    .clone()
 }
 
 /// An engine's identity: `host:pid:start`, unique across restarts and machines.

@@ -45,8 +45,20 @@ impl Project {
             .collect()
     }
 
-    pub fn store_path(&self) -> PathBuf {
-        self.dir.join(&self.settings.store_path)
+    /// Where the project's metadata store lives: the PostgreSQL database named by
+    /// `NIGHTSHIFT_STORE_URL` (so the hosts of a deployment can share one store without
+    /// editing the project), else by `[store] url`, else the SQLite file `[store] path`.
+    pub fn store_location(&self) -> nightshift_store::Location {
+        let url = crate::env::var("NIGHTSHIFT_STORE_URL")
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| self.settings.store_url.clone());
+        match url {
+            Some(url) => nightshift_store::Location::Postgres(nightshift_store::PgLocation {
+                url,
+                password_env: self.settings.store_password_env.clone(),
+            }),
+            None => nightshift_store::Location::Sqlite(self.dir.join(&self.settings.store_path)),
+        }
     }
 
     pub fn logs_dir(&self) -> PathBuf {

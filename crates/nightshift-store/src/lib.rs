@@ -1,9 +1,10 @@
 //! The metadata store: the one source of truth for runs, task instances, tries and leases.
 //!
 //! Callers see one interface, [`MetaStore`], through [`Store`]; the backend behind it is
-//! SQLite ([`sqlite`], the `sqlite` feature, on by default). Nothing outside this crate
-//! names a driver type: errors say whether they are worth waiting out
-//! ([`Error::is_transient`]).
+//! SQLite ([`sqlite`], the `sqlite` feature, on by default: one file, one machine) or
+//! PostgreSQL ([`postgres`], the `postgres` feature: several schedulers and workers on
+//! several hosts). [`Location`] says which. Nothing outside this crate names a driver type:
+//! errors say whether they are worth waiting out ([`Error::is_transient`]).
 //!
 //! # Contract (what the engine relies on, whatever the backend)
 //! - `create_run` is idempotent: `UNIQUE(pipeline, data_interval_start)` and
@@ -15,6 +16,9 @@
 //!   on (task instance, try number, owner): a try that lost its claim cannot overwrite its
 //!   successor.
 //! - Every method is a short transaction, so several processes can share the store.
+//! - Leases are compared with the store's own clock ([`MetaStore::now_us`]): on PostgreSQL
+//!   the database's `clock_timestamp()`, so hosts whose clocks disagree still agree on
+//!   whose lease has expired.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,9 +29,14 @@ use nightshift_core::{RunState, TaskState, Trigger};
 
 #[cfg(test)]
 mod contract;
+mod location;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use location::{Location, PgLocation};
 
 pub use rows::*;
 
@@ -49,15 +58,19 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "the metadata store `{path}` has schema version {found}, newer than this nightshift knows ({known}); upgrade nightshift"
+        "the metadata store `{location}` has schema version {found}, newer than this nightshift knows ({known}); upgrade nightshift"
     )]
     NewerSchema {
-        path: PathBuf,
+        location: String,
         found: i64,
         known: i64,
     },
     #[error("the metadata store holds an invalid value: {0}")]
     Corrupt(String),
+    /// The store's settings are wrong (a URL that does not parse, a backend this build
+    /// lacks); the message says what to change.
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -82,24 +95,30 @@ macro_rules! interface {
         /// Everything nightshift asks of its metadata store. Each backend implements it with
         /// the same contract (see the crate's documentation).
         pub trait MetaStore: Send + Sync {
-            /// Where the store lives (a file for SQLite), for messages and identities.
-            fn path(&self) -> &Path;
             $($(#[$meta])* fn $name(&self $(, $arg: $ty)*) -> $ret;)*
         }
 
         #[cfg(feature = "sqlite")]
         impl MetaStore for sqlite::SqliteStore {
-            fn path(&self) -> &Path {
-                sqlite::SqliteStore::path(self)
-            }
             $(fn $name(&self $(, $arg: $ty)*) -> $ret {
                 sqlite::SqliteStore::$name(self $(, $arg)*)
+            })*
+        }
+
+        #[cfg(feature = "postgres")]
+        impl MetaStore for postgres::PgStore {
+            $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+                postgres::PgStore::$name(self $(, $arg)*)
             })*
         }
     };
 }
 
 interface! {
+    /// The store's clock, in microseconds since the Unix epoch: what leases and heartbeats
+    /// are measured against. SQLite lives on one machine and uses its clock; PostgreSQL
+    /// answers with the database server's, shared by every host.
+    fn now_us(&self) -> Result<i64>;
     /// Records a pipeline file version; returns its hash.
     fn put_version(&self, pipeline: &str, source: &str, now: i64) -> Result<String>;
     fn version_source(&self, hash: &str) -> Result<Option<(String, String)>>;
@@ -249,6 +268,14 @@ interface! {
     /// Whether a failure alert sent to `channel` about `pipeline` is still open: sent after
     /// the last `recovered` alert of that channel and pipeline.
     fn open_incident(&self, channel: &str, pipeline: &str) -> Result<bool>;
+    /// Records that this process is alive and what it does (upsert by owner), at `now` by
+    /// the store's clock.
+    fn beat(&self, e: &EngineRow) -> Result<()>;
+    /// Every process that beat, the latest first, with its running tries.
+    fn engines(&self) -> Result<Vec<EngineRow>>;
+    /// Removes a process's row (it stopped cleanly), and rows of processes whose last beat
+    /// is older than `stale_before`.
+    fn forget_engine(&self, owner: &str, stale_before: i64) -> Result<()>;
     /// How many finished runs of `pipeline` failed in a row, newest first, among runs whose
     /// interval starts at or before `up_to`.
     fn consecutive_failed_runs(&self, pipeline: &str, up_to: i64) -> Result<u32>;
@@ -257,33 +284,58 @@ interface! {
 /// The store a project uses, behind the [`MetaStore`] interface.
 pub struct Store {
     backend: Backend,
+    location: Location,
 }
 
 enum Backend {
     #[cfg(feature = "sqlite")]
     Sqlite(sqlite::SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and applies pending migrations. One
-    /// statement waits for another process's lock up to `NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS`
-    /// (default 30 s); the engine's callers retry transient failures, so a longer lock only
-    /// delays them.
-    pub fn open(path: &Path) -> Result<Store> {
-        #[allow(clippy::disallowed_methods)]
-        let busy_ms = std::env::var("NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS")
-            .ok()
+    /// Opens (creating if needed) the store at `location` and applies pending migrations.
+    /// One statement waits for another process's lock up to
+    /// `NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS` (default 30 s); the engine's callers retry
+    /// transient failures, so a longer lock only delays them.
+    pub fn open(location: &Location) -> Result<Store> {
+        let busy_ms = env_var("NIGHTSHIFT_STORE_BUSY_TIMEOUT_MS")
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000);
-        Store::open_waiting(path, Duration::from_millis(busy_ms))
+        Store::open_waiting(location, Duration::from_millis(busy_ms))
     }
 
     /// Opens the store with a chosen bound on how long one statement waits for a lock (the
     /// web server answers 503 rather than hang behind a locked store).
-    pub fn open_waiting(path: &Path, busy: Duration) -> Result<Store> {
+    pub fn open_waiting(location: &Location, busy: Duration) -> Result<Store> {
+        let backend = match location {
+            #[cfg(feature = "sqlite")]
+            Location::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path, busy)?),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(pg) => Backend::Postgres(postgres::PgStore::open(pg, busy)?),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::Config(format!(
+                    "this nightshift was built without support for the store `{other}`; build it with the `{}` feature",
+                    other.backend_name()
+                )));
+            }
+        };
         Ok(Store {
-            backend: Backend::Sqlite(sqlite::SqliteStore::open(path, busy)?),
+            backend,
+            location: location.clone(),
         })
+    }
+
+    /// Opens a SQLite store file (tests, benches, tools).
+    pub fn open_file(path: &Path) -> Result<Store> {
+        Store::open(&Location::Sqlite(path.to_owned()))
+    }
+
+    /// Where this store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The SQLite backend itself, for benchmarks and tests that seed history in bulk.
@@ -291,6 +343,18 @@ impl Store {
     pub fn sqlite(&self) -> Option<&sqlite::SqliteStore> {
         match &self.backend {
             Backend::Sqlite(s) => Some(s),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL backend itself, for benchmarks and tests that seed history in bulk.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 }
@@ -302,8 +366,16 @@ impl std::ops::Deref for Store {
         match &self.backend {
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(s) => s,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => s,
         }
     }
+}
+
+/// The store's one reader of the environment: its tuning knobs and the PostgreSQL password.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// A stable content hash (FNV-1a, 64 bit) naming a pipeline version.

@@ -243,3 +243,21 @@ pub struct AlertRow {
     pub created_at: i64,
     pub sent_at: Option<i64>,
 }
+
+/// A nightshift process that executes tries, as it last told the store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EngineRow {
+    pub owner: String,
+    pub host: String,
+    pub pid: i64,
+    /// `scheduler` (holds the role), `standby` (an `up` without it), `worker`, or `run`
+    /// (`run` and `backfill` in the foreground).
+    pub role: String,
+    /// The pools it serves, comma-separated (`None`: every pool).
+    pub pools: Option<String>,
+    pub started_at: i64,
+    /// By the store's clock.
+    pub heartbeat_at: i64,
+    /// Its tries RUNNING now.
+    pub running: i64,
+}

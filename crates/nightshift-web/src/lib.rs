@@ -202,7 +202,7 @@ pub fn serve(
     // A request waits at most this long for a store lock, so a locked store answers 503
     // within the API's bound instead of hanging.
     let store =
-        Store::open_waiting(&project.store_path(), STORE_WAIT).map_err(|e| e.to_string())?;
+        Store::open_waiting(&project.store_location(), STORE_WAIT).map_err(|e| e.to_string())?;
     let fingerprint = project::fingerprint(&project.dir);
     let logs_dir = project.logs_dir();
     let _ = std::fs::create_dir_all(&logs_dir);

@@ -174,7 +174,7 @@ fn pass_time(history_runs: i64) -> (f64, i64) {
     }
     write(dir.path(), "pipelines/active.toml", &src);
     let project = nightshift_engine::project::load(dir.path()).unwrap();
-    let store = Arc::new(Store::open(&project.store_path()).unwrap());
+    let store = Arc::new(Store::open(&project.store_location()).unwrap());
     let lp = project.pipelines["active"].clone();
     let version = store.put_version("active", &lp.source, 0).unwrap();
     seed_history(&store, &version, history_runs, 5);

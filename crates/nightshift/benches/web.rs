@@ -120,7 +120,7 @@ fn main() {
     }
     write(d, "pipelines/hist.toml", &src);
     let db = d.join(".nightshift/nightshift.db");
-    let store = Store::open(&db).unwrap();
+    let store = Store::open_file(&db).unwrap();
     let version = store.put_version("hist", &src, 0).unwrap();
     #[allow(clippy::disallowed_methods)]
     let today = jiff::Timestamp::now().as_microsecond() / DAY_US * DAY_US;

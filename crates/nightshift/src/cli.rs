@@ -64,6 +64,17 @@ pub enum Command {
         #[arg(long, conflicts_with = "bind")]
         no_web: bool,
     },
+    /// Execute tries only (no scheduling, no web UI), for hosts that share a PostgreSQL store
+    /// and hold the same project folder. Runs until told to stop.
+    Worker {
+        /// Serve only these pools (repeat for several); tasks without a pool are in
+        /// `default`. Without it, every pool.
+        #[arg(long = "pool", value_name = "POOL")]
+        pools: Vec<String>,
+        /// Tries this worker runs at once (default: the project's `parallelism`).
+        #[arg(long, value_name = "N")]
+        max_tasks: Option<u32>,
+    },
     /// One run per interval whose ds is in [--from, --to].
     Backfill {
         pipeline: String,
@@ -141,6 +152,12 @@ pub enum Command {
         task: Option<String>,
         #[arg(long)]
         pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The processes that execute tries on this project's store (schedulers, standbys,
+    /// workers): host, pid, role, pools, last heartbeat and running tries.
+    Status {
         #[arg(long)]
         json: bool,
     },

@@ -20,6 +20,12 @@ pub fn crash_at() -> Option<String> {
     var("NIGHTSHIFT_CRASH_AT")
 }
 
+/// A lease timing knob (`NIGHTSHIFT_HEARTBEAT`, `NIGHTSHIFT_LEASE_TTL`,
+/// `NIGHTSHIFT_ROLE_TTL`), as a duration text (`2s`, `500ms`).
+pub fn timing(name: &str) -> Option<String> {
+    var(name).filter(|v| !v.trim().is_empty())
+}
+
 /// The metrics file the engine gave a built-in kind's child (`NIGHTSHIFT_METRICS`).
 #[allow(clippy::disallowed_methods)]
 pub fn metrics_file() -> Option<PathBuf> {

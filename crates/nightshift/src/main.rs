@@ -41,7 +41,7 @@ fn main() {
 fn init_tracing(cmd: &cli::Command) {
     use tracing_subscriber::EnvFilter;
     let default = match cmd {
-        cli::Command::Up { .. } => "info",
+        cli::Command::Up { .. } | cli::Command::Worker { .. } => "info",
         _ => "warn",
     };
     let filter = env::log_filter()

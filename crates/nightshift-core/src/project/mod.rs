@@ -13,8 +13,12 @@ pub use reading::parse_settings;
 /// is optional.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectSettings {
-    /// Metadata store file, relative to the project folder.
+    /// Metadata store file, relative to the project folder (the SQLite store).
     pub store_path: String,
+    /// A PostgreSQL store shared by several hosts, instead of the file (`[store] url`).
+    pub store_url: Option<String>,
+    /// The environment variable holding the PostgreSQL password (else `PGPASSWORD`).
+    pub store_password_env: Option<String>,
     /// Task processes one scheduler runs at once.
     pub parallelism: u32,
     /// Default zone for pipelines that name none.
@@ -211,6 +215,8 @@ impl Default for ProjectSettings {
     fn default() -> Self {
         ProjectSettings {
             store_path: ".nightshift/nightshift.db".into(),
+            store_url: None,
+            store_password_env: None,
             parallelism: 16,
             timezone: "UTC".into(),
             pools: BTreeMap::new(),
@@ -242,6 +248,29 @@ mod tests {
         assert_eq!(s.parallelism, 4);
         assert_eq!(s.pools["warehouse"], 1);
         assert_eq!(s.store_path, "x.db");
+    }
+
+    #[test]
+    fn reads_a_postgres_store_and_refuses_passwords_in_files() {
+        let (s, d) = parse_settings(
+            "[store]\nurl = \"postgresql://ns@db:5432/ns?sslmode=verify-full\"\npassword_env = \"NS_PG\"\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(
+            s.store_url.as_deref(),
+            Some("postgresql://ns@db:5432/ns?sslmode=verify-full")
+        );
+        assert_eq!(s.store_password_env.as_deref(), Some("NS_PG"));
+        for bad in [
+            "url = \"postgresql://ns:hunter2@db/ns\"",
+            "url = \"postgresql://ns@db/ns?password=hunter2\"",
+            "url = \"mysql://db/ns\"",
+            "path = \"x.db\"\nurl = \"postgresql://db/ns\"",
+        ] {
+            let (s, d) = parse_settings(&format!("[store]\n{bad}\n"));
+            assert_eq!(d.len(), 1, "{bad}: {d:?}");
+            assert!(s.store_url.is_none());
+        }
     }
 
     #[test]

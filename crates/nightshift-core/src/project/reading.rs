@@ -41,7 +41,7 @@ const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
 const WEB_KEYS: &[&str] = &["bind", "token", "token_env"];
 const RETENTION_KEYS: &[&str] = &["max_age"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path"];
-const STORE_KEYS: &[&str] = &["path"];
+const STORE_KEYS: &[&str] = &["path", "url", "password_env"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
 const DEFAULT_KEYS: &[&str] = &["retries", "timeout"];
 
@@ -146,17 +146,65 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
 
 fn read_store(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {
     let r = TableReader::new(t, span, "`[store]`", &[STORE_KEYS]);
-    if let Some(p) = r.string("path", diags) {
+    let path = r.string("path", diags);
+    if let Some(p) = &path {
         if p.value.trim().is_empty() {
             diags.push(Diagnostic::error(
                 "`path` in `[store]` is empty",
-                Some(p.span),
+                Some(p.span.clone()),
             ));
         } else {
-            s.store_path = p.value;
+            s.store_path = p.value.clone();
+        }
+    }
+    if let Some(u) = r.string("url", diags) {
+        let url = u.value.trim();
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            diags.push(
+                Diagnostic::error(
+                    format!("`url` in `[store]` is not a PostgreSQL URL: `{url}`"),
+                    Some(u.span),
+                )
+                .with_help("write it as `postgresql://user@host:5432/database`; for a SQLite file use `path`"),
+            );
+        } else if url_has_password(url) {
+            diags.push(
+                Diagnostic::error("`url` in `[store]` holds a password", Some(u.span)).with_help(
+                    "passwords never go in project files: remove it from the URL and export PGPASSWORD, or name a variable with `password_env`",
+                ),
+            );
+        } else if path.is_some() {
+            diags.push(
+                Diagnostic::error("`[store]` has both `path` and `url`", Some(u.span))
+                    .with_help("use `path` for a SQLite file or `url` for PostgreSQL, not both"),
+            );
+        } else {
+            s.store_url = Some(url.to_owned());
+        }
+    }
+    if let Some(v) = r.string("password_env", diags) {
+        if v.value.trim().is_empty() {
+            diags.push(Diagnostic::error(
+                "`password_env` in `[store]` is empty",
+                Some(v.span),
+            ));
+        } else {
+            s.store_password_env = Some(v.value);
         }
     }
     r.finish(diags);
+}
+
+/// Whether a URL carries a password: in its user info, or as `password=` in its query.
+fn url_has_password(url: &str) -> bool {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let authority = base
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    in_userinfo || query.split('&').any(|p| p.starts_with("password="))
 }
 
 fn read_defaults(

@@ -23,7 +23,7 @@ impl Engine {
     /// `backfill` take their own runs.
     pub(crate) fn working_runs(&self) -> Result<Vec<RunRow>, Error> {
         let runs = match &self.mode {
-            Mode::Scheduler { .. } => self.store.working_runs(QUEUED_WINDOW)?,
+            Mode::Scheduler { .. } | Mode::Worker => self.store.working_runs(QUEUED_WINDOW)?,
             Mode::Runs(_) => self.store.active_runs()?,
         };
         Ok(runs.into_iter().filter(|r| self.in_scope(r)).collect())
@@ -31,7 +31,7 @@ impl Engine {
 
     pub(crate) fn in_scope(&self, run: &RunRow) -> bool {
         match &self.mode {
-            Mode::Scheduler { .. } => true,
+            Mode::Scheduler { .. } | Mode::Worker => true,
             Mode::Runs(set) => set.contains(&run.pk),
         }
     }
@@ -67,7 +67,7 @@ impl Engine {
             if run.status == RunState::Queued {
                 // Pausing stops the scheduler from starting runs; a run asked for explicitly
                 // (`run`, `backfill`) still runs.
-                let paused = matches!(self.mode, Mode::Scheduler { .. })
+                let paused = matches!(self.mode, Mode::Scheduler { .. } | Mode::Worker)
                     && self.paused.contains(&run.pipeline);
                 if paused || !may_claim {
                     continue;
@@ -134,6 +134,11 @@ impl Engine {
         if !may_claim {
             return Ok(out);
         }
+        // A try runs only on a host that serves its pool.
+        if let Some(pools) = &self.opts.pools {
+            candidates
+                .retain(|(_, _, ti)| pools.contains(ti.pool.as_deref().unwrap_or(DEFAULT_POOL)));
+        }
         // Scheduled and manual runs first, then older intervals, then upstream tasks first.
         candidates.sort_by_key(|(p, run, ti)| {
             (
@@ -146,8 +151,11 @@ impl Engine {
         // pool or task limit leave their slot to the next candidates.
         let mut rest = candidates.into_iter().peekable();
         loop {
-            let free =
-                (self.project.settings.parallelism as usize).saturating_sub(self.running.len());
+            let free = (self
+                .opts
+                .max_tasks
+                .unwrap_or(self.project.settings.parallelism) as usize)
+                .saturating_sub(self.running.len());
             if rest.peek().is_none() {
                 break;
             }
@@ -156,7 +164,7 @@ impl Engine {
                 break;
             }
             let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> = rest.by_ref().take(free).collect();
-            let lease_until = real_now_us() + us(self.opts.lease_ttl);
+            let lease_until = self.store.now_us()? + us(self.opts.lease_ttl);
             let claims: Vec<Claim<'_>> = batch
                 .iter()
                 .map(|(p, _, ti)| Claim {
@@ -283,7 +291,7 @@ mod priority_tests {
         .unwrap();
         let project = project::load(dir.path()).unwrap();
         let lp = project.pipelines["p"].clone();
-        let store = Arc::new(Store::open(&project.store_path()).unwrap());
+        let store = Arc::new(Store::open(&project.store_location()).unwrap());
         let now: Timestamp = "2024-06-03T00:00:00Z".parse().unwrap();
         let older = lp
             .pipeline

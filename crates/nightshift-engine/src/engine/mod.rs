@@ -60,8 +60,12 @@ pub enum Error {
 /// What an engine works on.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// `up`: create scheduled runs and execute all work; with `until`, stop there.
+    /// `up`: execute all work, and, while it holds the scheduler role, create scheduled runs
+    /// (catch-up), judge deadlines and apply retention; with `until`, stop there. Several
+    /// `up` on one PostgreSQL store all execute; one at a time holds the role.
     Scheduler { until: Option<Timestamp> },
+    /// `worker`: execute work only (tries of the pools it serves), never the role.
+    Worker,
     /// `run` / `backfill`: execute these runs, return when all are finished.
     Runs(HashSet<i64>),
 }
@@ -74,6 +78,14 @@ pub struct Options {
     /// changes and edited pipeline files.
     pub poll: Duration,
     pub crash_at: Option<CrashPoint>,
+    /// How long the scheduler role outlives its holder's last renewal: a standby takes the
+    /// role within `role_ttl` + `heartbeat` of the holder's death (12 s by default).
+    pub role_ttl: Duration,
+    /// The pools whose tries this engine runs (`None`: every pool). Tasks without a pool are
+    /// in the pool named `default`.
+    pub pools: Option<HashSet<String>>,
+    /// Tries this engine runs at once (`None`: the project's `parallelism`).
+    pub max_tasks: Option<u32>,
 }
 
 impl Default for Options {
@@ -83,9 +95,15 @@ impl Default for Options {
             lease_ttl: Duration::from_secs(15),
             poll: Duration::from_secs(1),
             crash_at: None,
+            role_ttl: Duration::from_secs(10),
+            pools: None,
+            max_tasks: None,
         }
     }
 }
+
+/// The pool a task without one belongs to, for `worker --pool`.
+pub const DEFAULT_POOL: &str = "default";
 
 struct RunningTry {
     stopper: Stopper,
@@ -114,6 +132,15 @@ pub struct Engine {
     done_tx: mpsc::UnboundedSender<TryDone>,
     done_rx: mpsc::UnboundedReceiver<TryDone>,
     holds_scheduler_lease: bool,
+    /// When the role was last taken or renewed (monotonic): a holder that could not renew
+    /// within `role_ttl` stops scheduling on its own, before any standby may take over.
+    role_renewed: Option<Instant>,
+    /// Since when the store has answered this engine without a break. Another engine's
+    /// expired lease is judged only once this is a lease TTL old: after an outage (or a
+    /// start) every live engine first gets a full TTL to renew its leases.
+    store_ok_since: Option<Instant>,
+    /// When this engine first told the store it runs (by the store's clock).
+    started_at: Option<i64>,
     paused: HashSet<String>,
     /// Deadline state last written per active run, so unchanged states are not rewritten.
     deadline_seen: HashMap<i64, DeadlineState>,
@@ -159,6 +186,9 @@ impl Engine {
             done_tx,
             done_rx,
             holds_scheduler_lease: false,
+            role_renewed: None,
+            store_ok_since: None,
+            started_at: None,
             paused: HashSet::new(),
             deadline_seen: HashMap::new(),
             estimates: HashMap::new(),
@@ -185,7 +215,7 @@ impl Engine {
         let journal = self.project.state_dir().join("outcomes");
         let done = self.done_tx.clone();
         let w = Writer::start(
-            self.store.path(),
+            self.store.location(),
             journal.clone(),
             self.stats.writer_degraded.clone(),
             // Wakes the loop: the recorded outcome may let the run move on.
@@ -270,6 +300,10 @@ impl Engine {
     pub async fn run(mut self, mut shutdown: watch::Receiver<u32>) -> Result<(), Error> {
         let result = self.run_inner(&mut shutdown).await;
         self.settle_on_exit().await;
+        // Gone cleanly: off the status list (with rows of processes dead for a day).
+        if let Ok(now) = self.store.now_us() {
+            let _ = self.store.forget_engine(&self.owner, now - 86_400_000_000);
+        }
         if self.holds_scheduler_lease {
             let _ = self.store.release_scheduler_lease(&self.owner);
         }
@@ -338,13 +372,14 @@ impl Engine {
 
     async fn run_inner(&mut self, shutdown: &mut watch::Receiver<u32>) -> Result<(), Error> {
         self.writer()?;
+        let now = self.store.now_us()?;
+        self.beat(now)?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
         self.recover_orphans()?;
         let until = match &self.mode {
             Mode::Scheduler { until } => *until,
-            Mode::Runs(_) => None,
+            Mode::Runs(_) | Mode::Worker => None,
         };
-        let scheduling = matches!(self.mode, Mode::Scheduler { .. });
         let mut last_heartbeat = Instant::now();
         let mut last_reload = Instant::now();
         let mut drain: Option<Instant> = None;
@@ -399,11 +434,17 @@ impl Engine {
             }
             if last_heartbeat.elapsed() >= self.opts.heartbeat {
                 last_heartbeat = Instant::now();
-                if let Err(e) = self.heartbeat() {
-                    self.store_trouble(e, shutdown).await?;
-                    continue;
+                match self.heartbeat() {
+                    Ok(()) => {
+                        self.store_ok_since.get_or_insert(last_heartbeat);
+                    }
+                    Err(e) => {
+                        self.store_trouble(e, shutdown).await?;
+                        continue;
+                    }
                 }
             }
+            let scheduling = self.schedules();
             let now = self.clock.now();
             let past_until = until.is_some_and(|u| now >= u);
             let mut next_fire = None;
@@ -452,7 +493,7 @@ impl Engine {
                 info!(until = %until.unwrap_or(now), "reached the end of the simulation");
                 return Ok(());
             }
-            if !scheduling && settled && self.my_runs_finished()? {
+            if matches!(self.mode, Mode::Runs(_)) && settled && self.my_runs_finished()? {
                 return Ok(());
             }
             if more_to_create {
@@ -505,6 +546,7 @@ impl Engine {
         if !transient {
             return Err(e);
         }
+        self.store_ok_since = None;
         if !self.stats.store_degraded.swap(true, Ordering::Relaxed) {
             warn!(error = %e, "the metadata store is unavailable: no new runs or claims until it is back; running tries go on");
         }

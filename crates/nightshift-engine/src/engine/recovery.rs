@@ -5,18 +5,22 @@
 use super::*;
 
 impl Engine {
-    /// Takes the project's scheduler lease (only one `up` per project).
+    /// Takes the scheduler role (creating runs, catch-up, deadlines, retention): one holder
+    /// per store at a time. Fails with [`Error::SchedulerRunning`] when a live process holds
+    /// it; on a shared store the caller may go on without it: the engine takes the role at a
+    /// heartbeat once its holder's lease has run out.
     pub fn acquire_scheduler_lease(&mut self) -> Result<(), Error> {
         let me = Owner::me();
-        let ttl = us(self.opts.lease_ttl);
+        let ttl = us(self.opts.role_ttl);
         for _ in 0..2 {
-            let now = real_now_us();
+            let now = self.store.now_us()?;
             match self
                 .store
                 .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
             {
                 None => {
                     self.holds_scheduler_lease = true;
+                    self.role_renewed = Some(Instant::now());
                     return Ok(());
                 }
                 Some(holder) => {
@@ -39,9 +43,87 @@ impl Engine {
         Err(Error::LostLease)
     }
 
+    /// Whether this engine schedules now: it is an `up`, holds the role, and renewed it
+    /// within `role_ttl` by its own monotonic clock (a holder cut off from the store, or
+    /// frozen, stops scheduling before a standby can take over; run creation is idempotent
+    /// anyway, so a brief overlap could not duplicate a run).
+    pub(crate) fn schedules(&self) -> bool {
+        matches!(self.mode, Mode::Scheduler { .. })
+            && self.holds_scheduler_lease
+            && self
+                .role_renewed
+                .is_some_and(|t| t.elapsed() < self.opts.role_ttl)
+    }
+
+    /// Tells the store this process is alive and what it does (for `status` and the UI).
+    pub(crate) fn beat(&mut self, now: i64) -> Result<(), Error> {
+        let role = match self.mode {
+            Mode::Scheduler { .. } if self.schedules() => "scheduler",
+            Mode::Scheduler { .. } => "standby",
+            Mode::Worker => "worker",
+            Mode::Runs(_) => "run",
+        };
+        let pools = self.opts.pools.as_ref().map(|p| {
+            let mut v: Vec<&str> = p.iter().map(String::as_str).collect();
+            v.sort_unstable();
+            v.join(",")
+        });
+        let me = Owner::me();
+        self.store.beat(&nightshift_store::EngineRow {
+            owner: self.owner.clone(),
+            host: me.host,
+            pid: i64::from(me.pid),
+            role: role.to_owned(),
+            pools,
+            started_at: *self.started_at.get_or_insert(now),
+            heartbeat_at: now,
+            running: 0,
+        })?;
+        Ok(())
+    }
+
+    /// Renews the role if held, or takes it when its holder's lease ran out.
+    fn keep_or_take_role(&mut self, now: i64) -> Result<(), Error> {
+        if !matches!(self.mode, Mode::Scheduler { .. }) {
+            return Ok(());
+        }
+        let ttl = us(self.opts.role_ttl);
+        if self.holds_scheduler_lease {
+            if self.store.renew_scheduler_lease(&self.owner, now, ttl)? {
+                self.role_renewed = Some(Instant::now());
+                return Ok(());
+            }
+            self.holds_scheduler_lease = false;
+            self.role_renewed = None;
+            let holder = self.store.scheduler_lease()?;
+            warn!(
+                holder = holder.as_ref().map_or("nobody", |h| h.owner.as_str()),
+                "this process lost the scheduler role (it could not renew in time); it executes tries and stands by"
+            );
+            return Ok(());
+        }
+        let me = Owner::me();
+        match self
+            .store
+            .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
+        {
+            None => {
+                self.holds_scheduler_lease = true;
+                self.role_renewed = Some(Instant::now());
+                info!("took over the scheduler role");
+            }
+            Some(holder) if Owner::parse(&holder.owner).is_some_and(|o| o.is_dead_here()) => {
+                self.store.break_scheduler_lease(&holder.owner)?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// Renews leases, stops tries that lost their claim, and recovers orphans.
     pub(crate) fn heartbeat(&mut self) -> Result<(), Error> {
-        let real = real_now_us();
+        // Leases are measured with the store's clock, shared by every host.
+        let real = self.store.now_us()?;
         let owned: HashSet<(i64, u32)> = self
             .store
             .renew_leases(&self.owner, real + us(self.opts.lease_ttl))?
@@ -79,13 +161,8 @@ impl Engine {
                 }
             }
         }
-        if self.holds_scheduler_lease
-            && !self
-                .store
-                .renew_scheduler_lease(&self.owner, real, us(self.opts.lease_ttl))?
-        {
-            return Err(Error::LostLease);
-        }
+        self.keep_or_take_role(real)?;
+        self.beat(real)?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
         self.recover_orphans()?;
         self.prune_if_due()
@@ -94,7 +171,7 @@ impl Engine {
     /// Finds RUNNING tries whose engine is gone (dead process on this host, or an expired
     /// lease), makes sure no process of theirs survives, and fails or retries them per policy.
     pub fn recover_orphans(&mut self) -> Result<(), Error> {
-        let real = real_now_us();
+        let real = self.store.now_us()?;
         let writer = self.writer()?;
         for ti in self.store.running_task_instances()? {
             // A try still running here, or one whose outcome waits for the writer, is no
@@ -105,9 +182,12 @@ impl Engine {
             let owner_text = ti.owner.clone().unwrap_or_default();
             let mine = owner_text == self.owner;
             let owner = Owner::parse(&owner_text);
+            let judge_leases = self
+                .store_ok_since
+                .is_some_and(|t| t.elapsed() >= self.opts.lease_ttl);
             let dead = mine
                 || owner.as_ref().is_some_and(Owner::is_dead_here)
-                || ti.lease_until.is_none_or(|l| l < real);
+                || (judge_leases && ti.lease_until.is_none_or(|l| l < real));
             if !dead {
                 continue;
             }

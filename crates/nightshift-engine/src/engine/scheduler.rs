@@ -299,7 +299,7 @@ mod tests {
     }
 
     fn engine_at(dir: &std::path::Path, p: Project, now: Timestamp) -> Engine {
-        let store = Arc::new(Store::open(&dir.join(".nightshift/nightshift.db")).unwrap());
+        let store = Arc::new(Store::open_file(&dir.join(".nightshift/nightshift.db")).unwrap());
         Engine::new(
             p,
             store,

@@ -88,3 +88,49 @@ impl SqliteStore {
         })
     }
 }
+
+impl SqliteStore {
+    pub fn beat(&self, e: &crate::EngineRow) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO engines (owner, host, pid, role, pools, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (owner) DO UPDATE SET role = excluded.role, pools = excluded.pools, heartbeat_at = excluded.heartbeat_at",
+                params![e.owner, e.host, e.pid, e.role, e.pools, e.started_at, e.heartbeat_at],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn engines(&self) -> Result<Vec<crate::EngineRow>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT e.owner, e.host, e.pid, e.role, e.pools, e.started_at, e.heartbeat_at,
+                        (SELECT COUNT(*) FROM task_instances t WHERE t.state = 'RUNNING' AND t.owner = e.owner)
+                 FROM engines e ORDER BY e.heartbeat_at DESC, e.owner",
+            )?;
+            s.query_map([], |r| {
+                Ok(crate::EngineRow {
+                    owner: r.get(0)?,
+                    host: r.get(1)?,
+                    pid: r.get(2)?,
+                    role: r.get(3)?,
+                    pools: r.get(4)?,
+                    started_at: r.get(5)?,
+                    heartbeat_at: r.get(6)?,
+                    running: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn forget_engine(&self, owner: &str, stale_before: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM engines WHERE owner = ?1 OR heartbeat_at < ?2",
+                params![owner, stale_before],
+            )
+        })?;
+        Ok(())
+    }
+}

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migration_4.sql")),
     (5, include_str!("migration_5.sql")),
     (6, include_str!("migration_6.sql")),
+    (7, include_str!("migration_7.sql")),
 ];
 
 pub struct SqliteStore {
@@ -198,6 +199,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// One machine, one clock: the lease clock is this host's.
+    pub fn now_us(&self) -> Result<i64> {
+        Ok(nightshift_core::clock::real_now_us())
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back on drop), so a poisoned lock is safe to reuse.
@@ -260,7 +266,7 @@ impl SqliteStore {
         let found = found?;
         if found > known {
             return Err(Error::NewerSchema {
-                path: self.path.clone(),
+                location: self.path.display().to_string(),
                 found,
                 known,
             });

@@ -414,3 +414,77 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
     );
     Ok(0)
 }
+
+/// A process whose last heartbeat is older than this is shown as gone: it could not have
+/// kept its leases (the default lease TTL).
+const GONE_AFTER_US: i64 = 15_000_000;
+
+pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let now = store.now_us()?;
+    let engines = store.engines()?;
+    let lease = store.scheduler_lease()?.filter(|l| l.expires_at > now);
+    let age = |at: i64| (now - at).max(0) / 1_000_000;
+    if as_json {
+        let v = json!({
+            "store": store.location().to_string(),
+            "scheduler": lease.as_ref().map(|l| json!({
+                "host": l.host, "pid": l.pid, "last_heartbeat": iso(Some(l.heartbeat_at)),
+                "expires_at": iso(Some(l.expires_at)),
+            })),
+            "processes": engines.iter().map(|e| json!({
+                "host": e.host, "pid": e.pid, "role": e.role,
+                "pools": e.pools.as_ref().map(|p| p.split(',').collect::<Vec<_>>()),
+                "started_at": iso(Some(e.started_at)),
+                "last_heartbeat": iso(Some(e.heartbeat_at)),
+                "heartbeat_age_seconds": age(e.heartbeat_at),
+                "alive": now - e.heartbeat_at < GONE_AFTER_US,
+                "running_tries": e.running,
+            })).collect::<Vec<_>>(),
+        });
+        output::line(serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    output::line(format!("store: {}", store.location()));
+    match &lease {
+        Some(l) => output::line(format!(
+            "scheduler role: pid {} on `{}` (last heartbeat {}s ago)",
+            l.pid,
+            l.host,
+            age(l.heartbeat_at)
+        )),
+        None => output::line("scheduler role: nobody holds it (no `nightshift up` is running)"),
+    }
+    output::table(
+        &[
+            "HOST",
+            "PID",
+            "ROLE",
+            "POOLS",
+            "STARTED",
+            "LAST HEARTBEAT",
+            "RUNNING",
+        ],
+        &engines
+            .iter()
+            .map(|e| {
+                let beat = if now - e.heartbeat_at < GONE_AFTER_US {
+                    format!("{}s ago", age(e.heartbeat_at))
+                } else {
+                    format!("{}s ago (gone?)", age(e.heartbeat_at))
+                };
+                vec![
+                    e.host.clone(),
+                    e.pid.to_string(),
+                    e.role.clone(),
+                    e.pools.clone().unwrap_or_else(|| "all".into()),
+                    ts(Some(e.started_at)),
+                    beat,
+                    e.running.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(0)
+}

@@ -55,6 +55,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             date,
             rerun,
         } => run::exec(&dir, &pipeline, &date, rerun).await,
+        Command::Worker { pools, max_tasks } => up::worker(&dir, pools, max_tasks).await,
         Command::Up {
             simulate_from,
             simulate_until,
@@ -116,6 +117,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             pipeline,
             json,
         } => recover::explain(&dir, &run_id, task.as_deref(), pipeline.as_deref(), json),
+        Command::Status { json } => inspect::status(&dir, json),
         Command::Alerts {
             pipeline,
             json,
@@ -230,9 +232,9 @@ pub fn require_pipeline(project: &Project, name: &str) -> Result<LoadedPipeline>
 }
 
 pub fn open_store(project: &Project) -> Result<Arc<Store>> {
-    let path = project.store_path();
-    Ok(Arc::new(Store::open(&path).with_context(|| {
-        format!("opening the metadata store `{}`", path.display())
+    let location = project.store_location();
+    Ok(Arc::new(Store::open(&location).with_context(|| {
+        format!("opening the metadata store `{location}`")
     })?))
 }
 
@@ -279,6 +281,30 @@ pub fn shutdown_signal() -> watch::Receiver<u32> {
 /// Engine options from the environment (the crash-point hook for recovery tests).
 pub fn engine_options() -> Result<Options> {
     let mut opts = Options::default();
+    // How fast a dead process's tries and scheduler role are taken over; see README,
+    // "Several hosts".
+    for (name, slot) in [
+        ("NIGHTSHIFT_HEARTBEAT", &mut opts.heartbeat),
+        ("NIGHTSHIFT_LEASE_TTL", &mut opts.lease_ttl),
+        ("NIGHTSHIFT_ROLE_TTL", &mut opts.role_ttl),
+    ] {
+        if let Some(v) = crate::env::timing(name) {
+            *slot = nightshift_core::time::parse_duration(&v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    usage(format!(
+                        "invalid {name} `{v}`: write a duration, e.g. 2s or 500ms"
+                    ))
+                })?;
+        }
+    }
+    if opts.heartbeat * 2 > opts.lease_ttl.min(opts.role_ttl) {
+        return Err(usage(format!(
+            "NIGHTSHIFT_HEARTBEAT ({:?}) must be at most half of NIGHTSHIFT_LEASE_TTL ({:?}) and NIGHTSHIFT_ROLE_TTL ({:?}), so a live process renews in time",
+            opts.heartbeat, opts.lease_ttl, opts.role_ttl
+        )));
+    }
     if let Some(v) = crate::env::crash_at() {
         opts.crash_at = Some(nightshift_engine::CrashPoint::parse(&v).ok_or_else(|| {
             usage(format!(

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
+use nightshift_store::Location;
 
 use crate::commands::{
     drive_with, event_line, load_project, new_engine, open_store, parse_ts_flag, usage,
@@ -51,10 +52,19 @@ pub async fn exec(
     ));
     let web_settings = project.settings.web.clone();
     let web_project = project.clone();
+    let shared = matches!(store.location(), Location::Postgres(_));
     let mut engine = new_engine(project, store, clock, Mode::Scheduler { until })?;
-    engine
-        .acquire_scheduler_lease()
-        .map_err(|e| usage(e.to_string()))?;
+    match engine.acquire_scheduler_lease() {
+        Ok(()) => {}
+        // On a shared store, another `up` holding the role is the normal case: this one
+        // executes tries and takes the role if that one stops renewing it.
+        Err(nightshift_engine::Error::SchedulerRunning { pid, host, .. }) if shared => {
+            output::note(format!(
+                "the scheduler role is held by pid {pid} on `{host}`; this process executes tries and stands by to take over"
+            ));
+        }
+        Err(e) => return Err(usage(e.to_string())),
+    }
     let metrics = Arc::new(nightshift_web::Metrics::new());
     // A simulation serves the UI only when asked (`--bind`); a real `up` serves it at the
     // configured address unless `--no-web`.
@@ -95,6 +105,54 @@ pub async fn exec(
         }
     }
     drive_with(engine, Some(metrics), |e| {
+        if let Some(line) = event_line(&e) {
+            output::line(line);
+        }
+    })
+    .await?;
+    Ok(0)
+}
+
+/// `worker`: executes tries of the pools it serves from a shared store; never schedules and
+/// serves no web UI.
+pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> Result<i32> {
+    let project = load_project(dir)?;
+    if max_tasks == Some(0) {
+        return Err(usage("--max-tasks must be at least 1"));
+    }
+    for pool in &pools {
+        if pool != nightshift_engine::DEFAULT_POOL && !project.settings.pools.contains_key(pool) {
+            let mut known: Vec<&str> = project.settings.pools.keys().map(String::as_str).collect();
+            known.push(nightshift_engine::DEFAULT_POOL);
+            return Err(usage(format!(
+                "no pool `{pool}` in nightshift.toml\n  = help: its pools: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    let store = open_store(&project)?;
+    if matches!(store.location(), Location::Sqlite(_)) {
+        output::note(
+            "note: this project's store is a SQLite file; a worker helps only on this machine (a PostgreSQL store lets workers run on other hosts)",
+        );
+    }
+    let mut opts = crate::commands::engine_options()?;
+    opts.pools = (!pools.is_empty()).then(|| pools.iter().cloned().collect());
+    opts.max_tasks = max_tasks;
+    let engine =
+        nightshift_engine::Engine::new(project, store, Arc::new(SystemClock), Mode::Worker, opts)
+            .with_containment(crate::commands::containment().clone());
+    output::note(format!(
+        "worker on `{}`: pools {}; containment: {}",
+        nightshift_engine::procs::hostname(),
+        if pools.is_empty() {
+            "all".to_owned()
+        } else {
+            pools.join(", ")
+        },
+        crate::commands::containment().describe()
+    ));
+    drive_with(engine, None, |e| {
         if let Some(line) = event_line(&e) {
             output::line(line);
         }

@@ -7,6 +7,7 @@ mod crash;
 mod dbt;
 mod extract;
 mod faults;
+mod ha;
 mod notify;
 mod recover;
 mod runbook;

@@ -1,0 +1,316 @@
+//! Task instances, claims and tries: the writes fenced on (task instance, try, owner).
+
+use std::collections::{BTreeSet, HashSet};
+
+use nightshift_core::{RunState, TaskState};
+
+use super::{PgStore, TI_COLS, TRY_COLS, event, lock_names, rows, ti_row, try_row, u32_of};
+use crate::{Claim, DbtNode, FinishTry, Result, TiRow, TryRow};
+
+impl PgStore {
+    pub fn task_instances(&self, run_pk: i64) -> Result<Vec<TiRow>> {
+        self.read(|c| {
+            rows(
+                c.query(
+                    &format!("SELECT {TI_COLS} FROM task_instances WHERE run = $1 ORDER BY id"),
+                    &[&run_pk],
+                )?,
+                ti_row,
+            )
+        })
+    }
+
+    pub fn decide_pending(
+        &self,
+        run_pk: i64,
+        decisions: &[(String, TaskState)],
+        now: i64,
+    ) -> Result<usize> {
+        self.write(|tx| {
+            let mut n = 0;
+            for (task, state) in decisions {
+                let changed = tx.execute(
+                    "UPDATE task_instances SET state = $3, updated_at = $4 WHERE run = $1 AND task_id = $2 AND state = 'PENDING'",
+                    &[&run_pk, task, &state.as_str(), &now],
+                )?;
+                if changed == 1 {
+                    event(tx, now, run_pk, Some(task), None, state.as_str(), None)?;
+                }
+                n += changed as usize;
+            }
+            Ok(n)
+        })
+    }
+
+    pub fn claim(&self, c: &Claim<'_>) -> Result<Option<u32>> {
+        Ok(self.claim_batch(std::slice::from_ref(c))?.pop().flatten())
+    }
+
+    pub fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Option<u32>>> {
+        if claims.is_empty() {
+            return Ok(vec![]);
+        }
+        self.write(|tx| {
+            // Pool slots and a pipeline's max_active_tasks are counts across every claimer:
+            // claimers touching the same pool or pipeline take turns, each seeing the
+            // others' committed claims.
+            let mut names = BTreeSet::new();
+            for c in claims {
+                names.insert(format!("tasks:{}", c.pipeline_limit.0));
+                if let Some((pool, _)) = c.pool {
+                    names.insert(format!("pool:{pool}"));
+                }
+            }
+            lock_names(tx, names)?;
+            // The instances this batch may take: claimable, and not held by a claimer that has
+            // not committed yet (skipped, not waited for).
+            let ids: Vec<i64> = claims.iter().map(|c| c.ti_pk).collect();
+            let free: HashSet<i64> = tx
+                .query(
+                    "SELECT id FROM task_instances WHERE id = ANY($1) AND state IN ('QUEUED', 'UP_FOR_RETRY') FOR UPDATE SKIP LOCKED",
+                    &[&ids],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            let mut out = Vec::with_capacity(claims.len());
+            for c in claims {
+                if !free.contains(&c.ti_pk) {
+                    out.push(None);
+                    continue;
+                }
+                let (pool, slots) = c.pool.map(|(p, s)| (Some(p), s)).unwrap_or((None, 0));
+                let claimed = tx.query_opt(
+                    "UPDATE task_instances
+                     SET state = 'RUNNING', try_number = try_number + 1, owner = $2, host = $3, lease_until = $4,
+                         pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = $5
+                     WHERE id = $1 AND state IN ('QUEUED', 'UP_FOR_RETRY') AND (next_try_at IS NULL OR next_try_at <= $5)
+                       AND ($6::TEXT IS NULL OR (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = $6) < $7)
+                       AND (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = $8) < $9
+                     RETURNING try_number, run, task_id",
+                    &[&c.ti_pk, &c.owner, &c.host, &c.lease_until, &c.now, &pool, &i64::from(slots), &c.pipeline_limit.0, &i64::from(c.pipeline_limit.1)],
+                )?;
+                let Some(row) = claimed else {
+                    out.push(None);
+                    continue;
+                };
+                let (n, run, task): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                tx.execute(
+                    "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES ($1, $2, $3, $4, 'RUNNING', $5, $6)",
+                    &[&c.ti_pk, &run, &task, &n, &c.now, &c.host],
+                )?;
+                out.push(Some(u32_of(n)));
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn reschedule(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        owner: &str,
+        started: i64,
+        next_poke: i64,
+    ) -> Result<Option<i64>> {
+        let try_number = i64::from(try_number);
+        self.write(|tx| {
+            let since = tx.query_opt(
+                "UPDATE task_instances SET state = 'QUEUED', try_number = try_number - 1, next_try_at = $4, owner = NULL,
+                     pid = NULL, pid_start = NULL, lease_until = NULL, updated_at = $5,
+                     waiting_since = COALESCE(waiting_since, $5), pokes = pokes + 1
+                 WHERE id = $1 AND try_number = $2 AND owner = $3 AND state = 'RUNNING'
+                 RETURNING waiting_since",
+                &[&ti_pk, &try_number, &owner, &next_poke, &started],
+            )?;
+            let Some(row) = since else { return Ok(None) };
+            tx.execute("DELETE FROM task_tries WHERE ti = $1 AND try_number = $2", &[&ti_pk, &try_number])?;
+            Ok(Some(row.try_get(0)?))
+        })
+    }
+
+    pub fn record_spawn(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        owner: &str,
+        pid: u32,
+        pid_start: Option<u64>,
+        log_path: &str,
+    ) -> Result<bool> {
+        let (try_number, pid) = (i64::from(try_number), i64::from(pid));
+        let pid_start = pid_start.map(|p| p as i64);
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE task_instances SET pid = $4, pid_start = $5 WHERE id = $1 AND try_number = $2 AND owner = $3 AND state = 'RUNNING'",
+                &[&ti_pk, &try_number, &owner, &pid, &pid_start],
+            )?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE task_tries SET pid = $3, log_path = $4 WHERE ti = $1 AND try_number = $2",
+                    &[&ti_pk, &try_number, &pid, &log_path],
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    pub fn finish_try(&self, f: &FinishTry) -> Result<bool> {
+        let try_number = i64::from(f.try_number);
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE task_instances SET state = $4, next_try_at = $5, lease_until = NULL, updated_at = $6, max_tries = max_tries + $7,
+                     interruptions = CASE WHEN $8 THEN interruptions + 1 ELSE 0 END
+                 WHERE id = $1 AND try_number = $2 AND ($3::TEXT IS NULL OR owner = $3) AND state = 'RUNNING'",
+                &[&f.ti_pk, &try_number, &f.owner, &f.ti_state.as_str(), &f.next_try_at, &f.end, &i64::from(f.extra_tries), &f.interrupted],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE task_tries SET state = $3, end_time = $4, duration_ms = ($4 - start_time) / 1000, exit_code = $5, signal = $6,
+                     error = $7, metrics = $8, rows_loaded = $9, log_path = COALESCE(log_path, $10), pid = COALESCE(pid, $11), warning = $12
+                 WHERE ti = $1 AND try_number = $2",
+                &[
+                    &f.ti_pk, &try_number, &f.try_state.as_str(), &f.end, &f.exit_code.map(i64::from), &f.signal.map(i64::from),
+                    &f.error, &f.metrics, &f.rows_loaded, &f.log_path, &f.pid.map(i64::from), &f.warning,
+                ],
+            )?;
+            if f.ti_state != TaskState::Success {
+                let row = tx.query_one("SELECT run, task_id FROM task_instances WHERE id = $1", &[&f.ti_pk])?;
+                let (run, task): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error.as_deref())?;
+            }
+            Ok(true)
+        })
+    }
+
+    pub fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE pipeline_runs SET status = $2, end_time = $3,
+                    rows_loaded = (SELECT COALESCE(SUM(t.rows_loaded), 0)::BIGINT FROM task_tries t JOIN task_instances i
+                                   ON t.ti = i.id AND t.try_number = i.try_number
+                                   WHERE i.run = $1 AND i.state = 'SUCCESS')
+                 WHERE id = $1 AND status = 'RUNNING'",
+                &[&pk, &state.as_str(), &now],
+            )?;
+            if n == 1 {
+                event(tx, now, pk, None, None, state.as_str(), None)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    pub fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<(i64, u32)>> {
+        self.write(|tx| {
+            tx.query(
+                "UPDATE task_instances SET lease_until = $2 WHERE owner = $1 AND state = 'RUNNING' RETURNING id, try_number",
+                &[&owner, &lease_until],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, u32_of(r.try_get(1)?))))
+            .collect()
+        })
+    }
+
+    pub fn running_task_instances(&self) -> Result<Vec<TiRow>> {
+        self.read(|c| {
+            rows(
+                c.query(
+                    &format!("SELECT {TI_COLS} FROM task_instances WHERE state = 'RUNNING'"),
+                    &[],
+                )?,
+                ti_row,
+            )
+        })
+    }
+
+    pub fn recent_metrics(
+        &self,
+        pipeline: &str,
+        task_id: &str,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.query(
+                "SELECT t.metrics FROM task_tries t JOIN pipeline_runs r ON r.id = t.run
+                 WHERE r.pipeline = $1 AND t.task_id = $2 AND t.state = 'SUCCESS' AND r.data_interval_start < $3
+                   AND t.metrics IS NOT NULL
+                 ORDER BY r.data_interval_start DESC, t.try_number DESC LIMIT $4",
+                &[&pipeline, &task_id, &before, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+        })
+    }
+
+    pub fn tries(&self, run_pk: i64) -> Result<Vec<TryRow>> {
+        self.read(|c| {
+            rows(
+                c.query(
+                    &format!(
+                        "SELECT {TRY_COLS} FROM task_tries WHERE run = $1 ORDER BY start_time, id"
+                    ),
+                    &[&run_pk],
+                )?,
+                try_row,
+            )
+        })
+    }
+
+    pub fn record_dbt_nodes(
+        &self,
+        run: i64,
+        ti: i64,
+        try_number: u32,
+        task_id: &str,
+        nodes: &[DbtNode],
+    ) -> Result<()> {
+        let try_number = i64::from(try_number);
+        self.write(|tx| {
+            tx.execute("DELETE FROM dbt_nodes WHERE ti = $1 AND try_number = $2", &[&ti, &try_number])?;
+            let stmt = tx.prepare(
+                "INSERT INTO dbt_nodes (run, ti, try_number, task_id, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )?;
+            for n in nodes {
+                tx.execute(
+                    &stmt,
+                    &[&run, &ti, &try_number, &task_id, &n.unique_id, &n.resource_type, &n.status, &n.execution_time, &n.failures, &n.rows_affected, &n.message, &n.invocation_id],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn dbt_nodes(&self, run: i64) -> Result<Vec<(String, u32, DbtNode)>> {
+        self.read(|c| {
+            c.query(
+                "SELECT task_id, try_number, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id
+                 FROM dbt_nodes WHERE run = $1 ORDER BY task_id, try_number, id",
+                &[&run],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    u32_of(r.try_get(1)?),
+                    DbtNode {
+                        unique_id: r.try_get(2)?,
+                        resource_type: r.try_get(3)?,
+                        status: r.try_get(4)?,
+                        execution_time: r.try_get(5)?,
+                        failures: r.try_get(6)?,
+                        rows_affected: r.try_get(7)?,
+                        message: r.try_get(8)?,
+                        invocation_id: r.try_get(9)?,
+                    },
+                ))
+            })
+            .collect()
+        })
+    }
+}
