@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::*;
 
 /// A project whose store is a new database in `pg`.
-fn pg_project(pg: &TestCluster) -> TestProject {
+pub(crate) fn pg_project(pg: &TestCluster) -> TestProject {
     let url = pg.database("nightshift").unwrap();
     let p = TestProject::new();
     p.file(
@@ -36,31 +36,31 @@ fn host(name: &'static str) -> (&'static str, &'static str) {
 
 /// A process of the test: killed when the test ends however it ends, its log shown when
 /// the test failed.
-struct Proc {
+pub(crate) struct Proc {
     child: Option<Child>,
     log: std::path::PathBuf,
 }
 
 impl Proc {
-    fn spawn(p: &TestProject, args: &[&str], envs: &[(&str, &str)], tag: &str) -> Proc {
+    pub(crate) fn spawn(p: &TestProject, args: &[&str], envs: &[(&str, &str)], tag: &str) -> Proc {
         Proc {
             child: Some(p.spawn(args, envs, tag)),
             log: p.path().join(format!("{tag}.stderr")),
         }
     }
 
-    fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
             sigkill(c);
         }
     }
 
     /// SIGTERM, and the process must exit cleanly.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let mut child = self.child.take().unwrap();
         sigterm(&child);
         let status = child.wait().unwrap();
@@ -185,7 +185,7 @@ fn a_standby_takes_over_the_scheduler_role_and_every_run_is_created_once() {
 }
 
 /// Lease timings short enough for a test to wait out.
-const FAST: [(&str, &str); 3] = [
+pub(crate) const FAST: [(&str, &str); 3] = [
     ("NIGHTSHIFT_HEARTBEAT", "300ms"),
     ("NIGHTSHIFT_LEASE_TTL", "2s"),
     ("NIGHTSHIFT_ROLE_TTL", "2s"),

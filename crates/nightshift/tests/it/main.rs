@@ -2,6 +2,7 @@
 
 mod alerts;
 mod browser;
+mod chaos;
 mod cli;
 mod crash;
 mod dbt;
