@@ -29,6 +29,8 @@ use nightshift_core::{RunState, TaskState, Trigger};
 
 #[cfg(test)]
 mod contract;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub mod copy;
 mod location;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -36,7 +38,7 @@ mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use location::{Location, PgLocation};
+pub use location::{Location, PgLocation, redact_url};
 
 pub use rows::*;
 

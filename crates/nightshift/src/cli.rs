@@ -155,6 +155,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The metadata store itself.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// The processes that execute tries on this project's store (schedulers, standbys,
     /// workers): host, pid, role, pools, last heartbeat and running tries.
     Status {
@@ -249,5 +254,19 @@ pub enum Command {
         /// Start from this instant (RFC 3339) instead of now.
         #[arg(long, value_name = "TS")]
         after: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Copy this project's history (its SQLite store) into an empty PostgreSQL database,
+    /// ids kept, all or nothing. Stop `nightshift up` first; then set `[store] url`.
+    Copy {
+        /// The PostgreSQL database, e.g. postgresql://nightshift@db:5432/nightshift.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The environment variable holding its password (default PGPASSWORD).
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
     },
 }

@@ -57,7 +57,7 @@ pub struct PgStore {
 
 /// What a closure over a connection can fail with: the driver, or a value the store should
 /// never hold.
-pub(crate) enum Fail {
+pub enum Fail {
     Db(postgres::Error),
     Corrupt(String),
 }

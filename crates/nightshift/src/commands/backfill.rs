@@ -127,7 +127,15 @@ pub async fn exec(
                     })
                     .collect();
                 let list: Vec<(&str, u32)> = tasks.iter().map(|(t, n)| (t.as_str(), *n)).collect();
-                store.clear_tasks(run.pk, &list, to_micros(now), "resumed by backfill")?;
+                if list.is_empty() {
+                    // Cancelled after its last task ended but before the run was closed:
+                    // nothing to run again; the run takes the outcome of its tasks.
+                    let states = store.task_instances(run.pk)?.into_iter().map(|t| t.state);
+                    let outcome = nightshift_core::state::run_outcome(states);
+                    store.settle_run(run.pk, outcome.map(|o| o.as_str()), to_micros(now))?;
+                } else {
+                    store.clear_tasks(run.pk, &list, to_micros(now), "resumed by backfill")?;
+                }
                 pks.insert(run.pk);
             }
             Plan::InProgress => {

@@ -10,6 +10,7 @@ mod next;
 mod recover;
 mod run;
 mod shop;
+mod store;
 mod up;
 mod validate;
 
@@ -118,6 +119,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             json,
         } => recover::explain(&dir, &run_id, task.as_deref(), pipeline.as_deref(), json),
         Command::Status { json } => inspect::status(&dir, json),
+        Command::Store {
+            action: crate::cli::StoreAction::Copy { to, password_env },
+        } => store::copy(&dir, &to, password_env),
         Command::Alerts {
             pipeline,
             json,

@@ -464,7 +464,16 @@ fn a_365_day_backfill_is_bounded_flat_in_memory_and_resumes_without_duplicates()
     // Exactly one run per day, all succeeded, each task succeeded exactly once.
     let runs = p.runs_all("p");
     assert_eq!(runs.len(), 365);
-    assert!(runs.iter().all(|r| r["status"] == "SUCCESS"));
+    let not_ok: Vec<&Value> = runs.iter().filter(|r| r["status"] != "SUCCESS").collect();
+    assert!(
+        not_ok.is_empty(),
+        "{not_ok:?}\n{}",
+        not_ok
+            .iter()
+            .map(|r| p.tasks(r["run_id"].as_str().unwrap()).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let ok: i64 = c
         .query_row(
             "SELECT COUNT(*) FROM task_tries WHERE state = 'SUCCESS'",

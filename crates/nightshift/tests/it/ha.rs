@@ -382,3 +382,36 @@ fn epoch_secs(v: &Value) -> i64 {
         .map(|t| t.as_second())
         .unwrap_or_else(|| panic!("not a timestamp: {v}"))
 }
+
+#[test]
+fn store_copy_moves_sqlite_history_into_postgres_once() {
+    let pg = TestCluster::start().unwrap();
+    let url = pg.database("moved").unwrap();
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n\n[[task]]\nid = \"b\"\ncommand = [\"false\"]\ndepends_on = [\"a\"]\n"),
+    );
+    for date in ["2024-06-01", "2024-06-02"] {
+        let _ = p.run(&["run", "p", "--date", date]);
+    }
+    let before = p.runs_all("p");
+    let before_tasks = p.tasks(before[0]["run_id"].as_str().unwrap());
+    assert_eq!(before.len(), 2);
+    let out = p.run(&["store", "copy", "--to", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("pipeline_runs: 2 rows"), "{}", stdout(&out));
+    let again = p.run(&["store", "copy", "--to", &url]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(stderr(&again).contains("already holds 2 run(s)"), "{}", stderr(&again));
+    // The project now uses PostgreSQL and sees the same history.
+    p.file("nightshift.toml", &format!("[store]\nurl = \"{url}\"\n"));
+    assert_eq!(p.runs_all("p"), before);
+    assert_eq!(p.tasks(before[0]["run_id"].as_str().unwrap()), before_tasks);
+    // And goes on from it: new ids follow the copied ones.
+    let _ = p.run(&["run", "p", "--date", "2024-06-03"]);
+    let after = p.runs_all("p");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[2]["status"], "FAILED");
+}

@@ -1,0 +1,390 @@
+//! Benchmarks on a PostgreSQL store (a private cluster on this machine, started by the
+//! bench). Each figure is printed beside a floor measured in the same run, and beside the
+//! target. Run: `cargo bench -p nightshift --bench postgres`.
+
+// A benchmark prints its table, and reads the real clock and environment to set itself up.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nightshift_core::Trigger;
+use nightshift_engine::engine::create_run;
+use nightshift_engine::{Engine, Mode, Options, SimClock};
+use nightshift_store::Store;
+use nightshift_store::postgres::testing::TestCluster;
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nightshift")
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// A project folder whose store is a new database of `pg`.
+fn project(pg: &TestCluster, db: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.database(db).unwrap();
+    write(
+        dir.path(),
+        "nightshift.toml",
+        &format!("{extra}[store]\nurl = \"{url}\"\n"),
+    );
+    dir
+}
+
+fn header(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\nschedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\nmax_active_tasks = 2000\n\n"
+    )
+}
+
+fn nightshift(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .arg("--project")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn spawn(dir: &Path, args: &[&str], host: &str) -> Child {
+    Command::new(bin())
+        .arg("--project")
+        .arg(dir)
+        .args(args)
+        .env("NIGHTSHIFT_HOSTNAME", host)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut c: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let _ = c.wait();
+}
+
+fn ts_us(v: &Value) -> i64 {
+    let t: jiff::Timestamp = v.as_str().unwrap().parse().unwrap();
+    t.as_microsecond()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The plain-loop floor of a chain: end of one `true` to the start of the next.
+fn floor_chain(n: usize) -> Vec<f64> {
+    let mut gaps = vec![];
+    let mut last_end: Option<Instant> = None;
+    for _ in 0..n {
+        let start = Instant::now();
+        if let Some(e) = last_end {
+            gaps.push(start.duration_since(e).as_secs_f64() * 1000.0);
+        }
+        Command::new("true").status().unwrap();
+        last_end = Some(Instant::now());
+    }
+    gaps
+}
+
+/// The plain-loop floor of a fan-out: `width` processes at `parallelism` at a time, plus a
+/// root and a join; tasks per second.
+fn floor_fanout(width: usize, parallelism: usize) -> f64 {
+    let t0 = Instant::now();
+    Command::new("true").status().unwrap();
+    let mut running: Vec<Child> = vec![];
+    let mut started = 0;
+    while started < width || !running.is_empty() {
+        while started < width && running.len() < parallelism {
+            running.push(Command::new("true").spawn().unwrap());
+            started += 1;
+        }
+        let mut i = 0;
+        while i < running.len() {
+            if running[i].try_wait().unwrap().is_some() {
+                let _ = running.swap_remove(i).wait();
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Command::new("true").status().unwrap();
+    (width + 2) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Median time of one scheduler pass over a PostgreSQL store holding `history_runs` × 5
+/// finished tries and one active run.
+fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
+    let dir = project(pg, db, "");
+    let mut src = header("active");
+    for i in 0..6 {
+        let dep = if i == 0 {
+            String::new()
+        } else {
+            format!("depends_on = [\"t{}\"]\n", i - 1)
+        };
+        src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
+    }
+    write(dir.path(), "pipelines/active.toml", &src);
+    let project = nightshift_engine::project::load(dir.path()).unwrap();
+    let store = Arc::new(Store::open(&project.store_location()).unwrap());
+    let lp = project.pipelines["active"].clone();
+    let version = store.put_version("active", &lp.source, 0).unwrap();
+    let pg_store = store.postgres().expect("a PostgreSQL store");
+    // History in bulk, inside the database: runs of another pipeline, five tries each.
+    pg_store
+        .bulk(|tx| {
+            tx.execute(
+                "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version)
+                 SELECT 'h' || r, 'hist', '2000-01-01', r * 86400000000, (r + 1) * 86400000000, r * 86400000000, r * 86400000000, (r + 1) * 86400000000, 'SUCCESS', 10, 'scheduled', $2
+                 FROM generate_series(0::BIGINT, $1 - 1) AS r",
+                &[&history_runs, &version],
+            )?;
+            tx.execute(
+                "INSERT INTO task_instances (run, pipeline, task_id, state, try_number, max_tries, updated_at)
+                 SELECT r.id, 'hist', 't' || t, 'SUCCESS', 1, 1, 0 FROM pipeline_runs r, generate_series(0, 4) AS t WHERE r.pipeline = 'hist'",
+                &[],
+            )?;
+            tx.execute(
+                "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, end_time, duration_ms, exit_code, host)
+                 SELECT i.id, i.run, i.task_id, 1, 'SUCCESS', 0, 1000, 1, 0, 'h' FROM task_instances i WHERE i.pipeline = 'hist'",
+                &[],
+            )?;
+            tx.batch_execute("ANALYZE")
+        })
+        .unwrap();
+    let now: jiff::Timestamp = "2024-06-02T00:00:00Z".parse().unwrap();
+    let iv = lp.pipeline.schedule.interval_ending_at(now).unwrap();
+    let pk = create_run(&store, &lp, iv, Trigger::Scheduled, now)
+        .unwrap()
+        .pk();
+    // The first task is running elsewhere, so the pass evaluates everything and claims nothing.
+    pg_store
+        .bulk(|tx| {
+            tx.execute("UPDATE pipeline_runs SET status = 'RUNNING', start_time = 0 WHERE id = $1", &[&pk])?;
+            tx.execute(
+                "UPDATE task_instances SET state = 'RUNNING', try_number = 1, owner = 'elsewhere:1:1', host = 'elsewhere', lease_until = $2 WHERE run = $1 AND task_id = 't0'",
+                &[&pk, &i64::MAX],
+            )
+        })
+        .unwrap();
+    let tries = store.count("task_tries").unwrap();
+    let mut engine = Engine::new(
+        project,
+        store,
+        Arc::new(SimClock::new(now)),
+        Mode::Scheduler { until: None },
+        Options::default(),
+    );
+    let mut times = vec![];
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        let out = engine.pass(now, true).unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(out.active_runs, 1);
+        assert_eq!(out.claimed, 0);
+    }
+    (median(times), tries)
+}
+
+fn main() {
+    let pg = TestCluster::start().expect("PostgreSQL for the benchmark (tools/testdeps/install)");
+    let mut rows: Vec<[String; 4]> = vec![];
+
+    // 1. A 50-task chain of `true` on PostgreSQL: end of a task to start of its successor.
+    {
+        let dir = project(&pg, "chain", "");
+        let mut src = header("chain");
+        for i in 0..50 {
+            let dep = if i == 0 {
+                String::new()
+            } else {
+                format!("depends_on = [\"t{}\"]\n", i - 1)
+            };
+            src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
+        }
+        write(dir.path(), "pipelines/chain.toml", &src);
+        nightshift(dir.path(), &["run", "chain", "--date", "2024-06-01"]);
+        let doc: Value = serde_json::from_slice(
+            &nightshift(dir.path(), &["tasks", "20240602_0000", "--json"]).stdout,
+        )
+        .unwrap();
+        let tasks = doc["tasks"].as_array().unwrap();
+        let gaps: Vec<f64> = (1..50)
+            .map(|i| {
+                (ts_us(&tasks[i]["tries"][0]["start_time"])
+                    - ts_us(&tasks[i - 1]["tries"][0]["end_time"])) as f64
+                    / 1000.0
+            })
+            .collect();
+        let ns = median(gaps);
+        let floor = median(floor_chain(50));
+        rows.push([
+            "PostgreSQL store: 50-task chain of `true`, median end→next start".into(),
+            format!("{ns:.2} ms"),
+            format!("{floor:.3} ms"),
+            "< 5 ms".into(),
+        ]);
+    }
+
+    // 2. 1 → 1,000 → 1 across one `up` and three workers (16 slots each).
+    {
+        let slots = 16;
+        let dir = project(&pg, "fan", &format!("parallelism = {slots}\n"));
+        let mut src = header("fan").replace("2024-06-01", "2099-01-01");
+        src += "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n";
+        let mut mids = vec![];
+        for i in 0..1000 {
+            src += &format!(
+                "[[task]]\nid = \"m{i}\"\ncommand = [\"true\"]\ndepends_on = [\"root\"]\n\n"
+            );
+            mids.push(format!("\"m{i}\""));
+        }
+        src += &format!(
+            "[[task]]\nid = \"join\"\ncommand = [\"true\"]\ndepends_on = [{}]\n",
+            mids.join(", ")
+        );
+        write(dir.path(), "pipelines/fan.toml", &src);
+        let up = spawn(dir.path(), &["up", "--no-web"], "bench-up");
+        let workers: Vec<Child> = (1..=3)
+            .map(|i| spawn(dir.path(), &["worker"], &format!("bench-w{i}")))
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        nightshift(
+            dir.path(),
+            &[
+                "backfill",
+                "fan",
+                "--from",
+                "2099-01-01",
+                "--to",
+                "2099-01-01",
+                "--detach",
+            ],
+        );
+        let t0 = Instant::now();
+        let run = loop {
+            let doc: Value =
+                serde_json::from_slice(&nightshift(dir.path(), &["runs", "fan", "--json"]).stdout)
+                    .unwrap();
+            if doc[0]["status"] == "SUCCESS" {
+                break doc[0].clone();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(600),
+                "the fan-out did not finish: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let status: Value =
+            serde_json::from_slice(&nightshift(dir.path(), &["status", "--json"]).stdout).unwrap();
+        let worker_rss: Vec<u64> = workers.iter().map(|w| rss_kb(w.id())).collect();
+        stop(up);
+        for w in workers {
+            stop(w);
+        }
+        let hosts: std::collections::BTreeSet<String> = {
+            let doc: Value = serde_json::from_slice(
+                &nightshift(
+                    dir.path(),
+                    &["tasks", run["run_id"].as_str().unwrap(), "--json"],
+                )
+                .stdout,
+            )
+            .unwrap();
+            doc["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t["tries"][0]["host"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let wall = (ts_us(&run["end_time"]) - ts_us(&run["start_time"])) as f64 / 1e6;
+        let rate = 1002.0 / wall;
+        let floor = floor_fanout(1000, 4 * slots);
+        rows.push([
+            format!(
+                "PostgreSQL store: 1 → 1,000 → 1 of `true` across one `up` and 3 workers, {slots} slots each ({} hosts ran tries; {} processes in status; floor: a plain loop at {} at a time)",
+                hosts.len(),
+                status["processes"].as_array().map_or(0, Vec::len),
+                4 * slots
+            ),
+            format!("{rate:.0} tasks/s ({wall:.2} s) = {:.0}% of floor", 100.0 * rate / floor),
+            format!("{floor:.0} tasks/s"),
+            ">= 50% of floor".into(),
+        ]);
+        eprintln!("worker RSS after the fan-out: {worker_rss:?} kB");
+    }
+
+    // 3. One scheduler pass with 1,000,000 historical tries (floor: empty history).
+    {
+        let (with_history, tries) = pass_time(&pg, "history", 200_000);
+        let (empty, _) = pass_time(&pg, "empty", 0);
+        rows.push([
+            format!("PostgreSQL store: one scheduler pass, {tries} tries in the store (floor: empty history)"),
+            format!("{with_history:.2} ms"),
+            format!("{empty:.2} ms"),
+            "< 20 ms".into(),
+        ]);
+    }
+
+    // 4. Idle RSS of a worker (floor: `sleep`).
+    {
+        let dir = project(&pg, "idle", "");
+        write(
+            dir.path(),
+            "pipelines/idle.toml",
+            &(header("idle").replace("2024-06-01", "2099-01-01")
+                + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\n"),
+        );
+        let w = spawn(dir.path(), &["worker"], "idle-w");
+        std::thread::sleep(Duration::from_secs(5));
+        let rss = rss_kb(w.id());
+        let mut sleeper = Command::new("sleep").arg("10").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let floor = rss_kb(sleeper.id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        stop(w);
+        rows.push([
+            "PostgreSQL store: idle RSS of `nightshift worker` (floor: `sleep`)".into(),
+            format!("{:.1} MB", rss as f64 / 1024.0),
+            format!("{:.1} MB", floor as f64 / 1024.0),
+            "< 20 MB".into(),
+        ]);
+    }
+
+    println!("\n| figure | nightshift | floor (same run) | target |\n|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+    }
+}
