@@ -56,6 +56,8 @@ pub(crate) struct TryCtx {
     pub log_max_bytes: u64,
     pub crash_at: Option<CrashPoint>,
     pub writer: Writer,
+    /// Copies the try's log into a shared store for other hosts (PostgreSQL only).
+    pub shipper: Option<crate::logship::Shipper>,
     pub containment: Containment,
     pub done: mpsc::UnboundedSender<TryDone>,
     /// Unique per start of a try in this engine.
@@ -143,6 +145,7 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
             .cell(&format!("try-{}-{}", c.ti.pk, c.try_number), &key),
     };
     let writer = c.writer.clone();
+    let shipper = c.shipper.clone();
     let clock = c.clock.clone();
     let record = (c.ti.pk, c.try_number, c.owner.clone());
     let crash_at = c.crash_at.clone();
@@ -174,6 +177,9 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     match spawned {
         Ok(sup) => {
             let _ = pid_slot.set(sup.pid);
+            if let Some(s) = &shipper {
+                s.started(record.0, record.1, log_path.clone());
+            }
             crash_if(&crash_at, "after_spawn", Some(&task_id));
             writer.record_spawn(
                 SpawnRecord {
@@ -207,6 +213,9 @@ fn conclude(k: Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) {
     if let Some(o) = decide(&k, outcome, spawned_pid) {
         crash_if(&k.c.crash_at, "before_outcome_commit", Some(&k.task.id));
         k.c.writer.submit(o);
+    }
+    if let Some(s) = &k.c.shipper {
+        s.ended(ti_pk, k.c.try_number);
     }
     let _ = done.send(TryDone { ti_pk, token });
 }

@@ -25,6 +25,7 @@ mod env;
 pub mod executor;
 pub mod explain;
 mod kinds;
+pub mod logship;
 pub mod outcome;
 pub mod procs;
 pub mod project;

@@ -83,6 +83,7 @@ contract!(
     the_store_clock_moves,
     a_newer_schema_is_refused,
     engines_are_listed_with_their_running_tries,
+    shipped_logs_read_back_from_any_offset,
 );
 
 fn new_run<'a>(run_id: &'a str, start: i64, version: &'a str) -> NewRun<'a> {
@@ -868,4 +869,25 @@ fn engines_are_listed_with_their_running_tries(s: &Fixture) {
     assert_eq!(s.engines().unwrap().len(), 1);
     s.forget_engine("nobody", 105).unwrap();
     assert!(s.engines().unwrap().is_empty(), "stale rows go too");
+}
+
+fn shipped_logs_read_back_from_any_offset(s: &Fixture) {
+    s.append_log(7, 1, 0, b"hello ").unwrap();
+    s.append_log(7, 1, 6, b"world\n").unwrap();
+    s.append_log(7, 1, 6, b"world\n").unwrap();
+    s.append_log(7, 2, 0, b"other try").unwrap();
+    assert_eq!(s.read_log(7, 1, 0, 1 << 20).unwrap(), b"hello world\n");
+    assert_eq!(s.read_log(7, 1, 3, 1 << 20).unwrap(), b"lo world\n");
+    assert_eq!(s.read_log(7, 1, 12, 1 << 20).unwrap(), b"");
+    assert_eq!(
+        s.read_log(7, 1, 0, 2).unwrap(),
+        b"hello ",
+        "whole chunks, at least max"
+    );
+    s.append_log(7, 1, 20, b"after a gap").unwrap();
+    assert_eq!(
+        s.read_log(7, 1, 0, 1 << 20).unwrap(),
+        b"hello world\n",
+        "stops at a gap"
+    );
 }

@@ -80,8 +80,16 @@ pub fn sqlite_to_postgres(from: &SqliteStore, to: &PgStore) -> Result<Copied> {
 }
 
 /// One SQLite value as the destination column's type.
-fn to_pg(v: &Value, t: &Type, table: &str) -> std::result::Result<Box<dyn ToSql + Sync>, super::postgres::Fail> {
-    let wrong = || super::postgres::Fail::Corrupt(format!("`{table}` holds {v:?} where PostgreSQL expects {t}"));
+fn to_pg(
+    v: &Value,
+    t: &Type,
+    table: &str,
+) -> std::result::Result<Box<dyn ToSql + Sync>, super::postgres::Fail> {
+    let wrong = || {
+        super::postgres::Fail::Corrupt(format!(
+            "`{table}` holds {v:?} where PostgreSQL expects {t}"
+        ))
+    };
     Ok(match (v, t) {
         (Value::Null, &Type::INT8) => Box::new(None::<i64>),
         (Value::Null, &Type::FLOAT8) => Box::new(None::<f64>),

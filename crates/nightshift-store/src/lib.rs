@@ -278,6 +278,11 @@ interface! {
     /// Removes a process's row (it stopped cleanly), and rows of processes whose last beat
     /// is older than `stale_before`.
     fn forget_engine(&self, owner: &str, stale_before: i64) -> Result<()>;
+    /// Stores a piece of a try's log that starts at byte `offset` (again: a no-op).
+    fn append_log(&self, ti: i64, try_number: u32, offset: i64, data: &[u8]) -> Result<()>;
+    /// Up to about `max` bytes of a try's shipped log from byte `offset` (fewer: the end of
+    /// what was shipped so far).
+    fn read_log(&self, ti: i64, try_number: u32, offset: i64, max: usize) -> Result<Vec<u8>>;
     /// How many finished runs of `pipeline` failed in a row, newest first, among runs whose
     /// interval starts at or before `up_to`.
     fn consecutive_failed_runs(&self, pipeline: &str, up_to: i64) -> Result<u32>;

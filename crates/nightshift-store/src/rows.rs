@@ -261,3 +261,21 @@ pub struct EngineRow {
     /// Its tries RUNNING now.
     pub running: i64,
 }
+
+/// The bytes from `offset` on, out of chunks ordered by their offsets, stopping at the first
+/// gap (a chunk not shipped yet) or once `max` bytes are gathered.
+pub(crate) fn join_chunks(chunks: Vec<(i64, Vec<u8>)>, offset: i64, max: usize) -> Vec<u8> {
+    let mut out = vec![];
+    let mut at = offset;
+    for (start, data) in chunks {
+        if start > at || out.len() >= max {
+            break;
+        }
+        let skip = usize::try_from(at - start)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        out.extend_from_slice(&data[skip..]);
+        at = start + data.len() as i64;
+    }
+    out
+}

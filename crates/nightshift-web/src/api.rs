@@ -257,6 +257,17 @@ impl AppState {
         let Some(real) =
             nightshift_engine::project::inside(&self.logs_dir, std::path::Path::new(&path))
         else {
+            // Not in this host's log folder: on a shared store, another host wrote it and
+            // shipped it there (a local file outside the folder is never read).
+            if matches!(
+                self.store.location(),
+                nightshift_store::Location::Postgres(_)
+            ) {
+                let buf = self.store.read_log(t.ti_pk, n, offset as i64, 256 * 1024)?;
+                let next = offset + buf.len() as u64;
+                let done = complete && buf.is_empty();
+                return Ok((buf, next, done));
+            }
             if std::path::Path::new(&path).exists() {
                 return Err(WebError::Forbidden(
                     "the log of this try lies outside the project's log folder; it is not served"

@@ -204,6 +204,9 @@ pub enum Command {
         try_number: Option<u32>,
         #[arg(long)]
         pipeline: Option<String>,
+        /// Keep printing what the try writes until it ends (from any host of a shared store).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Generate days of the demo shop source database (the reference pipeline's source).
     Shop {

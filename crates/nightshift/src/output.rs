@@ -12,6 +12,14 @@ pub fn line(s: impl AsRef<str>) {
     let _ = writeln!(out, "{}", s.as_ref());
 }
 
+/// Bytes as they are (a log followed live), flushed at once.
+pub fn raw(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
 /// A note for the person at the terminal, on stderr.
 pub fn note(s: impl AsRef<str>) {
     use std::io::Write;

@@ -255,6 +255,7 @@ impl Engine {
             log_max_bytes: self.project.settings.log_max_bytes,
             crash_at: self.opts.crash_at.clone(),
             writer: self.writer()?,
+            shipper: self.shipper()?,
             containment: self.containment.clone(),
             done: self.done_tx.clone(),
             token,

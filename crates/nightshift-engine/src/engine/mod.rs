@@ -150,6 +150,8 @@ pub struct Engine {
     stats: Arc<Stats>,
     /// Started on first use (the engine's own store connection stays free for the loop).
     writer: Option<Writer>,
+    /// Started on first use, on a shared store only.
+    shipper: Option<Option<crate::logship::Shipper>>,
     containment: Containment,
     next_token: u64,
 }
@@ -195,6 +197,7 @@ impl Engine {
             last_prune: None,
             stats: Arc::new(Stats::default()),
             writer: None,
+            shipper: None,
             containment: Containment::Subreaper,
             next_token: 0,
         }
@@ -232,6 +235,22 @@ impl Engine {
         }
         self.writer = Some(w.clone());
         Ok(w)
+    }
+
+    /// The log shipper: on a PostgreSQL store, every try's log is copied into the store so
+    /// other hosts can read it; on SQLite there is none.
+    fn shipper(&mut self) -> Result<Option<crate::logship::Shipper>, Error> {
+        if let Some(s) = &self.shipper {
+            return Ok(s.clone());
+        }
+        let s = match self.store.location() {
+            nightshift_store::Location::Postgres(_) => {
+                Some(crate::logship::Shipper::start(self.store.location())?)
+            }
+            nightshift_store::Location::Sqlite(_) => None,
+        };
+        self.shipper = Some(s.clone());
+        Ok(s)
     }
 
     pub fn project(&self) -> &Project {
@@ -385,6 +404,9 @@ impl Engine {
         let mut drain: Option<Instant> = None;
         let mut killed = false;
         loop {
+            // Other tasks of this runtime (signal watchers, the web server's hand-offs) get
+            // their turn every iteration, however busy the loop is.
+            tokio::task::yield_now().await;
             self.stats
                 .last_tick_us
                 .store(real_now_us(), Ordering::Relaxed);

@@ -41,7 +41,10 @@ mod views;
 type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 type Client = r2d2::PooledConnection<Manager>;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema.sql")),
+    (2, include_str!("migration_2.sql")),
+];
 
 /// Connections one process keeps at most: the scheduler loop, the outcome writer, the web
 /// server's handlers and the alert sender each hold one briefly.

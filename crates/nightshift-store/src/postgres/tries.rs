@@ -314,3 +314,31 @@ impl PgStore {
         })
     }
 }
+
+impl PgStore {
+    pub fn append_log(&self, ti: i64, try_number: u32, offset: i64, data: &[u8]) -> Result<()> {
+        let try_number = i64::from(try_number);
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO log_chunks (ti, try_number, \"offset\", data) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&ti, &try_number, &offset, &data],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn read_log(&self, ti: i64, try_number: u32, offset: i64, max: usize) -> Result<Vec<u8>> {
+        let try_number = i64::from(try_number);
+        let chunks: Vec<(i64, Vec<u8>)> = self.read(|c| {
+            c.query(
+                "SELECT \"offset\", data FROM log_chunks WHERE ti = $1 AND try_number = $2 AND \"offset\" + length(data) > $3
+                 ORDER BY \"offset\" LIMIT 64",
+                &[&ti, &try_number, &offset],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+        })?;
+        Ok(crate::rows::join_chunks(chunks, offset, max))
+    }
+}

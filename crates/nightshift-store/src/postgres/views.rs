@@ -185,6 +185,10 @@ impl PgStore {
                     .map(|r| r.try_get(0))
                     .collect::<std::result::Result<_, _>>()?;
                 tx.execute("DELETE FROM dbt_nodes WHERE run = ANY($1)", &[&pks])?;
+                tx.execute(
+                    "DELETE FROM log_chunks WHERE ti IN (SELECT id FROM task_instances WHERE run = ANY($1))",
+                    &[&pks],
+                )?;
                 tx.execute("DELETE FROM task_events WHERE run = ANY($1)", &[&pks])?;
                 let tries = tx.execute("DELETE FROM task_tries WHERE run = ANY($1)", &[&pks])?;
                 tx.execute("DELETE FROM task_instances WHERE run = ANY($1)", &[&pks])?;

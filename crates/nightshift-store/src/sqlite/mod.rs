@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migration_5.sql")),
     (6, include_str!("migration_6.sql")),
     (7, include_str!("migration_7.sql")),
+    (8, include_str!("migration_8.sql")),
 ];
 
 pub struct SqliteStore {

@@ -252,3 +252,26 @@ impl SqliteStore {
         })
     }
 }
+
+impl SqliteStore {
+    pub fn append_log(&self, ti: i64, try_number: u32, offset: i64, data: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO log_chunks (ti, try_number, \"offset\", data) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![ti, try_number, offset, data],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn read_log(&self, ti: i64, try_number: u32, offset: i64, max: usize) -> Result<Vec<u8>> {
+        let chunks: Vec<(i64, Vec<u8>)> = self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT \"offset\", data FROM log_chunks WHERE ti = ?1 AND try_number = ?2 AND \"offset\" + length(data) > ?3
+                 ORDER BY \"offset\" LIMIT 64",
+            )?;
+            s.query_map(params![ti, try_number, offset], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })?;
+        Ok(crate::rows::join_chunks(chunks, offset, max))
+    }
+}

@@ -175,6 +175,7 @@ impl SqliteStore {
                     s.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
                 };
                 tx.execute(&format!("DELETE FROM dbt_nodes WHERE run IN ({list})"), [])?;
+                tx.execute(&format!("DELETE FROM log_chunks WHERE ti IN (SELECT id FROM task_instances WHERE run IN ({list}))"), [])?;
                 tx.execute(&format!("DELETE FROM task_events WHERE run IN ({list})"), [])?;
                 let tries = tx.execute(&format!("DELETE FROM task_tries WHERE run IN ({list})"), [])?;
                 tx.execute(&format!("DELETE FROM task_instances WHERE run IN ({list})"), [])?;

@@ -230,6 +230,7 @@ pub fn logs(
     task: &str,
     try_number: Option<u32>,
     pipeline: Option<&str>,
+    follow: bool,
 ) -> Result<i32> {
     let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let tries: Vec<TryRow> = store
@@ -265,43 +266,87 @@ pub fn logs(
             .max_by_key(|t| t.try_number)
             .expect("non-empty"),
     };
-    let Some(path) = &t.log_path else {
+    if t.log_path.is_none() && t.end_time.is_some() {
         return Err(usage(format!(
             "try {} of `{task}` has no log (it never started: {})",
             t.try_number,
             t.error.as_deref().unwrap_or("unknown")
         )));
-    };
-    // Only files under the project's log folder are ever read.
+    }
+    // A running try's path is recorded a moment after it starts.
+    let path = t.log_path.clone().unwrap_or_default();
+    // Only files under the project's log folder are ever read; a log written on another
+    // host is read from the store, where that host ships it.
     let logs = project
         .logs_dir()
         .canonicalize()
         .unwrap_or_else(|_| project.logs_dir());
-    let Some(parent) = Path::new(path).parent().and_then(|p| p.canonicalize().ok()) else {
+    let here = Some(Path::new(&path))
+        .filter(|p| !p.as_os_str().is_empty())
+        .and_then(Path::parent)
+        .and_then(|p| p.canonicalize().ok())
+        .filter(|p| p.starts_with(&logs))
+        .map(|p| p.join(Path::new(&path).file_name().unwrap_or_default()));
+    let from_store = matches!(store.location(), nightshift_store::Location::Postgres(_));
+    if here.is_none() && !from_store {
         return Err(usage(format!(
-            "the log folder of `{path}` is gone (was .nightshift/logs removed?)"
-        )));
-    };
-    if !parent.starts_with(&logs) {
-        return Err(usage(format!(
-            "refusing to read `{path}`: it is outside the project's log folder"
+            "refusing to read `{path}`: it is outside the project's log folder (or its folder is gone)"
         )));
     }
-    let full = parent.join(Path::new(path).file_name().unwrap_or_default());
-    // The file is created on the try's first line of output.
-    let text = match std::fs::read(&full) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let read_from = |offset: u64| -> Result<Vec<u8>> {
+        match &here {
+            Some(file) if file.exists() => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(file)
+                    .map_err(|e| anyhow::Error::from(e).context(format!("reading log `{path}`")))?;
+                f.seek(SeekFrom::Start(offset))?;
+                let mut buf = vec![];
+                f.read_to_end(&mut buf)?;
+                Ok(buf)
+            }
+            _ if from_store => {
+                let mut out = vec![];
+                loop {
+                    let at = offset as i64 + out.len() as i64;
+                    let got = store.read_log(t.ti_pk, t.try_number, at, 1 << 20)?;
+                    if got.is_empty() {
+                        return Ok(out);
+                    }
+                    out.extend_from_slice(&got);
+                }
+            }
+            _ => Ok(vec![]),
+        }
+    };
+    if !follow {
+        let text = read_from(0)?;
+        if text.is_empty() {
             output::note(format!(
-                "(try {} of `{task}` wrote no output)",
-                t.try_number
+                "(try {} of `{task}` wrote no output{})",
+                t.try_number,
+                if t.end_time.is_none() { " yet" } else { "" }
             ));
             return Ok(0);
         }
-        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading log `{path}`"))),
-    };
-    output::line(String::from_utf8_lossy(&text).trim_end());
-    Ok(0)
+        output::line(String::from_utf8_lossy(&text).trim_end());
+        return Ok(0);
+    }
+    // Follow: print what is new until the try has ended and nothing more arrives.
+    let mut offset = 0u64;
+    loop {
+        let ended = store
+            .tries(run.pk)?
+            .iter()
+            .any(|x| x.ti_pk == t.ti_pk && x.try_number == t.try_number && x.end_time.is_some());
+        let got = read_from(offset)?;
+        if !got.is_empty() {
+            offset += got.len() as u64;
+            output::raw(&got);
+        } else if ended {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 pub fn dbt_results(

@@ -143,7 +143,15 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             task,
             try_number,
             pipeline,
-        } => inspect::logs(&dir, &run_id, &task, try_number, pipeline.as_deref()),
+            follow,
+        } => inspect::logs(
+            &dir,
+            &run_id,
+            &task,
+            try_number,
+            pipeline.as_deref(),
+            follow,
+        ),
         Command::Shop {
             db,
             from,

@@ -40,7 +40,9 @@ pub fn copy(dir: &Path, to: &str, password_env: Option<String>) -> Result<i32> {
     let dest = Store::open(&dest_location)
         .with_context(|| format!("opening the PostgreSQL store `{dest_location}`"))?;
     let (Some(sqlite), Some(pg)) = (source.sqlite(), dest.postgres()) else {
-        return Err(usage("`store copy` copies a SQLite store into a PostgreSQL one"));
+        return Err(usage(
+            "`store copy` copies a SQLite store into a PostgreSQL one",
+        ));
     };
     let copied = nightshift_store::copy::sqlite_to_postgres(sqlite, pg)
         .with_context(|| format!("copying into `{dest_location}`"))?;

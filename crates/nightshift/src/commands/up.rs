@@ -7,7 +7,8 @@ use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 use nightshift_store::Location;
 
 use crate::commands::{
-    drive_with, event_line, load_project, new_engine, open_store, parse_ts_flag, usage,
+    drive_until, event_line, load_project, new_engine, open_store, parse_ts_flag, shutdown_signal,
+    usage,
 };
 use crate::output;
 
@@ -18,6 +19,8 @@ pub async fn exec(
     bind: Option<&str>,
     no_web: bool,
 ) -> Result<i32> {
+    // Stop requests are taken from the start: a SIGTERM while starting up is a clean stop.
+    let shutdown = shutdown_signal();
     let project = load_project(dir)?;
     let (clock, until): (Arc<dyn Clock>, _) = match (from, until) {
         (Some(f), Some(u)) => {
@@ -104,11 +107,16 @@ pub async fn exec(
             )),
         }
     }
-    drive_with(engine, Some(metrics), |e| {
-        if let Some(line) = event_line(&e) {
-            output::line(line);
-        }
-    })
+    drive_until(
+        engine,
+        Some(metrics),
+        |e| {
+            if let Some(line) = event_line(&e) {
+                output::line(line);
+            }
+        },
+        shutdown,
+    )
     .await?;
     Ok(0)
 }
@@ -116,6 +124,7 @@ pub async fn exec(
 /// `worker`: executes tries of the pools it serves from a shared store; never schedules and
 /// serves no web UI.
 pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> Result<i32> {
+    let shutdown = shutdown_signal();
     let project = load_project(dir)?;
     if max_tasks == Some(0) {
         return Err(usage("--max-tasks must be at least 1"));
@@ -152,11 +161,16 @@ pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> R
         },
         crate::commands::containment().describe()
     ));
-    drive_with(engine, None, |e| {
-        if let Some(line) = event_line(&e) {
-            output::line(line);
-        }
-    })
+    drive_until(
+        engine,
+        None,
+        |e| {
+            if let Some(line) = event_line(&e) {
+                output::line(line);
+            }
+        },
+        shutdown,
+    )
     .await?;
     Ok(0)
 }

@@ -401,10 +401,18 @@ fn store_copy_moves_sqlite_history_into_postgres_once() {
     assert_eq!(before.len(), 2);
     let out = p.run(&["store", "copy", "--to", &url]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("pipeline_runs: 2 rows"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("pipeline_runs: 2 rows"),
+        "{}",
+        stdout(&out)
+    );
     let again = p.run(&["store", "copy", "--to", &url]);
     assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
-    assert!(stderr(&again).contains("already holds 2 run(s)"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already holds 2 run(s)"),
+        "{}",
+        stderr(&again)
+    );
     // The project now uses PostgreSQL and sees the same history.
     p.file("nightshift.toml", &format!("[store]\nurl = \"{url}\"\n"));
     assert_eq!(p.runs_all("p"), before);
@@ -414,4 +422,85 @@ fn store_copy_moves_sqlite_history_into_postgres_once() {
     let after = p.runs_all("p");
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(after[2]["status"], "FAILED");
+}
+
+#[test]
+fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
+    let pg = TestCluster::start().unwrap();
+    let here = pg_project(&pg);
+    // The worker's host holds the same project in a folder of its own.
+    let there = TestProject::new();
+    let toml = here.read("nightshift.toml");
+    let script = "#!/bin/sh\nfor i in 1 2 3 4 5; do echo \"line $i\"; sleep 0.4; done\necho bye\n";
+    let pipeline =
+        daily("p", &yesterday()) + "[[task]]\nid = \"talk\"\ncommand = [\"./talk.sh\"]\n";
+    for p in [&here, &there] {
+        p.file("nightshift.toml", &toml);
+        p.file("talk.sh", script);
+        p.file("pipelines/p.toml", &pipeline);
+    }
+    let w = Proc::spawn(&there, &["worker"], &[host("host-w")], "w");
+    there.wait_for("the worker to start", || {
+        there.read("w.stderr").contains("worker on")
+    });
+    let out = here.run(&[
+        "backfill",
+        "p",
+        "--from",
+        &yesterday(),
+        "--to",
+        &yesterday(),
+        "--detach",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_id = here.runs_all("p")[0]["run_id"].as_str().unwrap().to_owned();
+    here.wait_for("the try to start on the worker", || {
+        here.tasks(&run_id)["tasks"][0]["tries"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    });
+    // Followed live from this host, while the worker writes it.
+    let followed = here.run(&["logs", &run_id, "talk", "--follow"]);
+    assert!(followed.status.success(), "{}", stderr(&followed));
+    let text = stdout(&followed);
+    for want in ["line 1", "line 5", "bye"] {
+        assert!(
+            text.contains(want),
+            "{want} missing from the followed log:\n{text}"
+        );
+    }
+    let doc = here.tasks(&run_id);
+    let tried = &doc["tasks"][0]["tries"][0];
+    assert_eq!(tried["host"], "host-w");
+    assert!(
+        !tried["log_path"]
+            .as_str()
+            .unwrap()
+            .starts_with(here.path().to_str().unwrap()),
+        "the log file is on the other host: {tried}"
+    );
+    // Read again once finished: the same text.
+    here.wait_for("the run to finish", || all_succeeded(&here, "p", 1));
+    let again = stdout(&here.run(&["logs", &run_id, "talk"]));
+    assert!(again.contains("line 3") && again.contains("bye"), "{again}");
+    // The API serves it too (an `up` on this host, with its web server).
+    let up = Proc::spawn(
+        &here,
+        &["up", "--bind", "127.0.0.1:0"],
+        &[host("host-h")],
+        "h",
+    );
+    let base = web_url(&here, "h");
+    let body = http()
+        .get(&format!(
+            "{base}/api/v1/pipelines/p/runs/{run_id}/tasks/talk/tries/1/log"
+        ))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(body.contains("line 2") && body.contains("bye"), "{body}");
+    up.stop();
+    w.stop();
 }
