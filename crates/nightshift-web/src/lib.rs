@@ -266,6 +266,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let (api, _) = openapi::api_router();
     Router::new()
         .route("/", get(pages::index))
+        .route("/status", get(pages::status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::handler))
         .route("/login", get(pages::login_form).post(auth::login))

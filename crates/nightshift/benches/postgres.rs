@@ -166,7 +166,7 @@ fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
             tx.execute(
                 "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, start_time, end_time, status, rows_loaded, \"trigger\", version)
                  SELECT 'h' || r, 'hist', '2000-01-01', r * 86400000000, (r + 1) * 86400000000, r * 86400000000, r * 86400000000, (r + 1) * 86400000000, 'SUCCESS', 10, 'scheduled', $2
-                 FROM generate_series(0::BIGINT, $1 - 1) AS r",
+                 FROM generate_series(0::BIGINT, $1::BIGINT - 1) AS r",
                 &[&history_runs, &version],
             )?;
             tx.execute(
@@ -216,6 +216,12 @@ fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
     (median(times), tries)
 }
 
+/// Keeps a row for the table, and shows it at once (a later figure may take long).
+fn rows_push(rows: &mut Vec<[String; 4]>, r: [String; 4]) {
+    eprintln!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+    rows.push(r);
+}
+
 fn main() {
     let pg = TestCluster::start().expect("PostgreSQL for the benchmark (tools/testdeps/install)");
     let mut rows: Vec<[String; 4]> = vec![];
@@ -248,19 +254,24 @@ fn main() {
             .collect();
         let ns = median(gaps);
         let floor = median(floor_chain(50));
-        rows.push([
-            "PostgreSQL store: 50-task chain of `true`, median end→next start".into(),
-            format!("{ns:.2} ms"),
-            format!("{floor:.3} ms"),
-            "< 5 ms".into(),
-        ]);
+        rows_push(
+            &mut rows,
+            [
+                "PostgreSQL store: 50-task chain of `true`, median end→next start".into(),
+                format!("{ns:.2} ms"),
+                format!("{floor:.3} ms"),
+                "< 5 ms".into(),
+            ],
+        );
     }
 
     // 2. 1 → 1,000 → 1 across one `up` and three workers (16 slots each).
     {
         let slots = 16;
         let dir = project(&pg, "fan", &format!("parallelism = {slots}\n"));
-        let mut src = header("fan").replace("2024-06-01", "2099-01-01");
+        // One interval: yesterday's, created by `up` when it starts.
+        let yesterday = jiff::Zoned::now().date().yesterday().unwrap().to_string();
+        let mut src = header("fan").replace("2024-06-01", &yesterday);
         src += "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n";
         let mut mids = vec![];
         for i in 0..1000 {
@@ -274,29 +285,18 @@ fn main() {
             mids.join(", ")
         );
         write(dir.path(), "pipelines/fan.toml", &src);
-        let up = spawn(dir.path(), &["up", "--no-web"], "bench-up");
+        // The workers first, so all four processes are there when `up` creates the run.
         let workers: Vec<Child> = (1..=3)
             .map(|i| spawn(dir.path(), &["worker"], &format!("bench-w{i}")))
             .collect();
         std::thread::sleep(Duration::from_secs(2));
-        nightshift(
-            dir.path(),
-            &[
-                "backfill",
-                "fan",
-                "--from",
-                "2099-01-01",
-                "--to",
-                "2099-01-01",
-                "--detach",
-            ],
-        );
+        let up = spawn(dir.path(), &["up", "--no-web"], "bench-up");
         let t0 = Instant::now();
         let run = loop {
             let doc: Value =
                 serde_json::from_slice(&nightshift(dir.path(), &["runs", "fan", "--json"]).stdout)
                     .unwrap();
-            if doc[0]["status"] == "SUCCESS" {
+            if doc.get(0).is_some_and(|r| r["status"] == "SUCCESS") {
                 break doc[0].clone();
             }
             assert!(
@@ -331,17 +331,23 @@ fn main() {
         let wall = (ts_us(&run["end_time"]) - ts_us(&run["start_time"])) as f64 / 1e6;
         let rate = 1002.0 / wall;
         let floor = floor_fanout(1000, 4 * slots);
-        rows.push([
-            format!(
-                "PostgreSQL store: 1 → 1,000 → 1 of `true` across one `up` and 3 workers, {slots} slots each ({} hosts ran tries; {} processes in status; floor: a plain loop at {} at a time)",
-                hosts.len(),
-                status["processes"].as_array().map_or(0, Vec::len),
-                4 * slots
-            ),
-            format!("{rate:.0} tasks/s ({wall:.2} s) = {:.0}% of floor", 100.0 * rate / floor),
-            format!("{floor:.0} tasks/s"),
-            ">= 50% of floor".into(),
-        ]);
+        rows_push(
+            &mut rows,
+            [
+                format!(
+                    "PostgreSQL store: 1 → 1,000 → 1 of `true` across one `up` and 3 workers, {slots} slots each ({} hosts ran tries; {} processes in status; floor: a plain loop at {} at a time)",
+                    hosts.len(),
+                    status["processes"].as_array().map_or(0, Vec::len),
+                    4 * slots
+                ),
+                format!(
+                    "{rate:.0} tasks/s ({wall:.2} s) = {:.0}% of floor",
+                    100.0 * rate / floor
+                ),
+                format!("{floor:.0} tasks/s"),
+                ">= 50% of floor".into(),
+            ],
+        );
         eprintln!("worker RSS after the fan-out: {worker_rss:?} kB");
     }
 
@@ -349,12 +355,17 @@ fn main() {
     {
         let (with_history, tries) = pass_time(&pg, "history", 200_000);
         let (empty, _) = pass_time(&pg, "empty", 0);
-        rows.push([
-            format!("PostgreSQL store: one scheduler pass, {tries} tries in the store (floor: empty history)"),
-            format!("{with_history:.2} ms"),
-            format!("{empty:.2} ms"),
-            "< 20 ms".into(),
-        ]);
+        rows_push(
+            &mut rows,
+            [
+                format!(
+                    "PostgreSQL store: one scheduler pass, {tries} tries in the store (floor: empty history)"
+                ),
+                format!("{with_history:.2} ms"),
+                format!("{empty:.2} ms"),
+                "< 20 ms".into(),
+            ],
+        );
     }
 
     // 4. Idle RSS of a worker (floor: `sleep`).
@@ -375,12 +386,15 @@ fn main() {
         let _ = sleeper.kill();
         let _ = sleeper.wait();
         stop(w);
-        rows.push([
-            "PostgreSQL store: idle RSS of `nightshift worker` (floor: `sleep`)".into(),
-            format!("{:.1} MB", rss as f64 / 1024.0),
-            format!("{:.1} MB", floor as f64 / 1024.0),
-            "< 20 MB".into(),
-        ]);
+        rows_push(
+            &mut rows,
+            [
+                "PostgreSQL store: idle RSS of `nightshift worker` (floor: `sleep`)".into(),
+                format!("{:.1} MB", rss as f64 / 1024.0),
+                format!("{:.1} MB", floor as f64 / 1024.0),
+                "< 20 MB".into(),
+            ],
+        );
     }
 
     println!("\n| figure | nightshift | floor (same run) | target |\n|---|---|---|---|");

@@ -654,3 +654,76 @@ impl PgStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestCluster;
+    use crate::{Location, PgLocation, Store};
+
+    fn open(url: String) -> crate::Result<Store> {
+        Store::open(&Location::Postgres(PgLocation {
+            url,
+            password_env: None,
+        }))
+    }
+
+    fn encrypted(s: &Store) -> bool {
+        s.postgres()
+            .unwrap()
+            .bulk(|tx| {
+                tx.query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .map(|r| r.get::<_, bool>(0))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn sslmode_is_honoured_against_a_real_tls_server() {
+        let pg = TestCluster::start().unwrap();
+        pg.database("tls").unwrap();
+        let ca = pg.enable_tls().unwrap();
+        let base = format!("postgresql://nightshift@localhost:{}/tls", pg.port());
+        assert!(!encrypted(
+            &open(format!("{base}?sslmode=disable")).unwrap()
+        ));
+        assert!(encrypted(&open(format!("{base}?sslmode=require")).unwrap()));
+        assert!(
+            encrypted(&open(base.clone()).unwrap()),
+            "prefer is the default"
+        );
+        let verified = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+        assert!(encrypted(&open(verified).unwrap()));
+        // The public roots do not know this self-signed certificate.
+        let untrusted = open(format!("{base}?sslmode=verify-full"))
+            .err()
+            .expect("refused");
+        assert!(untrusted.to_string().contains("tls"), "{untrusted}");
+        // verify-ca checks the chain but not the name; verify-full checks both.
+        let by_ip = format!("postgresql://nightshift@127.0.0.1:{}/tls", pg.port());
+        assert!(
+            open(format!(
+                "{by_ip}?sslmode=verify-ca&sslrootcert={}",
+                ca.display()
+            ))
+            .is_ok()
+        );
+        assert!(
+            open(format!(
+                "{by_ip}?sslmode=verify-full&sslrootcert={}",
+                ca.display()
+            ))
+            .is_ok(),
+            "the certificate names 127.0.0.1 too"
+        );
+        let bad = open(format!("{base}?sslmode=sometimes"))
+            .err()
+            .expect("refused");
+        assert!(
+            bad.to_string().contains("unknown sslmode `sometimes`"),
+            "{bad}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// One running PostgreSQL cluster, owned by a test.
 pub struct TestCluster {
@@ -20,6 +20,7 @@ pub struct TestCluster {
     bin: PathBuf,
     port: u16,
     user: Option<(u32, u32)>,
+    tls: AtomicBool,
 }
 
 /// The folder holding `initdb` and `pg_ctl`: on PATH, or Debian's versioned folder.
@@ -98,6 +99,7 @@ impl TestCluster {
             bin,
             port: free_port()?,
             user,
+            tls: AtomicBool::new(false),
         };
         cluster.resume()?;
         Ok(cluster)
@@ -114,11 +116,14 @@ impl TestCluster {
 
     /// Starts (or starts again, on the same port) the server.
     pub fn resume(&self) -> io::Result<()> {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        if self.tls.load(Ordering::Relaxed) {
+            opts.push_str(" -c ssl=on");
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
@@ -155,6 +160,88 @@ impl TestCluster {
             )));
         }
         Ok(())
+    }
+
+    /// Restarts the server with TLS on: a test CA (made with the `openssl` command) and a
+    /// certificate it signed for `localhost` and 127.0.0.1. Returns the CA's certificate.
+    pub fn enable_tls(&self) -> io::Result<PathBuf> {
+        self.halt()?;
+        let data = self.dir.join("data");
+        let ca = self.dir.join("root.crt");
+        let ca_key = self.dir.join("root.key");
+        let ext = self.dir.join("server.ext");
+        std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+        let openssl = |args: Vec<&std::ffi::OsStr>| -> io::Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .stdin(Stdio::null())
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "openssl failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        openssl(vec![
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-days"),
+            os("2"),
+            os("-subj"),
+            os("/CN=nightshift test CA"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            ca.as_os_str(),
+        ])?;
+        let csr = self.dir.join("server.csr");
+        let (key, crt) = (data.join("server.key"), data.join("server.crt"));
+        openssl(vec![
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=localhost"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ])?;
+        openssl(vec![
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("2"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            crt.as_os_str(),
+        ])?;
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&key, &crt] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+        }
+        self.tls.store(true, Ordering::Relaxed);
+        self.resume()?;
+        Ok(ca)
     }
 
     pub fn port(&self) -> u16 {

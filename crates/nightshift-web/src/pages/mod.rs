@@ -16,9 +16,11 @@ use crate::{AppState, WebError};
 
 mod forms;
 mod run;
+mod status;
 
 pub use forms::{ActionForm, cancel_action, clear_action, login_form, login_page, pipeline_action};
 pub use run::{run, try_page};
+pub use status::status;
 
 type St = State<Arc<AppState>>;
 type Q = Query<HashMap<String, String>>;
@@ -76,6 +78,7 @@ fn layout(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Mark
                 header {
                     a href="/" { strong { "nightshift" } }
                     a href="/" { "Pipelines" }
+                    a href="/status" { "Processes" }
                     a href="/api/v1/openapi.json" { "API" }
                     a href="/metrics" { "Metrics" }
                     span.who {

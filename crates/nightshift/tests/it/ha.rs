@@ -501,6 +501,19 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
         .read_to_string()
         .unwrap();
     assert!(body.contains("line 2") && body.contains("bye"), "{body}");
+    // The processes page lists the worker of the other host and this `up`.
+    here.wait_for("the processes page to list both hosts", || {
+        let page = http()
+            .get(&format!("{base}/status"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        page.contains(r#"data-host="host-w" data-role="worker""#)
+            && page.contains(r#"data-host="host-h" data-role="scheduler""#)
+            && page.contains("Scheduler role: pid")
+    });
     up.stop();
     w.stop();
 }
