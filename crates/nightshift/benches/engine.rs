@@ -16,47 +16,8 @@ use nightshift_engine::{Engine, Mode, Options, SimClock};
 use nightshift_store::Store;
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nightshift")
-}
-
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
-fn header(name: &str) -> String {
-    format!(
-        "name = \"{name}\"\nschedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\nmax_active_tasks = 1000\n\n"
-    )
-}
-
-fn nightshift(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(bin())
-        .arg("--project")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ts_us(v: &Value) -> i64 {
-    let t: jiff::Timestamp = v.as_str().unwrap().parse().unwrap();
-    t.as_microsecond()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+mod common;
+use common::*;
 
 /// Gaps (ms) between one try's end and its successor's start, from the store.
 fn chain_gaps(dir: &Path, n: usize) -> Vec<f64> {
@@ -71,55 +32,6 @@ fn chain_gaps(dir: &Path, n: usize) -> Vec<f64> {
             (ts_us(&next["start_time"]) - ts_us(&prev["end_time"])) as f64 / 1000.0
         })
         .collect()
-}
-
-/// The plain-loop floor: the same processes, one after another.
-fn floor_chain(n: usize) -> Vec<f64> {
-    let mut gaps = vec![];
-    let mut last_end: Option<Instant> = None;
-    for _ in 0..n {
-        let start = Instant::now();
-        if let Some(e) = last_end {
-            gaps.push(start.duration_since(e).as_secs_f64() * 1000.0);
-        }
-        Command::new("true").status().unwrap();
-        last_end = Some(Instant::now());
-    }
-    gaps
-}
-
-/// The plain-loop floor for the fan-out: root, then 198 at `parallelism` at a time, then join.
-fn floor_fanout(width: usize, parallelism: usize) -> Duration {
-    let t0 = Instant::now();
-    Command::new("true").status().unwrap();
-    let mut running: Vec<std::process::Child> = vec![];
-    let mut started = 0;
-    while started < width || !running.is_empty() {
-        while started < width && running.len() < parallelism {
-            running.push(Command::new("true").spawn().unwrap());
-            started += 1;
-        }
-        let mut i = 0;
-        while i < running.len() {
-            if running[i].try_wait().unwrap().is_some() {
-                let _ = running.swap_remove(i).wait();
-            } else {
-                i += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Command::new("true").status().unwrap();
-    t0.elapsed()
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn seed_history(store: &Store, version: &str, runs: i64, tasks_per_run: i64) {

@@ -17,15 +17,8 @@ use nightshift_store::Store;
 use nightshift_store::postgres::testing::TestCluster;
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nightshift")
-}
-
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+mod common;
+use common::*;
 
 /// A project folder whose store is a new database of `pg`.
 fn project(pg: &TestCluster, db: &str, extra: &str) -> tempfile::TempDir {
@@ -37,28 +30,6 @@ fn project(pg: &TestCluster, db: &str, extra: &str) -> tempfile::TempDir {
         &format!("{extra}[store]\nurl = \"{url}\"\n"),
     );
     dir
-}
-
-fn header(name: &str) -> String {
-    format!(
-        "name = \"{name}\"\nschedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\nmax_active_tasks = 2000\n\n"
-    )
-}
-
-fn nightshift(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(bin())
-        .arg("--project")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn spawn(dir: &Path, args: &[&str], host: &str) -> Child {
@@ -79,66 +50,6 @@ fn stop(mut c: Child) {
         .args(["-TERM", &c.id().to_string()])
         .status();
     let _ = c.wait();
-}
-
-fn ts_us(v: &Value) -> i64 {
-    let t: jiff::Timestamp = v.as_str().unwrap().parse().unwrap();
-    t.as_microsecond()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The plain-loop floor of a chain: end of one `true` to the start of the next.
-fn floor_chain(n: usize) -> Vec<f64> {
-    let mut gaps = vec![];
-    let mut last_end: Option<Instant> = None;
-    for _ in 0..n {
-        let start = Instant::now();
-        if let Some(e) = last_end {
-            gaps.push(start.duration_since(e).as_secs_f64() * 1000.0);
-        }
-        Command::new("true").status().unwrap();
-        last_end = Some(Instant::now());
-    }
-    gaps
-}
-
-/// The plain-loop floor of a fan-out: `width` processes at `parallelism` at a time, plus a
-/// root and a join; tasks per second.
-fn floor_fanout(width: usize, parallelism: usize) -> f64 {
-    let t0 = Instant::now();
-    Command::new("true").status().unwrap();
-    let mut running: Vec<Child> = vec![];
-    let mut started = 0;
-    while started < width || !running.is_empty() {
-        while started < width && running.len() < parallelism {
-            running.push(Command::new("true").spawn().unwrap());
-            started += 1;
-        }
-        let mut i = 0;
-        while i < running.len() {
-            if running[i].try_wait().unwrap().is_some() {
-                let _ = running.swap_remove(i).wait();
-            } else {
-                i += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Command::new("true").status().unwrap();
-    (width + 2) as f64 / t0.elapsed().as_secs_f64()
 }
 
 /// Median time of one scheduler pass over a PostgreSQL store holding `history_runs` × 5
@@ -330,7 +241,7 @@ fn main() {
         };
         let wall = (ts_us(&run["end_time"]) - ts_us(&run["start_time"])) as f64 / 1e6;
         let rate = 1002.0 / wall;
-        let floor = floor_fanout(1000, 4 * slots);
+        let floor = 1002.0 / floor_fanout(1000, 4 * slots).as_secs_f64();
         rows_push(
             &mut rows,
             [
