@@ -164,7 +164,7 @@ impl Engine {
                 break;
             }
             let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> = rest.by_ref().take(free).collect();
-            let lease_until = self.store.now_us()? + us(self.opts.lease_ttl);
+            let lease_until = self.store_now() + us(self.opts.lease_ttl);
             let claims: Vec<Claim<'_>> = batch
                 .iter()
                 .map(|(p, _, ti)| Claim {

@@ -53,8 +53,6 @@ pub enum Error {
         ago: i64,
         expires: i64,
     },
-    #[error("this scheduler lost its lease to another process; stopping")]
-    LostLease,
 }
 
 /// What an engine works on.
@@ -141,6 +139,8 @@ pub struct Engine {
     store_ok_since: Option<Instant>,
     /// When this engine first told the store it runs (by the store's clock).
     started_at: Option<i64>,
+    /// The store's clock minus this host's real clock, as of the last heartbeat.
+    store_clock_offset: i64,
     paused: HashSet<String>,
     /// Deadline state last written per active run, so unchanged states are not rewritten.
     deadline_seen: HashMap<i64, DeadlineState>,
@@ -191,6 +191,7 @@ impl Engine {
             role_renewed: None,
             store_ok_since: None,
             started_at: None,
+            store_clock_offset: 0,
             paused: HashSet::new(),
             deadline_seen: HashMap::new(),
             estimates: HashMap::new(),
@@ -391,7 +392,7 @@ impl Engine {
 
     async fn run_inner(&mut self, shutdown: &mut watch::Receiver<u32>) -> Result<(), Error> {
         self.writer()?;
-        let now = self.store.now_us()?;
+        let now = self.sync_store_clock()?;
         self.beat(now)?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
         self.recover_orphans()?;

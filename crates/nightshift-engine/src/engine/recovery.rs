@@ -10,37 +10,54 @@ impl Engine {
     /// it; on a shared store the caller may go on without it: the engine takes the role at a
     /// heartbeat once its holder's lease has run out.
     pub fn acquire_scheduler_lease(&mut self) -> Result<(), Error> {
+        let now = self.sync_store_clock()?;
+        match self.try_take_role(now)? {
+            None => Ok(()),
+            Some(holder) => Err(Error::SchedulerRunning {
+                pid: holder.pid,
+                host: holder.host,
+                ago: (now - holder.heartbeat_at) / 1_000_000,
+                expires: ((holder.expires_at - now) / 1_000_000).max(0),
+            }),
+        }
+    }
+
+    /// Takes the role if it is free, expired, already ours, or held by a process on this
+    /// machine that is gone (it cannot renew: no need to wait for its lease to end). Returns
+    /// the live holder otherwise.
+    fn try_take_role(&mut self, now: i64) -> Result<Option<nightshift_store::LeaseHolder>, Error> {
         let me = Owner::me();
         let ttl = us(self.opts.role_ttl);
-        for _ in 0..2 {
-            let now = self.store.now_us()?;
-            match self
+        let mut holder =
+            self.store
+                .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?;
+        if let Some(h) = &holder
+            && Owner::parse(&h.owner).is_some_and(|o| o.is_dead_here())
+        {
+            warn!(owner = %h.owner, "previous scheduler is gone; taking over its lease");
+            self.store.break_scheduler_lease(&h.owner)?;
+            holder = self
                 .store
-                .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
-            {
-                None => {
-                    self.holds_scheduler_lease = true;
-                    self.role_renewed = Some(Instant::now());
-                    return Ok(());
-                }
-                Some(holder) => {
-                    // A holder on this machine whose process is gone cannot renew; take over
-                    // at once instead of waiting for the lease to expire.
-                    if Owner::parse(&holder.owner).is_some_and(|o| o.is_dead_here()) {
-                        warn!(owner = %holder.owner, "previous scheduler is gone; taking over its lease");
-                        self.store.break_scheduler_lease(&holder.owner)?;
-                        continue;
-                    }
-                    return Err(Error::SchedulerRunning {
-                        pid: holder.pid,
-                        host: holder.host,
-                        ago: (now - holder.heartbeat_at) / 1_000_000,
-                        expires: ((holder.expires_at - now) / 1_000_000).max(0),
-                    });
-                }
-            }
+                .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?;
         }
-        Err(Error::LostLease)
+        if holder.is_none() {
+            self.holds_scheduler_lease = true;
+            self.role_renewed = Some(Instant::now());
+        }
+        Ok(holder)
+    }
+
+    /// Reads the store's clock, and remembers how far it is from this host's, so leases in
+    /// between (claims, orphan checks) are measured without asking the store again.
+    pub(crate) fn sync_store_clock(&mut self) -> Result<i64, Error> {
+        let now = self.store.now_us()?;
+        self.store_clock_offset = now - real_now_us();
+        Ok(now)
+    }
+
+    /// The store's clock, from this host's and the offset of the last heartbeat.
+    pub(crate) fn store_now(&self) -> i64 {
+        real_now_us() + self.store_clock_offset
     }
 
     /// Whether this engine schedules now: it is an `up`, holds the role, and renewed it
@@ -102,20 +119,8 @@ impl Engine {
             );
             return Ok(());
         }
-        let me = Owner::me();
-        match self
-            .store
-            .acquire_scheduler_lease(&self.owner, &me.host, me.pid, now, ttl)?
-        {
-            None => {
-                self.holds_scheduler_lease = true;
-                self.role_renewed = Some(Instant::now());
-                info!("took over the scheduler role");
-            }
-            Some(holder) if Owner::parse(&holder.owner).is_some_and(|o| o.is_dead_here()) => {
-                self.store.break_scheduler_lease(&holder.owner)?;
-            }
-            Some(_) => {}
+        if self.try_take_role(now)?.is_none() {
+            info!("took over the scheduler role");
         }
         Ok(())
     }
@@ -123,7 +128,7 @@ impl Engine {
     /// Renews leases, stops tries that lost their claim, and recovers orphans.
     pub(crate) fn heartbeat(&mut self) -> Result<(), Error> {
         // Leases are measured with the store's clock, shared by every host.
-        let real = self.store.now_us()?;
+        let real = self.sync_store_clock()?;
         let owned: HashSet<(i64, u32)> = self
             .store
             .renew_leases(&self.owner, real + us(self.opts.lease_ttl))?
@@ -171,7 +176,7 @@ impl Engine {
     /// Finds RUNNING tries whose engine is gone (dead process on this host, or an expired
     /// lease), makes sure no process of theirs survives, and fails or retries them per policy.
     pub fn recover_orphans(&mut self) -> Result<(), Error> {
-        let real = self.store.now_us()?;
+        let real = self.store_now();
         let writer = self.writer()?;
         for ti in self.store.running_task_instances()? {
             // A try still running here, or one whose outcome waits for the writer, is no
