@@ -262,6 +262,17 @@ pub struct EngineRow {
     pub running: i64,
 }
 
+impl EngineRow {
+    /// Silent longer than this (a default lease TTL), a process could not have kept its
+    /// leases: it is shown as gone.
+    pub const GONE_AFTER_US: i64 = 15_000_000;
+
+    /// Whether it beat recently enough to be alive at `now` (the store's clock).
+    pub fn alive(&self, now: i64) -> bool {
+        now - self.heartbeat_at < Self::GONE_AFTER_US
+    }
+}
+
 /// The bytes from `offset` on, out of chunks ordered by their offsets, stopping at the first
 /// gap (a chunk not shipped yet) or once `max` bytes are gathered.
 pub(crate) fn join_chunks(chunks: Vec<(i64, Vec<u8>)>, offset: i64, max: usize) -> Vec<u8> {

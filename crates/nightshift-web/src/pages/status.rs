@@ -8,9 +8,6 @@ use maud::html;
 
 use super::{St, page, render};
 
-/// A process whose last heartbeat is older than this is shown as gone (a lease TTL).
-const GONE_AFTER_US: i64 = 15_000_000;
-
 pub async fn status(State(st): St, headers: HeaderMap) -> Response {
     render(&st, &headers, || {
         let now = st.store.now_us()?;
@@ -40,7 +37,7 @@ pub async fn status(State(st): St, headers: HeaderMap) -> Response {
                             td { (e.pools.clone().unwrap_or_else(|| "all".into())) }
                             td {
                                 (age(e.heartbeat_at)) "s ago"
-                                @if now - e.heartbeat_at >= GONE_AFTER_US { " " span.err { "(gone?)" } }
+                                @if !e.alive(now) { " " span.err { "(gone?)" } }
                             }
                             td { (e.running) }
                         }

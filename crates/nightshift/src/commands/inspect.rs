@@ -460,10 +460,6 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
     Ok(0)
 }
 
-/// A process whose last heartbeat is older than this is shown as gone: it could not have
-/// kept its leases (the default lease TTL).
-const GONE_AFTER_US: i64 = 15_000_000;
-
 pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
     let project = load_project(dir)?;
     let store = open_store(&project)?;
@@ -484,7 +480,7 @@ pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
                 "started_at": iso(Some(e.started_at)),
                 "last_heartbeat": iso(Some(e.heartbeat_at)),
                 "heartbeat_age_seconds": age(e.heartbeat_at),
-                "alive": now - e.heartbeat_at < GONE_AFTER_US,
+                "alive": e.alive(now),
                 "running_tries": e.running,
             })).collect::<Vec<_>>(),
         });
@@ -514,7 +510,7 @@ pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
         &engines
             .iter()
             .map(|e| {
-                let beat = if now - e.heartbeat_at < GONE_AFTER_US {
+                let beat = if e.alive(now) {
                     format!("{}s ago", age(e.heartbeat_at))
                 } else {
                     format!("{}s ago (gone?)", age(e.heartbeat_at))

@@ -438,8 +438,24 @@ pub fn new_engine(
     clock: Arc<dyn Clock>,
     mode: Mode,
 ) -> Result<Engine> {
-    Ok(Engine::new(project, store, clock, mode, engine_options()?)
-        .with_containment(containment().clone()))
+    Ok(new_engine_with(
+        project,
+        store,
+        clock,
+        mode,
+        engine_options()?,
+    ))
+}
+
+/// [`new_engine`] with options the command adjusted (a worker's pools and slots).
+pub fn new_engine_with(
+    project: Project,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    mode: Mode,
+    opts: Options,
+) -> Engine {
+    Engine::new(project, store, clock, mode, opts).with_containment(containment().clone())
 }
 
 /// How tries' processes are contained on this machine, decided once per process.

@@ -7,8 +7,8 @@ use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 use nightshift_store::Location;
 
 use crate::commands::{
-    drive_until, event_line, load_project, new_engine, open_store, parse_ts_flag, shutdown_signal,
-    usage,
+    drive_until, event_line, load_project, new_engine, new_engine_with, open_store, parse_ts_flag,
+    shutdown_signal, usage,
 };
 use crate::output;
 
@@ -107,17 +107,7 @@ pub async fn exec(
             )),
         }
     }
-    drive_until(
-        engine,
-        Some(metrics),
-        |e| {
-            if let Some(line) = event_line(&e) {
-                output::line(line);
-            }
-        },
-        shutdown,
-    )
-    .await?;
+    drive_until(engine, Some(metrics), print_event, shutdown).await?;
     Ok(0)
 }
 
@@ -148,9 +138,7 @@ pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> R
     let mut opts = crate::commands::engine_options()?;
     opts.pools = (!pools.is_empty()).then(|| pools.iter().cloned().collect());
     opts.max_tasks = max_tasks;
-    let engine =
-        nightshift_engine::Engine::new(project, store, Arc::new(SystemClock), Mode::Worker, opts)
-            .with_containment(crate::commands::containment().clone());
+    let engine = new_engine_with(project, store, Arc::new(SystemClock), Mode::Worker, opts);
     output::note(format!(
         "worker on `{}`: pools {}; containment: {}",
         nightshift_engine::procs::hostname(),
@@ -161,16 +149,13 @@ pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> R
         },
         crate::commands::containment().describe()
     ));
-    drive_until(
-        engine,
-        None,
-        |e| {
-            if let Some(line) = event_line(&e) {
-                output::line(line);
-            }
-        },
-        shutdown,
-    )
-    .await?;
+    drive_until(engine, None, print_event, shutdown).await?;
     Ok(0)
+}
+
+/// The run log on stdout: a line per task and per run as they end.
+fn print_event(e: nightshift_engine::Event) {
+    if let Some(line) = event_line(&e) {
+        output::line(line);
+    }
 }
