@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -49,112 +48,66 @@ impl SslMode {
     }
 }
 
+/// What a mode checks of the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `prefer`/`require` without a root certificate: encrypted, the server not authenticated.
+    Nothing,
+    /// `verify-ca`, or `require` with a root certificate (libpq's rule): the chain.
+    Chain,
+    /// `verify-full`: the chain and the host name.
+    ChainAndName,
+}
+
 /// The TLS connector for a mode (unused by the driver under `disable`).
 pub(super) fn connector(
     mode: SslMode,
     rootcert: Option<&Path>,
 ) -> Result<MakeRustlsConnect, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, rootcert) {
-        (SslMode::Disable | SslMode::Prefer | SslMode::Require, None) => {
-            Arc::new(Unverified(provider.clone()))
-        }
-        (mode, rootcert) => {
-            let mut roots = RootCertStore::empty();
-            match rootcert {
-                Some(path) => {
-                    let certs = CertificateDer::pem_file_iter(path)
-                        .map_err(|e| format!("reading sslrootcert `{}`: {e}", path.display()))?;
-                    for cert in certs {
-                        let cert = cert.map_err(|e| {
-                            format!("reading sslrootcert `{}`: {e}", path.display())
-                        })?;
-                        roots.add(cert).map_err(|e| {
-                            format!(
-                                "sslrootcert `{}` holds an unusable certificate: {e}",
-                                path.display()
-                            )
-                        })?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| format!("sslrootcert: {e}"))?;
-            Arc::new(Verified {
-                inner: webpki,
-                check_name: mode == SslMode::VerifyFull,
-            })
-        }
+    let check = match (mode, rootcert) {
+        (SslMode::VerifyFull, _) => Check::ChainAndName,
+        (SslMode::Disable | SslMode::Prefer | SslMode::Require, None) => Check::Nothing,
+        _ => Check::Chain,
     };
+    let mut roots = RootCertStore::empty();
+    match rootcert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("reading sslrootcert `{}`: {e}", path.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("reading sslrootcert `{}`: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "sslrootcert `{}` holds an unusable certificate: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    // Handshake signatures are checked in every mode, by the same verifier.
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("sslrootcert: {e}"))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(Verifier { inner, check }))
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
-/// `prefer`/`require` without a root certificate: encrypted, the server not authenticated.
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (chain only) and `verify-full` (chain and host name).
-#[derive(Debug)]
-struct Verified {
+struct Verifier {
     inner: Arc<WebPkiServerVerifier>,
-    check_name: bool,
+    check: Check,
 }
 
-impl ServerCertVerifier for Verified {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -163,13 +116,16 @@ impl ServerCertVerifier for Verified {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.check == Check::Nothing {
+            return Ok(ServerCertVerified::assertion());
+        }
         match self
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            )) if self.check == Check::Chain => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
