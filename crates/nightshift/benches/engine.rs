@@ -19,21 +19,6 @@ use serde_json::Value;
 mod common;
 use common::*;
 
-/// Gaps (ms) between one try's end and its successor's start, from the store.
-fn chain_gaps(dir: &Path, n: usize) -> Vec<f64> {
-    let doc: Value =
-        serde_json::from_slice(&nightshift(dir, &["tasks", "20240602_0000", "--json"]).stdout)
-            .unwrap();
-    let tasks = doc["tasks"].as_array().unwrap();
-    (1..n)
-        .map(|i| {
-            let prev = &tasks[i - 1]["tries"][0];
-            let next = &tasks[i]["tries"][0];
-            (ts_us(&next["start_time"]) - ts_us(&prev["end_time"])) as f64 / 1000.0
-        })
-        .collect()
-}
-
 fn seed_history(store: &Store, version: &str, runs: i64, tasks_per_run: i64) {
     store
         .sqlite()
@@ -75,15 +60,7 @@ fn rusqlite_params(r: i64, version: &str) -> (String, i64, i64, String) {
 /// and one active run.
 fn pass_time(history_runs: i64) -> (f64, i64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut src = header("active");
-    for i in 0..6 {
-        let dep = if i == 0 {
-            String::new()
-        } else {
-            format!("depends_on = [\"t{}\"]\n", i - 1)
-        };
-        src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
-    }
+    let src = header("active") + &chain_tasks(6);
     write(dir.path(), "pipelines/active.toml", &src);
     let project = nightshift_engine::project::load(dir.path()).unwrap();
     let store = Arc::new(Store::open(&project.store_location()).unwrap());
@@ -115,15 +92,7 @@ fn pass_time(history_runs: i64) -> (f64, i64) {
         Mode::Scheduler { until: None },
         Options::default(),
     );
-    let mut times = vec![];
-    for _ in 0..300 {
-        let t0 = Instant::now();
-        let out = engine.pass(now, true).unwrap();
-        times.push(t0.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(out.active_runs, 1);
-        assert_eq!(out.claimed, 0);
-    }
-    (median(times), tries)
+    (median_pass_ms(&mut engine, now, 300), tries)
 }
 
 fn rows_table_push(t: &mut Vec<[String; 4]>, a: String, b: String, c: String, d: String) {
@@ -138,15 +107,7 @@ fn main() {
     // 1. A 50-task chain of `true`: end of a task to start of its successor.
     {
         let dir = tempfile::tempdir().unwrap();
-        let mut src = header("chain");
-        for i in 0..50 {
-            let dep = if i == 0 {
-                String::new()
-            } else {
-                format!("depends_on = [\"t{}\"]\n", i - 1)
-            };
-            src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
-        }
+        let src = header("chain") + &chain_tasks(50);
         write(dir.path(), "pipelines/chain.toml", &src);
         nightshift(dir.path(), &["run", "chain", "--date", "2024-06-01"]);
         let ns = median(chain_gaps(dir.path(), 50));
@@ -168,19 +129,7 @@ fn main() {
             "nightshift.toml",
             &format!("parallelism = {parallelism}\n"),
         );
-        let mut src = header("fan");
-        src += "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n";
-        let mut mids = vec![];
-        for i in 0..198 {
-            src += &format!(
-                "[[task]]\nid = \"m{i}\"\ncommand = [\"true\"]\ndepends_on = [\"root\"]\n\n"
-            );
-            mids.push(format!("\"m{i}\""));
-        }
-        src += &format!(
-            "[[task]]\nid = \"join\"\ncommand = [\"true\"]\ndepends_on = [{}]\n",
-            mids.join(", ")
-        );
+        let src = header("fan") + &fan_tasks(198);
         write(dir.path(), "pipelines/fan.toml", &src);
         let floor = floor_fanout(198, parallelism).as_secs_f64() * 1000.0;
         let t0 = Instant::now();
@@ -270,8 +219,17 @@ fn main() {
         let request = serde_json::json!({
             "spec": {"connection": "shop", "tables": [{"name": "items", "sql": sql}], "output": "raw", "min_ratio": null, "on_incomplete": "fail"},
             "connection": {"kind": "sqlite", "path": db},
-            "project_dir": dir.path(), "ds": "2024-06-01", "start": "2024-06-01T00:00:00Z", "end": "2024-06-02T00:00:00Z",
-            "run_id": "20240602_0000", "history": {}
+            "project_dir": dir.path(),
+            "keys": nightshift_core::RunKeys {
+                pipeline: "bench".into(),
+                run_id: "20240602_0000".into(),
+                ds: jiff::civil::date(2024, 6, 1),
+                interval: nightshift_core::DataInterval {
+                    start: "2024-06-01T00:00:00Z".parse().unwrap(),
+                    end: "2024-06-02T00:00:00Z".parse().unwrap(),
+                },
+            },
+            "history": {}
         });
         let t0 = Instant::now();
         let out = Command::new(bin())

@@ -56,15 +56,7 @@ fn stop(mut c: Child) {
 /// finished tries and one active run.
 fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
     let dir = project(pg, db, "");
-    let mut src = header("active");
-    for i in 0..6 {
-        let dep = if i == 0 {
-            String::new()
-        } else {
-            format!("depends_on = [\"t{}\"]\n", i - 1)
-        };
-        src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
-    }
+    let src = header("active") + &chain_tasks(6);
     write(dir.path(), "pipelines/active.toml", &src);
     let project = nightshift_engine::project::load(dir.path()).unwrap();
     let store = Arc::new(Store::open(&project.store_location()).unwrap());
@@ -116,15 +108,7 @@ fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
         Mode::Scheduler { until: None },
         Options::default(),
     );
-    let mut times = vec![];
-    for _ in 0..200 {
-        let t0 = Instant::now();
-        let out = engine.pass(now, true).unwrap();
-        times.push(t0.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(out.active_runs, 1);
-        assert_eq!(out.claimed, 0);
-    }
-    (median(times), tries)
+    (median_pass_ms(&mut engine, now, 200), tries)
 }
 
 /// Keeps a row for the table, and shows it at once (a later figure may take long).
@@ -140,30 +124,10 @@ fn main() {
     // 1. A 50-task chain of `true` on PostgreSQL: end of a task to start of its successor.
     {
         let dir = project(&pg, "chain", "");
-        let mut src = header("chain");
-        for i in 0..50 {
-            let dep = if i == 0 {
-                String::new()
-            } else {
-                format!("depends_on = [\"t{}\"]\n", i - 1)
-            };
-            src += &format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n");
-        }
+        let src = header("chain") + &chain_tasks(50);
         write(dir.path(), "pipelines/chain.toml", &src);
         nightshift(dir.path(), &["run", "chain", "--date", "2024-06-01"]);
-        let doc: Value = serde_json::from_slice(
-            &nightshift(dir.path(), &["tasks", "20240602_0000", "--json"]).stdout,
-        )
-        .unwrap();
-        let tasks = doc["tasks"].as_array().unwrap();
-        let gaps: Vec<f64> = (1..50)
-            .map(|i| {
-                (ts_us(&tasks[i]["tries"][0]["start_time"])
-                    - ts_us(&tasks[i - 1]["tries"][0]["end_time"])) as f64
-                    / 1000.0
-            })
-            .collect();
-        let ns = median(gaps);
+        let ns = median(chain_gaps(dir.path(), 50));
         let floor = median(floor_chain(50));
         rows_push(
             &mut rows,
@@ -182,19 +146,7 @@ fn main() {
         let dir = project(&pg, "fan", &format!("parallelism = {slots}\n"));
         // One interval: yesterday's, created by `up` when it starts.
         let yesterday = jiff::Zoned::now().date().yesterday().unwrap().to_string();
-        let mut src = header("fan").replace("2024-06-01", &yesterday);
-        src += "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n";
-        let mut mids = vec![];
-        for i in 0..1000 {
-            src += &format!(
-                "[[task]]\nid = \"m{i}\"\ncommand = [\"true\"]\ndepends_on = [\"root\"]\n\n"
-            );
-            mids.push(format!("\"m{i}\""));
-        }
-        src += &format!(
-            "[[task]]\nid = \"join\"\ncommand = [\"true\"]\ndepends_on = [{}]\n",
-            mids.join(", ")
-        );
+        let src = header("fan").replace("2024-06-01", &yesterday) + &fan_tasks(1000);
         write(dir.path(), "pipelines/fan.toml", &src);
         // The workers first, so all four processes are there when `up` creates the run.
         let workers: Vec<Child> = (1..=3)

@@ -98,3 +98,65 @@ pub fn floor_fanout(width: usize, parallelism: usize) -> Duration {
     Command::new("true").status().unwrap();
     t0.elapsed()
 }
+
+/// Gaps (ms) between one try's end and its successor's start, from the store.
+pub fn chain_gaps(dir: &Path, n: usize) -> Vec<f64> {
+    let doc: Value =
+        serde_json::from_slice(&nightshift(dir, &["tasks", "20240602_0000", "--json"]).stdout)
+            .unwrap();
+    let tasks = doc["tasks"].as_array().unwrap();
+    (1..n)
+        .map(|i| {
+            let prev = &tasks[i - 1]["tries"][0];
+            let next = &tasks[i]["tries"][0];
+            (ts_us(&next["start_time"]) - ts_us(&prev["end_time"])) as f64 / 1000.0
+        })
+        .collect()
+}
+
+/// Tasks `t0` … `t{n-1}` of `true`, each depending on the one before.
+pub fn chain_tasks(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let dep = if i == 0 {
+                String::new()
+            } else {
+                format!("depends_on = [\"t{}\"]\n", i - 1)
+            };
+            format!("[[task]]\nid = \"t{i}\"\ncommand = [\"true\"]\n{dep}\n")
+        })
+        .collect()
+}
+
+/// A `root`, `width` tasks after it, and a `join` after them all; every one `true`.
+pub fn fan_tasks(width: usize) -> String {
+    let mut src = "[[task]]\nid = \"root\"\ncommand = [\"true\"]\n\n".to_owned();
+    let mut mids = vec![];
+    for i in 0..width {
+        src +=
+            &format!("[[task]]\nid = \"m{i}\"\ncommand = [\"true\"]\ndepends_on = [\"root\"]\n\n");
+        mids.push(format!("\"m{i}\""));
+    }
+    src + &format!(
+        "[[task]]\nid = \"join\"\ncommand = [\"true\"]\ndepends_on = [{}]\n",
+        mids.join(", ")
+    )
+}
+
+/// The median time (ms) of `n` scheduler passes over one active run whose first task runs
+/// elsewhere: every pass evaluates everything and claims nothing.
+pub fn median_pass_ms(
+    engine: &mut nightshift_engine::Engine,
+    now: jiff::Timestamp,
+    n: usize,
+) -> f64 {
+    let mut times = vec![];
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let out = engine.pass(now, true).unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(out.active_runs, 1);
+        assert_eq!(out.claimed, 0);
+    }
+    median(times)
+}
