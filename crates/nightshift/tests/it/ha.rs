@@ -30,6 +30,20 @@ fn chain(name: &str, start: &str) -> String {
            [[task]]\nid = \"b\"\ncommand = [\"sleep\", \"0.3\"]\ndepends_on = [\"a\"]\n"
 }
 
+/// Queues yesterday's run of pipeline `p` without a scheduler (whoever executes takes it).
+fn queue_yesterday(p: &TestProject) {
+    let out = p.run(&[
+        "backfill",
+        "p",
+        "--from",
+        &yesterday(),
+        "--to",
+        &yesterday(),
+        "--detach",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn host(name: &'static str) -> (&'static str, &'static str) {
     ("NIGHTSHIFT_HOSTNAME", name)
 }
@@ -219,16 +233,7 @@ fn a_frozen_worker_loses_its_try_its_child_is_killed_and_its_late_outcome_refuse
         p.read("w.stderr").contains("worker on")
     });
     // The run is created without a scheduler; the worker is the only one to take it.
-    let out = p.run(&[
-        "backfill",
-        "p",
-        "--from",
-        &yesterday(),
-        "--to",
-        &yesterday(),
-        "--detach",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    queue_yesterday(&p);
     p.wait_for("the worker to start try 1", || {
         !p.read("try1.pid").is_empty()
     });
@@ -443,16 +448,7 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     there.wait_for("the worker to start", || {
         there.read("w.stderr").contains("worker on")
     });
-    let out = here.run(&[
-        "backfill",
-        "p",
-        "--from",
-        &yesterday(),
-        "--to",
-        &yesterday(),
-        "--detach",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    queue_yesterday(&here);
     let run_id = here.runs_all("p")[0]["run_id"].as_str().unwrap().to_owned();
     here.wait_for("the try to start on the worker", || {
         here.tasks(&run_id)["tasks"][0]["tries"]
