@@ -3,7 +3,7 @@
 //! crates that consume them need not depend on the engine.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub enum Event {
     TaskEnded {
         pipeline: String,
         run_id: String,
+        /// The task instance's key in the store (its try is `(ti_pk, try_number)`).
+        ti_pk: i64,
         task_id: String,
         state: TaskState,
         try_number: u32,
@@ -67,6 +69,9 @@ pub struct Stats {
     pub writer_degraded: Arc<AtomicBool>,
     /// Intervals skipped because the pipeline has `catchup = false`, per pipeline.
     pub skipped: Mutex<HashMap<String, u64>>,
+    /// Scheduling passes made, and the time they took (µs): what the loop costs the store.
+    pub passes: AtomicU64,
+    pub pass_us: AtomicU64,
 }
 
 impl Stats {

@@ -4,21 +4,24 @@
 //!
 //! A thread with its own store connection reads what each running try's log file gained
 //! since the last look (the file only grows: the head, then the joined tail at the end, see
-//! [`crate::trylog`]) and appends it, keyed by byte offset, about once a second and once
-//! more after the try ends. It never touches supervision: a slow or absent store only
+//! [`crate::trylog`]) and appends it, keyed by byte offset, once a second and at once
+//! when the try ends. It never touches supervision: a slow or absent store only
 //! delays the copy, and the file on this host stays complete.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nightshift_store::{Location, Store};
 use tracing::warn;
 
 /// How much of a log one store write carries.
 const CHUNK: usize = 256 * 1024;
+
+/// How often the logs of running tries are looked at.
+const SWEEP: Duration = Duration::from_secs(1);
 
 enum Msg {
     Start {
@@ -75,61 +78,66 @@ impl Shipper {
 fn run(store: Store, rx: mpsc::Receiver<Msg>) {
     let mut live: HashMap<(i64, u32), Shipping> = HashMap::new();
     let mut warned = false;
+    let mut report = |r: Result<(), nightshift_store::Error>| match r {
+        Ok(()) => {
+            warned = false;
+            true
+        }
+        Err(e) => {
+            // The file keeps everything; the copy catches up when the store is back.
+            if !warned {
+                warn!(error = %e, "cannot ship try logs to the store; other hosts see them late");
+                warned = true;
+            }
+            false
+        }
+    };
+    let mut next_sweep = Instant::now() + SWEEP;
     loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(m) => accept(&mut live, m),
+        // A try that ended is shipped at once; running ones once a sweep. (Looking at every
+        // live file on every message costs a busy host more than its tasks do.)
+        match rx.recv_timeout(next_sweep.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Start {
+                ti,
+                try_number,
+                path,
+            }) => {
+                live.insert(
+                    (ti, try_number),
+                    Shipping {
+                        path,
+                        offset: 0,
+                        ended: false,
+                    },
+                );
+            }
+            Ok(Msg::End { ti, try_number }) => {
+                if let Some(s) = live.get_mut(&(ti, try_number)) {
+                    s.ended = true;
+                    if report(ship(&store, ti, try_number, s)) {
+                        live.remove(&(ti, try_number));
+                    }
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) if live.is_empty() => return,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(SWEEP),
         }
-        while let Ok(m) = rx.try_recv() {
-            accept(&mut live, m);
+        if Instant::now() < next_sweep {
+            continue;
         }
+        next_sweep = Instant::now() + SWEEP;
         let mut done = vec![];
         for (&(ti, try_number), s) in live.iter_mut() {
-            match ship(&store, ti, try_number, s) {
-                Ok(()) => {
-                    warned = false;
-                    if s.ended {
-                        done.push((ti, try_number));
-                    }
-                }
-                Err(e) => {
-                    // The file keeps everything; the copy catches up when the store is back.
-                    if !warned {
-                        warn!(error = %e, "cannot ship try logs to the store; other hosts see them late");
-                        warned = true;
-                    }
-                    break;
-                }
+            if !report(ship(&store, ti, try_number, s)) {
+                break;
+            }
+            if s.ended {
+                done.push((ti, try_number));
             }
         }
         for k in done {
             live.remove(&k);
-        }
-    }
-}
-
-fn accept(live: &mut HashMap<(i64, u32), Shipping>, m: Msg) {
-    match m {
-        Msg::Start {
-            ti,
-            try_number,
-            path,
-        } => {
-            live.insert(
-                (ti, try_number),
-                Shipping {
-                    path,
-                    offset: 0,
-                    ended: false,
-                },
-            );
-        }
-        Msg::End { ti, try_number } => {
-            if let Some(s) = live.get_mut(&(ti, try_number)) {
-                s.ended = true;
-            }
         }
     }
 }

@@ -468,6 +468,8 @@ fn run_concurrency_and_outcomes(s: &Fixture) {
     assert_eq!(t.pid, Some(7), "the pid recorded at spawn stays");
     assert_eq!(t.log_path.as_deref(), Some("logs/a.log"));
     assert_eq!(t.rows_loaded, Some(3));
+    assert_eq!(s.try_of(a, 1).unwrap().as_ref(), Some(t));
+    assert_eq!(s.try_of(a, 2).unwrap(), None);
     assert!(s.running_task_instances().unwrap().is_empty());
     assert!(s.finish_run(r1, RunState::Success, 9).unwrap());
     assert!(

@@ -184,6 +184,8 @@ interface! {
     /// whose interval starts before `before`, newest first.
     fn recent_metrics(&self, pipeline: &str, task_id: &str, before: i64, limit: u32) -> Result<Vec<String>>;
     fn tries(&self, run_pk: i64) -> Result<Vec<TryRow>>;
+    /// One try of a task instance.
+    fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>>;
     /// Puts a finished run back to be run again, on pipeline version `version` (the file as
     /// it is now: a rerun is how a fixed pipeline is applied to a failed day). New tries get
     /// new numbers and history stays. Tasks new in this version are added; tasks it no

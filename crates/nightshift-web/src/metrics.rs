@@ -11,8 +11,8 @@ use nightshift_core::RunState;
 use nightshift_core::event::Event;
 use nightshift_store::Store;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::AppState;
@@ -27,6 +27,8 @@ pub struct Metrics {
     loop_lag: Gauge,
     tasks: IntGaugeVec,
     skipped: IntCounterVec,
+    passes: IntCounter,
+    pass_seconds: Counter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -99,8 +101,20 @@ impl Metrics {
             &["pipeline"],
         )
         .expect("valid metric");
+        let passes = IntCounter::new(
+            "nightshift_scheduler_passes_total",
+            "Scheduling passes this process made over the active runs.",
+        )
+        .expect("valid metric");
+        let pass_seconds = Counter::new(
+            "nightshift_scheduler_pass_seconds_total",
+            "Time this process spent in scheduling passes.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(skipped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(passes.clone()),
+            Box::new(pass_seconds.clone()),
             Box::new(task_duration.clone()),
             Box::new(run_duration.clone()),
             Box::new(task_transitions.clone()),
@@ -121,6 +135,8 @@ impl Metrics {
             loop_lag,
             tasks,
             skipped,
+            passes,
+            pass_seconds,
         }
     }
 
@@ -129,7 +145,7 @@ impl Metrics {
         match e {
             Event::TaskEnded {
                 pipeline,
-                run_id,
+                ti_pk,
                 task_id,
                 state,
                 try_number,
@@ -138,17 +154,12 @@ impl Metrics {
                 self.task_transitions
                     .with_label_values(&[pipeline.as_str(), task_id, state.as_str()])
                     .inc();
+                // The one try, not the run's: a wide run ends a thousand tasks.
                 let dur = store
-                    .find_run(pipeline, run_id)
+                    .try_of(*ti_pk, *try_number)
                     .ok()
                     .flatten()
-                    .and_then(|r| {
-                        store.tries(r.pk).ok().and_then(|ts| {
-                            ts.into_iter()
-                                .find(|t| &t.task_id == task_id && t.try_number == *try_number)
-                                .and_then(|t| t.duration_ms)
-                        })
-                    });
+                    .and_then(|t| t.duration_ms);
                 if let Some(ms) = dur {
                     self.task_duration
                         .with_label_values(&[pipeline.as_str(), task_id, state.as_str()])
@@ -202,6 +213,12 @@ impl Metrics {
                 )
                 .as_secs_f64(),
             );
+            let passes = s.passes.load(std::sync::atomic::Ordering::Relaxed);
+            self.passes.inc_by(passes.saturating_sub(self.passes.get()));
+            let secs = s.pass_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+            if secs > self.pass_seconds.get() {
+                self.pass_seconds.inc_by(secs - self.pass_seconds.get());
+            }
             let skipped = s.skipped.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for (p, n) in skipped {
                 let c = self.skipped.with_label_values(&[p.as_str()]);

@@ -211,6 +211,7 @@ impl Engine {
             self.emit(Event::TaskEnded {
                 pipeline: run.pipeline.clone(),
                 run_id: run.run_id.clone(),
+                ti_pk: ti.pk,
                 task_id: ti.task_id.clone(),
                 state: ti.state,
                 try_number: ti.try_number,

@@ -17,7 +17,7 @@ use nightshift_core::time::{DataInterval, from_micros, to_micros};
 use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{Claim, Created, FinishTry, NewRun, NewTask, RunRow, Store, TiRow};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use claims::PassOutcome;
 pub use nightshift_core::event::{Event, Stats};
@@ -320,6 +320,11 @@ impl Engine {
     pub async fn run(mut self, mut shutdown: watch::Receiver<u32>) -> Result<(), Error> {
         let result = self.run_inner(&mut shutdown).await;
         self.settle_on_exit().await;
+        debug!(
+            passes = self.stats.passes.load(Ordering::Relaxed),
+            pass_ms = self.stats.pass_us.load(Ordering::Relaxed) / 1000,
+            "the loop's passes"
+        );
         // Gone cleanly: off the status list (with rows of processes dead for a day).
         if let Ok(now) = self.store.now_us() {
             let _ = self.store.forget_engine(&self.owner, now - 86_400_000_000);
@@ -491,7 +496,14 @@ impl Engine {
             // Taken before the pass: an outcome the writer records during the pass would
             // make the pass's view stale, and the clock must not jump on a stale view.
             let idle_before = self.running.is_empty() && !self.outcomes_pending();
-            let pass = match self.pass(now, !past_until) {
+            let pass_began = Instant::now();
+            let pass = self.pass(now, !past_until);
+            self.stats.passes.fetch_add(1, Ordering::Relaxed);
+            self.stats.pass_us.fetch_add(
+                u64::try_from(pass_began.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let pass = match pass {
                 Ok(p) => p,
                 Err(e) => {
                     self.store_trouble(e, shutdown).await?;

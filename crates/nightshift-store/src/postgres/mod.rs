@@ -13,6 +13,8 @@
 //! by the pool and a new one is made on next use, so the store reconnects by itself once the
 //! server is back. Until then every call fails fast with a transient error.
 //!
+//! Each connection keeps its prepared statements ([`conn`]).
+//!
 //! The driver (`postgres`) blocks on a runtime of its own, which tokio forbids on a thread
 //! that drives async tasks: a call made from such a thread (the engine's loop) runs on a
 //! short-lived helper thread instead ([`off_runtime`]).
@@ -27,9 +29,12 @@ use postgres::{Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use conn::{Conn, Manager, Tx};
+
 use crate::{Created, Error, NewRun, NewTask, PgLocation, Result, RunRow, TiRow, TryRow};
 
 mod alerts;
+mod conn;
 mod leases;
 mod ops;
 #[doc(hidden)]
@@ -38,7 +43,6 @@ mod tls;
 mod tries;
 mod views;
 
-type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 type Client = r2d2::PooledConnection<Manager>;
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -184,7 +188,7 @@ pub(crate) fn rows<T>(rows: Vec<Row>, f: impl Fn(&Row) -> Q<T>) -> Q<Vec<T>> {
 }
 
 pub(crate) fn event(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     at: i64,
     run: i64,
     task: Option<&str>,
@@ -201,7 +205,7 @@ pub(crate) fn event(
 
 /// Serialises, until the transaction ends, every transaction that takes the same named
 /// locks. Names are sorted first, so two transactions never wait on each other in a cycle.
-pub(crate) fn lock_names(tx: &mut Transaction<'_>, names: BTreeSet<String>) -> Q<()> {
+pub(crate) fn lock_names(tx: &mut Tx<'_>, names: BTreeSet<String>) -> Q<()> {
     for name in names {
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -280,8 +284,8 @@ struct Session {
     busy: Duration,
 }
 
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for Session {
-    fn on_acquire(&self, c: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
+impl r2d2::CustomizeConnection<Conn, postgres::Error> for Session {
+    fn on_acquire(&self, c: &mut Conn) -> std::result::Result<(), postgres::Error> {
         let lock_ms = self.busy.as_millis().max(1);
         let statement_ms = lock_ms + 30_000;
         c.batch_execute(&format!(
@@ -304,7 +308,7 @@ impl PgStore {
     pub fn open(pg: &PgLocation, busy: Duration) -> Result<PgStore> {
         let location = crate::location::redact_url(&pg.url);
         let (config, tls) = connect_config(pg)?;
-        let manager = PostgresConnectionManager::new(config, tls);
+        let manager = Manager(PostgresConnectionManager::new(config, tls));
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(0))
@@ -351,13 +355,10 @@ impl PgStore {
     }
 
     /// One transaction; rolled back when `f` fails.
-    pub(crate) fn write<T: Send>(
-        &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Q<T> + Send,
-    ) -> Result<T> {
+    pub(crate) fn write<T: Send>(&self, f: impl FnOnce(&mut Tx<'_>) -> Q<T> + Send) -> Result<T> {
         off_runtime(|| {
             let mut c = self.client()?;
-            let mut tx = c.transaction().map_err(|e| self.err(e.into()))?;
+            let mut tx = c.begin().map_err(|e| self.err(e.into()))?;
             let out = f(&mut tx).map_err(|e| self.err(e))?;
             tx.commit().map_err(|e| self.err(e.into()))?;
             Ok(out)
@@ -365,10 +366,7 @@ impl PgStore {
     }
 
     /// Reads outside an explicit transaction (each statement sees committed data).
-    pub(crate) fn read<T: Send>(
-        &self,
-        f: impl FnOnce(&mut postgres::Client) -> Q<T> + Send,
-    ) -> Result<T> {
+    pub(crate) fn read<T: Send>(&self, f: impl FnOnce(&mut Conn) -> Q<T> + Send) -> Result<T> {
         off_runtime(|| {
             let mut c = self.client()?;
             f(&mut c).map_err(|e| self.err(e))
@@ -455,11 +453,7 @@ impl PgStore {
     }
 
     /// Inserts one run and its task instances; `None` when the interval or run id is taken.
-    fn insert_run(
-        tx: &mut Transaction<'_>,
-        run: &NewRun<'_>,
-        tasks: &[NewTask<'_>],
-    ) -> Q<Option<i64>> {
+    fn insert_run(tx: &mut Tx<'_>, run: &NewRun<'_>, tasks: &[NewTask<'_>]) -> Q<Option<i64>> {
         let row = tx.query_opt(
             "INSERT INTO pipeline_runs (run_id, pipeline, logical_date, data_interval_start, data_interval_end, queued_at, status, \"trigger\", version)
              VALUES ($1, $2, $3, $4, $5, $6, 'QUEUED', $7, $8) ON CONFLICT DO NOTHING RETURNING id",

@@ -1,6 +1,6 @@
 //! Task instances, claims and tries: the writes fenced on (task instance, try, owner).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use nightshift_core::{RunState, TaskState};
 
@@ -26,19 +26,25 @@ impl PgStore {
         decisions: &[(String, TaskState)],
         now: i64,
     ) -> Result<usize> {
+        let tasks: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
+        let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
         self.write(|tx| {
-            let mut n = 0;
-            for (task, state) in decisions {
-                let changed = tx.execute(
-                    "UPDATE task_instances SET state = $3, updated_at = $4 WHERE run = $1 AND task_id = $2 AND state = 'PENDING'",
-                    &[&run_pk, task, &state.as_str(), &now],
-                )?;
-                if changed == 1 {
-                    event(tx, now, run_pk, Some(task), None, state.as_str(), None)?;
-                }
-                n += changed as usize;
-            }
-            Ok(n)
+            // Every engine reaches the same decisions from the same states: one decides the
+            // run's tasks at a time, the others then find them decided. (Without the lock,
+            // two set-wide updates could lock the same rows in different orders.)
+            lock_names(tx, BTreeSet::from([format!("run:{run_pk}")]))?;
+            // One statement for the whole set: a fan-out decides a thousand tasks at once.
+            let n = tx.execute(
+                "WITH d AS (SELECT * FROM unnest($2::TEXT[], $3::TEXT[]) AS d(task_id, state)),
+                      changed AS (
+                          UPDATE task_instances t SET state = d.state, updated_at = $4
+                          FROM d WHERE t.run = $1 AND t.task_id = d.task_id AND t.state = 'PENDING'
+                          RETURNING t.task_id, t.state)
+                 INSERT INTO task_events (at, run, task_id, try_number, state, detail)
+                 SELECT $4, $1, task_id, NULL, state, NULL FROM changed",
+                &[&run_pk, &tasks, &states, &now],
+            )?;
+            Ok(n as usize)
         })
     }
 
@@ -62,44 +68,82 @@ impl PgStore {
                 }
             }
             lock_names(tx, names)?;
-            // The instances this batch may take: claimable, and not held by a claimer that has
-            // not committed yet (skipped, not waited for).
+            // The instances this batch may take: claimable now, and not held by a claimer
+            // that has not committed yet (skipped, not waited for). Locked from here on, so
+            // the update below finds them as they are now.
             let ids: Vec<i64> = claims.iter().map(|c| c.ti_pk).collect();
+            let nows: Vec<i64> = claims.iter().map(|c| c.now).collect();
             let free: HashSet<i64> = tx
                 .query(
-                    "SELECT id FROM task_instances WHERE id = ANY($1) AND state IN ('QUEUED', 'UP_FOR_RETRY') FOR UPDATE SKIP LOCKED",
-                    &[&ids],
+                    "SELECT t.id FROM task_instances t JOIN unnest($1::BIGINT[], $2::BIGINT[]) AS c(id, now) ON t.id = c.id
+                     WHERE t.state IN ('QUEUED', 'UP_FOR_RETRY') AND (t.next_try_at IS NULL OR t.next_try_at <= c.now)
+                     FOR UPDATE OF t SKIP LOCKED",
+                    &[&ids, &nows],
                 )?
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<std::result::Result<_, _>>()?;
-            let mut out = Vec::with_capacity(claims.len());
-            for c in claims {
+            // What runs now in the pipelines and pools concerned, counted once: the locks
+            // above keep the counts true until this transaction ends.
+            let pipelines: Vec<&str> = claims.iter().map(|c| c.pipeline_limit.0).collect::<BTreeSet<_>>().into_iter().collect();
+            let pools: Vec<&str> = claims.iter().filter_map(|c| c.pool.map(|p| p.0)).collect::<BTreeSet<_>>().into_iter().collect();
+            let mut running: HashMap<(bool, String), i64> = HashMap::new();
+            for r in tx.query(
+                "SELECT TRUE, pipeline, COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = ANY($1) GROUP BY pipeline
+                 UNION ALL
+                 SELECT FALSE, pool, COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = ANY($2) GROUP BY pool",
+                &[&pipelines, &pools],
+            )? {
+                running.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+            }
+            // Taken in the order given, as long as the limits allow.
+            let mut take: Vec<usize> = vec![];
+            for (i, c) in claims.iter().enumerate() {
                 if !free.contains(&c.ti_pk) {
-                    out.push(None);
                     continue;
                 }
-                let (pool, slots) = c.pool.map(|(p, s)| (Some(p), s)).unwrap_or((None, 0));
-                let claimed = tx.query_opt(
-                    "UPDATE task_instances
-                     SET state = 'RUNNING', try_number = try_number + 1, owner = $2, host = $3, lease_until = $4,
-                         pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = $5
-                     WHERE id = $1 AND state IN ('QUEUED', 'UP_FOR_RETRY') AND (next_try_at IS NULL OR next_try_at <= $5)
-                       AND ($6::TEXT IS NULL OR (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = $6) < $7)
-                       AND (SELECT COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = $8) < $9
-                     RETURNING try_number, run, task_id",
-                    &[&c.ti_pk, &c.owner, &c.host, &c.lease_until, &c.now, &pool, &i64::from(slots), &c.pipeline_limit.0, &i64::from(c.pipeline_limit.1)],
-                )?;
-                let Some(row) = claimed else {
-                    out.push(None);
+                let in_pipeline = running.get(&(true, c.pipeline_limit.0.to_owned())).copied().unwrap_or(0);
+                if in_pipeline >= i64::from(c.pipeline_limit.1) {
                     continue;
-                };
-                let (n, run, task): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                tx.execute(
-                    "INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host) VALUES ($1, $2, $3, $4, 'RUNNING', $5, $6)",
-                    &[&c.ti_pk, &run, &task, &n, &c.now, &c.host],
-                )?;
-                out.push(Some(u32_of(n)));
+                }
+                if let Some((pool, slots)) = c.pool {
+                    let in_pool = running.entry((false, pool.to_owned())).or_insert(0);
+                    if *in_pool >= i64::from(slots) {
+                        continue;
+                    }
+                    *in_pool += 1;
+                }
+                *running.entry((true, c.pipeline_limit.0.to_owned())).or_insert(0) += 1;
+                take.push(i);
+            }
+            let mut out = vec![None; claims.len()];
+            if take.is_empty() {
+                return Ok(out);
+            }
+            let col = |f: &dyn Fn(&Claim<'_>) -> i64| take.iter().map(|&i| f(&claims[i])).collect::<Vec<i64>>();
+            let (ids, leases, nows) = (col(&|c| c.ti_pk), col(&|c| c.lease_until), col(&|c| c.now));
+            let owners: Vec<&str> = take.iter().map(|&i| claims[i].owner).collect();
+            let hosts: Vec<&str> = take.iter().map(|&i| claims[i].host).collect();
+            // The claim and its try row in one statement.
+            let claimed = tx.query(
+                "WITH c AS (SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[]) AS c(id, owner, host, lease_until, now)),
+                      claimed AS (
+                          UPDATE task_instances t
+                          SET state = 'RUNNING', try_number = t.try_number + 1, owner = c.owner, host = c.host, lease_until = c.lease_until,
+                              pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = c.now
+                          FROM c WHERE t.id = c.id AND t.state IN ('QUEUED', 'UP_FOR_RETRY')
+                          RETURNING t.id, t.run, t.task_id, t.try_number, c.now, c.host)
+                 INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host)
+                 SELECT id, run, task_id, try_number, 'RUNNING', now, host FROM claimed
+                 RETURNING ti, try_number",
+                &[&ids, &owners, &hosts, &leases, &nows],
+            )?;
+            let mut numbers: HashMap<i64, u32> = HashMap::new();
+            for r in claimed {
+                numbers.insert(r.try_get(0)?, u32_of(r.try_get(1)?));
+            }
+            for &i in &take {
+                out[i] = numbers.get(&claims[i].ti_pk).copied();
             }
             Ok(out)
         })
@@ -261,6 +305,18 @@ impl PgStore {
         })
     }
 
+    pub fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>> {
+        self.read(|c| {
+            c.query_opt(
+                &format!("SELECT {TRY_COLS} FROM task_tries WHERE ti = $1 AND try_number = $2"),
+                &[&ti_pk, &i64::from(try_number)],
+            )?
+            .as_ref()
+            .map(try_row)
+            .transpose()
+        })
+    }
+
     pub fn record_dbt_nodes(
         &self,
         run: i64,
@@ -272,13 +328,10 @@ impl PgStore {
         let try_number = i64::from(try_number);
         self.write(|tx| {
             tx.execute("DELETE FROM dbt_nodes WHERE ti = $1 AND try_number = $2", &[&ti, &try_number])?;
-            let stmt = tx.prepare(
-                "INSERT INTO dbt_nodes (run, ti, try_number, task_id, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )?;
             for n in nodes {
                 tx.execute(
-                    &stmt,
+                    "INSERT INTO dbt_nodes (run, ti, try_number, task_id, unique_id, resource_type, status, execution_time, failures, rows_affected, message, invocation_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     &[&run, &ti, &try_number, &task_id, &n.unique_id, &n.resource_type, &n.status, &n.execution_time, &n.failures, &n.rows_affected, &n.message, &n.invocation_id],
                 )?;
             }

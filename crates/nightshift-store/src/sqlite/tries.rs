@@ -202,6 +202,16 @@ impl SqliteStore {
         })
     }
 
+    pub fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TRY_COLS} FROM task_tries WHERE ti = ?1 AND try_number = ?2"
+            ))?
+            .query_row(params![ti_pk, try_number], try_row)
+            .optional()
+        })
+    }
+
     pub fn record_dbt_nodes(
         &self,
         run: i64,

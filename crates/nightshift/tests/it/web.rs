@@ -305,6 +305,16 @@ fn a_running_tries_log_tails_and_metrics_count_what_ran() {
     ] {
         assert!(metrics.contains(needle), "{needle}\n{metrics}");
     }
+    // The loop's own cost: it made passes, and they took time.
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert!(figure("nightshift_scheduler_passes_total") >= 1.0);
+    assert!(figure("nightshift_scheduler_pass_seconds_total") > 0.0);
     promtool_check(&metrics);
     sigterm(&up);
     up.wait().unwrap();
