@@ -35,7 +35,7 @@ fn project(pg: &TestCluster, db: &str, extra: &str) -> tempfile::TempDir {
 /// Starts a long-lived process. `NIGHTSHIFT_BENCH_LOGS=DIR` keeps each one's stderr in
 /// `DIR/<host>.log` (with `NIGHTSHIFT_LOG=nightshift_engine::engine=debug`, the loop's
 /// pass count and time are among it).
-fn spawn(dir: &Path, args: &[&str], host: &str) -> Child {
+fn spawn(dir: &Path, args: &[&str], host: &str) -> Running {
     let stderr = match std::env::var_os("NIGHTSHIFT_BENCH_LOGS") {
         Some(logs) => Stdio::from(
             std::fs::File::create(Path::new(&logs).join(format!("{host}.log"))).unwrap(),
@@ -51,14 +51,27 @@ fn spawn(dir: &Path, args: &[&str], host: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(Running)
         .unwrap()
 }
 
-fn stop(mut c: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
-    let _ = c.wait();
+/// A process the bench started, stopped (SIGTERM, then waited for) when dropped: a bench
+/// that panics midway leaves nothing running against its stopped cluster.
+struct Running(Child);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 /// Median time of one scheduler pass over a PostgreSQL store holding `history_runs` × 5
@@ -164,7 +177,7 @@ fn main() {
         let src = header("fan").replace("2024-06-01", &yesterday) + &fan_tasks(1000);
         write(dir.path(), "pipelines/fan.toml", &src);
         // The workers first, so all four processes are there when `up` creates the run.
-        let workers: Vec<Child> = (1..=3)
+        let workers: Vec<Running> = (1..=3)
             .map(|i| spawn(dir.path(), &["worker"], &format!("bench-w{i}")))
             .collect();
         std::thread::sleep(Duration::from_secs(2));
@@ -188,9 +201,9 @@ fn main() {
         let status: Value =
             serde_json::from_slice(&nightshift(dir.path(), &["status", "--json"]).stdout).unwrap();
         let worker_rss: Vec<u64> = workers.iter().map(|w| rss_kb(w.id())).collect();
-        stop(up);
+        drop(up);
         for w in workers {
-            stop(w);
+            drop(w);
         }
         let hosts: std::collections::BTreeSet<String> = {
             let doc: Value = serde_json::from_slice(
@@ -265,7 +278,7 @@ fn main() {
         let floor = rss_kb(sleeper.id());
         let _ = sleeper.kill();
         let _ = sleeper.wait();
-        stop(w);
+        drop(w);
         rows_push(
             &mut rows,
             [
