@@ -14,6 +14,8 @@
 //! is swapped in.
 
 mod partition;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod publish;
 mod sqlite;
 
@@ -27,6 +29,36 @@ use nightshift_core::project::Connection;
 
 pub use partition::{PartitionWriter, swap_in};
 pub use publish::publish;
+
+/// Rows per Arrow batch: a source is read and written this many rows at a time.
+const BATCH: usize = 65_536;
+
+/// What a query's keys and the lineage columns are filled from.
+pub(crate) struct Params<'a> {
+    pub keys: &'a nightshift_core::RunKeys,
+    /// Stamped into every row with `run_id`, for lineage and source freshness checks.
+    pub extracted_at: &'a str,
+}
+
+/// Columns added to every extracted row: which run loaded it, and when.
+pub(crate) const LINEAGE: [&str; 2] = ["_run_id", "_extracted_at"];
+
+/// The lineage columns of a batch of `n` rows, for those the query does not select itself.
+pub(crate) fn lineage_arrays(
+    names: &[String],
+    p: &Params<'_>,
+    n: usize,
+) -> Vec<arrow_array::ArrayRef> {
+    LINEAGE
+        .iter()
+        .zip([p.keys.run_id.as_str(), p.extracted_at])
+        .filter(|(name, _)| !names.iter().any(|c| c == *name))
+        .map(|(_, value)| {
+            std::sync::Arc::new(arrow_array::StringArray::from(vec![value; n]))
+                as arrow_array::ArrayRef
+        })
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,28 +140,37 @@ fn completeness(table: &str, rows: i64, history: &[i64], min_ratio: Option<f64>)
     })
 }
 
-/// A sensor's SQL condition on a SQLite source, for the run's interval.
+/// A sensor's SQL condition on its connection, for the run's interval.
 pub fn condition_holds(
     req: &nightshift_core::kinds::SensorRequest,
     sql: &str,
 ) -> Result<bool, Error> {
-    let Some(Connection::Sqlite { path }) = &req.connection else {
-        return Err(Error::Condition("the sensor has no connection".to_owned()));
-    };
-    if !Path::new(path).exists() {
-        return Err(Error::Condition(format!(
-            "the source database `{path}` does not exist"
-        )));
-    }
-    let conn = sqlite::open(path)?;
-    let params = sqlite::Params {
+    let params = Params {
         keys: &req.keys,
         extracted_at: "",
     };
-    sqlite::holds(&conn, sql, &params).map_err(|message| Error::Table {
+    let table = |message: String| Error::Table {
         table: "(sensor)".to_owned(),
         message,
-    })
+    };
+    match &req.connection {
+        Some(Connection::Sqlite { path }) => {
+            if !Path::new(path).exists() {
+                return Err(Error::Condition(format!(
+                    "the source database `{path}` does not exist"
+                )));
+            }
+            let conn = sqlite::open(path)?;
+            sqlite::holds(&conn, sql, &params).map_err(table)
+        }
+        #[cfg(feature = "postgres")]
+        Some(pg @ Connection::Postgres { .. }) => on_postgres(pg, &params, |tx| {
+            postgres_source::holds(tx, sql).map_err(table)
+        }),
+        #[cfg(not(feature = "postgres"))]
+        Some(Connection::Postgres { .. }) => Err(without_postgres()),
+        None => Err(Error::Condition("the sensor has no connection".to_owned())),
+    }
 }
 
 /// Runs a `sql` try: its statements in one transaction on its connection, with the run's
@@ -138,13 +179,17 @@ pub fn execute(
     req: &nightshift_core::kinds::SqlRequest,
     metrics: Option<&Path>,
 ) -> Result<Vec<usize>, Error> {
-    let Connection::Sqlite { path } = &req.connection;
+    let Connection::Sqlite { path } = &req.connection else {
+        return Err(Error::Statement(
+            "the `sql` kind runs on SQLite connections only, for now".to_owned(),
+        ));
+    };
     if !Path::new(path).exists() {
         return Err(Error::Statement(format!(
             "the database `{path}` does not exist"
         )));
     }
-    let params = sqlite::Params {
+    let params = Params {
         keys: &req.keys,
         extracted_at: "",
     };
@@ -174,6 +219,117 @@ fn append_metrics(path: &Path, figures: &BTreeMap<String, f64>) -> Result<(), Er
     writeln!(f, "{line}").map_err(werr)
 }
 
+/// Where an extract reads its tables: one snapshot of one source.
+trait Source {
+    /// The rows the query selects for the interval.
+    fn count(&mut self, sql: &str, p: &Params<'_>) -> Result<i64, String>;
+    /// Streams the query's rows into the partition; returns how many.
+    fn read_into(
+        &mut self,
+        sql: &str,
+        p: &Params<'_>,
+        out: &mut PartitionWriter,
+    ) -> Result<i64, String>;
+}
+
+impl Source for rusqlite::Transaction<'_> {
+    fn count(&mut self, sql: &str, p: &Params<'_>) -> Result<i64, String> {
+        sqlite::count(self, sql, p)
+    }
+
+    fn read_into(
+        &mut self,
+        sql: &str,
+        p: &Params<'_>,
+        out: &mut PartitionWriter,
+    ) -> Result<i64, String> {
+        sqlite::read_into(self, sql, p, out)
+    }
+}
+
+#[cfg(feature = "postgres")]
+use postgres as postgres_source;
+
+#[cfg(feature = "postgres")]
+impl Source for ::postgres::Transaction<'_> {
+    fn count(&mut self, sql: &str, _: &Params<'_>) -> Result<i64, String> {
+        postgres_source::count(self, sql)
+    }
+
+    fn read_into(
+        &mut self,
+        sql: &str,
+        p: &Params<'_>,
+        out: &mut PartitionWriter,
+    ) -> Result<i64, String> {
+        postgres_source::read_into(self, sql, p, out)
+    }
+}
+
+/// The crate's one reader of the environment: a connection's URL named by `url_env`.
+#[cfg(feature = "postgres")]
+#[allow(clippy::disallowed_methods)]
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Runs `f` in one read-only snapshot of a PostgreSQL connection with the run's keys set.
+/// On a thread of its own: the driver blocks on a runtime of its own, which cannot run
+/// inside the command's.
+#[cfg(feature = "postgres")]
+fn on_postgres<T: Send>(
+    connection: &Connection,
+    p: &Params<'_>,
+    f: impl FnOnce(&mut ::postgres::Transaction<'_>) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    let Connection::Postgres {
+        url,
+        url_env,
+        password_env,
+    } = connection
+    else {
+        return Err(Error::Statement("not a PostgreSQL connection".to_owned()));
+    };
+    let source = |message: String| Error::Table {
+        table: "(connection)".to_owned(),
+        message,
+    };
+    let url = match (url, url_env) {
+        (Some(u), _) => u.clone(),
+        (None, Some(var)) => env_var(var).ok_or_else(|| {
+            source(format!(
+                "`url_env` names `{var}`, which is not set; export it with the database's URL"
+            ))
+        })?,
+        (None, None) => return Err(source("the connection has no URL".to_owned())),
+    };
+    let location = nightshift_store::PgLocation {
+        url,
+        password_env: password_env.clone(),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut client =
+                nightshift_store::postgres::connect(&location, "the connection").map_err(source)?;
+            let mut tx = postgres_source::begin(&mut client, p).map_err(source)?;
+            let out = f(&mut tx)?;
+            drop(tx);
+            Ok(out)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(source(
+                "the PostgreSQL reader stopped unexpectedly".to_owned(),
+            ))
+        })
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+fn without_postgres() -> Error {
+    Error::Statement("this nightshift was built without PostgreSQL connections".to_owned())
+}
+
 /// Runs one extract: reads every table for the interval, checks counts, swaps the
 /// partitions in, and writes the figures to `metrics` (the `NIGHTSHIFT_METRICS` file).
 pub fn run(
@@ -182,35 +338,62 @@ pub fn run(
     metrics: Option<&Path>,
     log: &mut dyn Write,
 ) -> Result<Summary, Error> {
-    let Connection::Sqlite { path } = &req.connection;
-    let source = sqlite::open(path)?;
-    let tx = source.unchecked_transaction().map_err(|e| Error::Source {
-        path: path.clone(),
-        source: e,
-    })?;
-    let output = Path::new(&req.project_dir).join(&req.spec.output);
     // `_extracted_at` is when the rows were loaded, which dbt's source freshness compares
     // with the warehouse's clock: the caller passes the real one.
     let extracted_at = clock.now().to_string();
-    let params = sqlite::Params {
+    let params = Params {
         keys: &req.keys,
         extracted_at: &extracted_at,
     };
+    let summary = match &req.connection {
+        Connection::Sqlite { path } => {
+            let conn = sqlite::open(path)?;
+            let mut tx = conn.unchecked_transaction().map_err(|e| Error::Source {
+                path: path.clone(),
+                source: e,
+            })?;
+            extract_from(&mut tx, req, &params, log)?
+        }
+        #[cfg(not(feature = "postgres"))]
+        Connection::Postgres { .. } => return Err(without_postgres()),
+        #[cfg(feature = "postgres")]
+        pg @ Connection::Postgres { .. } => {
+            let mut buffered = vec![];
+            let s = on_postgres(pg, &params, |tx| {
+                extract_from(tx, req, &params, &mut buffered)
+            })?;
+            let _ = log.write_all(&buffered);
+            s
+        }
+    };
+    if let Some(m) = metrics {
+        append_metrics(m, &summary.metrics())?;
+    }
+    Ok(summary)
+}
+
+/// Reads every table from one snapshot, checks it, then swaps all partitions in.
+fn extract_from(
+    source: &mut dyn Source,
+    req: &ExtractRequest,
+    params: &Params<'_>,
+    log: &mut dyn Write,
+) -> Result<Summary, Error> {
+    let output = Path::new(&req.project_dir).join(&req.spec.output);
     let ds = req.keys.ds_text();
     let mut staged = vec![];
     let mut warnings = vec![];
     for table in &req.spec.tables {
         let dir = output.join(&table.name);
         let mut writer = PartitionWriter::new(&dir, &ds)?;
-        let expected = sqlite::count(&tx, &table.sql, &params).map_err(|e| Error::Table {
+        let in_table = |message: String| Error::Table {
             table: table.name.clone(),
-            message: e,
-        })?;
-        let rows =
-            sqlite::read_into(&tx, &table.sql, &params, &mut writer).map_err(|e| Error::Table {
-                table: table.name.clone(),
-                message: e,
-            })?;
+            message,
+        };
+        let expected = source.count(&table.sql, params).map_err(in_table)?;
+        let rows = source
+            .read_into(&table.sql, params, &mut writer)
+            .map_err(in_table)?;
         if rows != expected {
             return Err(Error::CountMismatch {
                 table: table.name.clone(),
@@ -240,7 +423,6 @@ pub fn run(
         );
         staged.push((table.name.clone(), rows, bytes, writer));
     }
-    drop(tx);
     let mut tables = vec![];
     for (table, rows, bytes, writer) in staged {
         let partition = swap_in(writer)?;
@@ -252,11 +434,7 @@ pub fn run(
             partition,
         });
     }
-    let summary = Summary { tables, warnings };
-    if let Some(m) = metrics {
-        append_metrics(m, &summary.metrics())?;
-    }
-    Ok(summary)
+    Ok(Summary { tables, warnings })
 }
 
 #[cfg(test)]

@@ -8,18 +8,7 @@ use arrow_schema::{DataType, Field, Schema};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Statement};
 
-use crate::{Error, PartitionWriter};
-
-const BATCH: usize = 65_536;
-
-pub(crate) struct Params<'a> {
-    pub keys: &'a nightshift_core::RunKeys,
-    /// Stamped into every row with `run_id`, for lineage and source freshness checks.
-    pub extracted_at: &'a str,
-}
-
-/// Columns added to every extracted row: which run loaded it, and when.
-pub(crate) const LINEAGE: [&str; 2] = ["_run_id", "_extracted_at"];
+use crate::{BATCH, Error, LINEAGE, Params, PartitionWriter, lineage_arrays};
 
 pub(crate) fn open(path: &str) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
@@ -276,13 +265,7 @@ pub(crate) fn read_into(
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (name, value) in LINEAGE.iter().zip([p.keys.run_id.as_str(), p.extracted_at]) {
-            if !names.iter().any(|c| c == name) {
-                let constant: ArrayRef =
-                    Arc::new(arrow_array::StringArray::from(vec![value; n as usize]));
-                arrays.push(constant);
-            }
-        }
+        arrays.extend(lineage_arrays(&names, p, n as usize));
         let batch = RecordBatch::try_new(s, arrays).map_err(|e| e.to_string())?;
         out.write(&batch).map_err(|e| e.to_string())?;
         for b in buf.iter_mut() {

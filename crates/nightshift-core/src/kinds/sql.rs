@@ -42,6 +42,17 @@ fn read(
     let connection = r.string("connection", diags);
     if let Some(c) = &connection {
         check_connection(c, id, settings, diags);
+        if let Some(crate::project::Connection::Postgres { .. }) =
+            settings.connections.get(&c.value)
+        {
+            diags.push(
+                Diagnostic::error(
+                    format!("sql task `{id}`: `{}` is a PostgreSQL connection, and the `sql` kind runs on SQLite connections only for now", c.value),
+                    Some(c.span.clone()),
+                )
+                .with_help("run the statements from a `command` task with `psql`, or in a dbt model"),
+            );
+        }
     } else if !r.has("connection") {
         diags.push(
             Diagnostic::error(

@@ -209,6 +209,14 @@ pub enum Channel {
 pub enum Connection {
     /// A SQLite file, relative to the project folder.
     Sqlite { path: String },
+    /// A PostgreSQL database: its URL (`sslmode` and `sslrootcert` as libpq reads them)
+    /// written in the file or read from `url_env`, and its password from `password_env`
+    /// or else `PGPASSWORD`.
+    Postgres {
+        url: Option<String>,
+        url_env: Option<String>,
+        password_env: Option<String>,
+    },
 }
 
 impl Default for ProjectSettings {
@@ -270,6 +278,51 @@ mod tests {
             let (s, d) = parse_settings(&format!("[store]\n{bad}\n"));
             assert_eq!(d.len(), 1, "{bad}: {d:?}");
             assert!(s.store_url.is_none());
+        }
+    }
+
+    #[test]
+    fn reads_postgres_connections_without_passwords() {
+        let (s, d) = parse_settings(
+            "[connections.oltp]\nkind = \"postgres\"\nurl = \"postgresql://reader@db:5432/shop?sslmode=require\"\npassword_env = \"SHOP_PW\"\n[connections.wh]\nkind = \"postgres\"\nurl_env = \"WAREHOUSE_URL\"\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(
+            s.connections["oltp"],
+            Connection::Postgres {
+                url: Some("postgresql://reader@db:5432/shop?sslmode=require".into()),
+                url_env: None,
+                password_env: Some("SHOP_PW".into()),
+            }
+        );
+        assert_eq!(
+            s.connections["wh"],
+            Connection::Postgres {
+                url: None,
+                url_env: Some("WAREHOUSE_URL".into()),
+                password_env: None,
+            }
+        );
+        for (bad, says) in [
+            (
+                "url = \"postgresql://r:hunter2@db/shop\"",
+                "holds a password",
+            ),
+            (
+                "url = \"postgresql://db/shop?password=x\"",
+                "holds a password",
+            ),
+            ("url = \"mysql://db/shop\"", "is not a PostgreSQL URL"),
+            (
+                "url = \"postgresql://db/shop\"\nurl_env = \"U\"",
+                "both `url` and `url_env`",
+            ),
+            ("password_env = \"P\"", "needs a `url` or a `url_env`"),
+        ] {
+            let (s, d) = parse_settings(&format!("[connections.x]\nkind = \"postgres\"\n{bad}\n"));
+            assert_eq!(d.len(), 1, "{bad}: {d:?}");
+            assert!(d[0].message.contains(says), "{bad}: {}", d[0].message);
+            assert!(s.connections.is_empty());
         }
     }
 

@@ -40,7 +40,7 @@ pub(super) const COMMAND_KEYS: &[&str] = &["command"];
 const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
 const WEB_KEYS: &[&str] = &["bind", "token", "token_env"];
 const RETENTION_KEYS: &[&str] = &["max_age"];
-const CONNECTION_KEYS: &[&str] = &["kind", "path"];
+const CONNECTION_KEYS: &[&str] = &["kind", "path", "url", "url_env", "password_env"];
 const STORE_KEYS: &[&str] = &["path", "url", "password_env"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
 const DEFAULT_KEYS: &[&str] = &["retries", "timeout"];
@@ -303,12 +303,17 @@ fn read_connections(
                     Some(v.span()),
                 )),
             },
+            Some("postgres") => {
+                if let Some(c) = read_postgres_connection(&r, &label, v.span(), diags) {
+                    s.connections.insert(name.get_ref().to_string(), c);
+                }
+            }
             Some(other) => diags.push(
                 Diagnostic::error(
                     format!("unknown connection kind `{other}` in {label}"),
                     kind.map(|k| k.span),
                 )
-                .with_help("use `sqlite`"),
+                .with_help("use `sqlite` or `postgres`"),
             ),
             None => diags.push(
                 Diagnostic::error(format!("{label} needs a `kind`"), Some(v.span()))
@@ -317,6 +322,61 @@ fn read_connections(
         }
         r.finish(diags);
     }
+}
+
+/// `url` or `url_env`, and `password_env`; a password never comes from the file.
+fn read_postgres_connection(
+    r: &TableReader<'_, '_>,
+    label: &str,
+    span: Span,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Connection> {
+    let url = r.string("url", diags);
+    let url_env = r.string("url_env", diags);
+    let password_env = r.string("password_env", diags);
+    let before = diags.len();
+    if let Some(u) = &url {
+        let text = u.value.trim();
+        if !(text.starts_with("postgresql://") || text.starts_with("postgres://")) {
+            diags.push(
+                Diagnostic::error(
+                    format!("`url` of {label} is not a PostgreSQL URL: `{text}`"),
+                    Some(u.span.clone()),
+                )
+                .with_help("write it as `postgresql://user@host:5432/database`"),
+            );
+        } else if url_has_password(text) {
+            diags.push(
+                Diagnostic::error(format!("`url` of {label} holds a password"), Some(u.span.clone())).with_help(
+                    "passwords never go in project files: remove it from the URL and name a variable with `password_env` (or export PGPASSWORD)",
+                ),
+            );
+        }
+    }
+    for v in [&url_env, &password_env].into_iter().flatten() {
+        if v.value.trim().is_empty() {
+            diags.push(Diagnostic::error(
+                format!("an empty variable name in {label}"),
+                Some(v.span.clone()),
+            ));
+        }
+    }
+    match (&url, &url_env) {
+        (Some(_), Some(e)) => diags.push(
+            Diagnostic::error(format!("{label} has both `url` and `url_env`"), Some(e.span.clone()))
+                .with_help("keep one: `url` in the file, or `url_env` naming the variable that holds it"),
+        ),
+        (None, None) => diags.push(
+            Diagnostic::error(format!("{label} needs a `url` or a `url_env`"), Some(span))
+                .with_help("e.g. `url = \"postgresql://reader@db:5432/shop?sslmode=require\"` and `password_env = \"SHOP_PASSWORD\"`"),
+        ),
+        _ => {}
+    }
+    (diags.len() == before).then(|| Connection::Postgres {
+        url: url.map(|u| u.value.trim().to_owned()),
+        url_env: url_env.map(|v| v.value),
+        password_env: password_env.map(|v| v.value),
+    })
 }
 
 fn read_alerts(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut Vec<Diagnostic>) {

@@ -129,6 +129,8 @@ fn resolve_connection(
         Some(Connection::Sqlite { path }) => Ok(Connection::Sqlite {
             path: c.project_dir.join(path).to_string_lossy().into_owned(),
         }),
+        // Its URL and password stay in the environment, named, until the child connects.
+        Some(pg @ Connection::Postgres { .. }) => Ok(pg.clone()),
         None => Err(format!("unknown connection `{name}`")),
     }
 }

@@ -215,11 +215,12 @@ pub(crate) fn lock_names(tx: &mut Tx<'_>, names: BTreeSet<String>) -> Q<()> {
     Ok(())
 }
 
-/// The driver's settings and TLS connector for a store location.
-fn connect_config(pg: &PgLocation) -> Result<(postgres::Config, MakeRustlsConnect)> {
+/// The driver's settings and TLS connector for a database at `pg`; `what` names it in
+/// messages ("the PostgreSQL store", "connection `shop`").
+fn connect_config(pg: &PgLocation, what: &str) -> Result<(postgres::Config, MakeRustlsConnect)> {
     let config_err = |msg: String| {
         Error::Config(format!(
-            "the PostgreSQL store `{}`: {msg}",
+            "{what} `{}`: {msg}",
             crate::location::redact_url(&pg.url)
         ))
     };
@@ -278,6 +279,30 @@ fn connect_config(pg: &PgLocation) -> Result<(postgres::Config, MakeRustlsConnec
     Ok((config, tls))
 }
 
+/// One connection, outside any pool, to a database nightshift reads from or loads into (a
+/// `postgres` connection of the project): the store's rules for the URL (`sslmode`,
+/// `sslrootcert`) and the password (`password_env`, else `PGPASSWORD`). Blocks: call it
+/// off any tokio runtime, as with the client it returns.
+pub fn connect(pg: &PgLocation, what: &str) -> std::result::Result<postgres::Client, String> {
+    let (config, tls) = connect_config(pg, what).map_err(|e| e.to_string())?;
+    config.connect(tls).map_err(|e| {
+        format!(
+            "{what} `{}`: cannot connect: {}",
+            crate::location::redact_url(&pg.url),
+            driver_message(&e)
+        )
+    })
+}
+
+/// A driver error with its cause (the driver's own text often stops at "db error").
+pub fn driver_message(e: &postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
 /// Per-connection settings: how long one statement waits for a row lock, and for itself.
 #[derive(Debug)]
 struct Session {
@@ -307,7 +332,7 @@ impl PgStore {
     /// newer one). One statement waits up to `busy` for another transaction's lock.
     pub fn open(pg: &PgLocation, busy: Duration) -> Result<PgStore> {
         let location = crate::location::redact_url(&pg.url);
-        let (config, tls) = connect_config(pg)?;
+        let (config, tls) = connect_config(pg, "the PostgreSQL store")?;
         let manager = Manager(PostgresConnectionManager::new(config, tls));
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)

@@ -247,3 +247,73 @@ fn a_sensor_waits_without_a_slot_and_the_run_succeeds_when_the_batch_arrives() {
     );
     assert!(parquet_rows(&p.path().join(format!("data/raw/orders/dt={day}"))) > 0);
 }
+
+/// A PostgreSQL source through the CLI: a sensor waits on it, the extract reads the
+/// interval's rows from one snapshot, and the URL comes from the environment.
+#[test]
+fn a_postgres_source_is_sensed_and_extracted_through_the_cli() {
+    let pg = nightshift_store::postgres::testing::TestCluster::start()
+        .expect("PostgreSQL (tools/testdeps/install)");
+    let url = pg.database("shop").unwrap();
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    c.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, order_ts timestamptz NOT NULL, amount numeric(10, 2), tags text[]);
+         INSERT INTO orders SELECT i, timestamptz '2024-06-01 00:00:00+00' + i * interval '1 minute', i / 100.0, ARRAY['a', 'b']
+         FROM generate_series(0, 2999) AS i;
+         CREATE TABLE batches (business_date date PRIMARY KEY);
+         INSERT INTO batches VALUES ('2024-06-01');",
+    )
+    .unwrap();
+    let p = TestProject::new();
+    p.file(
+        "nightshift.toml",
+        "[connections.shop]\nkind = \"postgres\"\nurl_env = \"SHOP_URL\"\n",
+    );
+    p.file(
+        "pipelines/nightly.toml",
+        &(daily("nightly", "2024-06-01")
+            + r#"
+[[task]]
+id = "wait_for_batch"
+kind = "sensor"
+connection = "shop"
+sql = "SELECT COUNT(*) FROM batches WHERE business_date = :ds"
+poke_interval = "1s"
+timeout = "30s"
+
+[[task]]
+id = "extract_data"
+kind = "extract"
+connection = "shop"
+depends_on = ["wait_for_batch"]
+
+[[task.table]]
+name = "orders"
+sql = "SELECT * FROM orders WHERE order_ts >= :start AND order_ts < :end"
+"#),
+    );
+    let out = p
+        .cmd(&["run", "nightly", "--date", "2024-06-01"])
+        .env("SHOP_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // 1,440 minutes of the day; the rest of the 3,000 minutes are the next days'.
+    assert_eq!(
+        parquet_rows(&p.path().join("data/raw/orders/dt=2024-06-01")),
+        1440
+    );
+    assert_eq!(p.runs("nightly")[0]["rows_loaded"], 1440);
+
+    // Without the variable, the try fails and says which variable to set.
+    let out = p
+        .cmd(&["run", "nightly", "--date", "2024-06-02"])
+        .env_remove("SHOP_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let run = &p.runs("nightly")[1];
+    let tasks = p.tasks(run["run_id"].as_str().unwrap());
+    let error = task(&tasks, "wait_for_batch")["tries"][0]["error"].to_string();
+    assert!(error.contains("SHOP_URL"), "{error}");
+}
