@@ -13,6 +13,8 @@
 //! tables are read in one read transaction (one snapshot) and checked before any partition
 //! is swapped in.
 
+#[cfg(feature = "postgres")]
+mod load;
 mod partition;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -27,6 +29,8 @@ use nightshift_core::clock::Clock;
 use nightshift_core::kinds::{ExtractRequest, OnIncomplete};
 use nightshift_core::project::Connection;
 
+#[cfg(feature = "postgres")]
+pub use load::{Loaded, load};
 pub use partition::{PartitionWriter, swap_in};
 pub use publish::publish;
 
@@ -274,13 +278,29 @@ fn env_var(name: &str) -> Option<String> {
 }
 
 /// Runs `f` in one read-only snapshot of a PostgreSQL connection with the run's keys set.
-/// On a thread of its own: the driver blocks on a runtime of its own, which cannot run
-/// inside the command's.
 #[cfg(feature = "postgres")]
 fn on_postgres<T: Send>(
     connection: &Connection,
     p: &Params<'_>,
     f: impl FnOnce(&mut ::postgres::Transaction<'_>) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    with_postgres(connection, |client| {
+        let mut tx = postgres_source::begin(client, p).map_err(|message| Error::Table {
+            table: "(connection)".to_owned(),
+            message,
+        })?;
+        let out = f(&mut tx)?;
+        drop(tx);
+        Ok(out)
+    })
+}
+
+/// Runs `f` on a new connection to a PostgreSQL database. On a thread of its own: the
+/// driver blocks on a runtime of its own, which cannot run inside the command's.
+#[cfg(feature = "postgres")]
+fn with_postgres<T: Send>(
+    connection: &Connection,
+    f: impl FnOnce(&mut ::postgres::Client) -> Result<T, Error> + Send,
 ) -> Result<T, Error> {
     let Connection::Postgres {
         url,
@@ -311,10 +331,7 @@ fn on_postgres<T: Send>(
         s.spawn(|| {
             let mut client =
                 nightshift_store::postgres::connect(&location, "the connection").map_err(source)?;
-            let mut tx = postgres_source::begin(&mut client, p).map_err(source)?;
-            let out = f(&mut tx)?;
-            drop(tx);
-            Ok(out)
+            f(&mut client)
         })
         .join()
         .unwrap_or_else(|_| {

@@ -372,7 +372,7 @@ fn numeric_parts(v: &[u8]) -> Result<(i16, u16, u16, Vec<i16>), String> {
 }
 
 /// The value times 10^scale, as decimal128 stores it.
-fn numeric_scaled(v: &[u8], scale: i8) -> Result<i128, String> {
+pub(crate) fn numeric_scaled(v: &[u8], scale: i8) -> Result<i128, String> {
     let (weight, sign, _, digits) = numeric_parts(v)?;
     let overflow = || "a value too large for its decimal column".to_owned();
     let mut acc: i128 = 0;
@@ -647,7 +647,7 @@ mod tests {
 
 /// Against a real PostgreSQL (a private cluster, as the store's tests start).
 #[cfg(test)]
-mod on_postgres {
+pub(crate) mod on_postgres {
     use std::collections::BTreeMap;
     use std::path::Path;
 
@@ -663,7 +663,29 @@ mod on_postgres {
     use nightshift_store::postgres::testing::TestCluster;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    fn request(dir: &Path, url: &str, sql: &str) -> ExtractRequest {
+    /// A table with every type extract reads, NULLs and arrays among them: two rows of
+    /// 2024-06-01 and one of the next day.
+    pub(crate) fn typed_table(c: &mut postgres::Client) {
+        c.batch_execute(
+            "CREATE TABLE t (
+                 id int4, small int2, big int8, r float4, d float8, flag bool,
+                 price numeric(12, 3), free numeric, name text, code varchar(8),
+                 day date, at timestamp, at_tz timestamptz, uid uuid, doc json, docb jsonb,
+                 raw bytea, tags text[], nums int4[], run text);
+             INSERT INTO t VALUES
+                 (1, -2, 9000000000, 1.5, -2.25, true, 12345.678, 0.000001, 'ä name', 'ab',
+                  '2024-06-01', '2024-06-01 10:30:00.123456', '2024-06-01 12:00:00+02',
+                  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', '{\"b\": [1, 2]}',
+                  '\\x00ff10', ARRAY['x', NULL, 'z'], ARRAY[1, 2, 3], 'r1'),
+                 (2, NULL, NULL, NULL, NULL, NULL, -0.5, 123456789012345678901234567890, NULL, NULL,
+                  '2024-06-01', NULL, NULL, NULL, NULL, NULL, NULL, NULL, ARRAY[]::int4[], 'r2'),
+                 (3, 0, 0, 0, 0, false, 0, 0, 'other day', '', '2024-06-02', NULL, NULL, NULL,
+                  NULL, NULL, NULL, NULL, NULL, 'r3');",
+        )
+        .unwrap();
+    }
+
+    pub(crate) fn request(dir: &Path, url: &str, sql: &str) -> ExtractRequest {
         ExtractRequest {
             spec: ExtractSpec {
                 connection: "src".into(),
@@ -711,23 +733,7 @@ mod on_postgres {
         let pg = TestCluster::start().expect("PostgreSQL (tools/testdeps/install)");
         let url = pg.database("source").unwrap();
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        c.batch_execute(
-            "CREATE TABLE t (
-                 id int4, small int2, big int8, r float4, d float8, flag bool,
-                 price numeric(12, 3), free numeric, name text, code varchar(8),
-                 day date, at timestamp, at_tz timestamptz, uid uuid, doc json, docb jsonb,
-                 raw bytea, tags text[], nums int4[], run text);
-             INSERT INTO t VALUES
-                 (1, -2, 9000000000, 1.5, -2.25, true, 12345.678, 0.000001, 'ä name', 'ab',
-                  '2024-06-01', '2024-06-01 10:30:00.123456', '2024-06-01 12:00:00+02',
-                  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', '{\"b\": [1, 2]}',
-                  '\\x00ff10', ARRAY['x', NULL, 'z'], ARRAY[1, 2, 3], 'r1'),
-                 (2, NULL, NULL, NULL, NULL, NULL, -0.5, 123456789012345678901234567890, NULL, NULL,
-                  '2024-06-01', NULL, NULL, NULL, NULL, NULL, NULL, NULL, ARRAY[]::int4[], 'r2'),
-                 (3, 0, 0, 0, 0, false, 0, 0, 'other day', '', '2024-06-02', NULL, NULL, NULL,
-                  NULL, NULL, NULL, NULL, NULL, 'r3');",
-        )
-        .unwrap();
+        typed_table(&mut c);
         let dir = tempfile::tempdir().unwrap();
         let sql = "SELECT * FROM t WHERE day = :ds AND at_tz IS DISTINCT FROM :end ORDER BY id";
         let s = crate::run(

@@ -242,6 +242,9 @@ pub enum Command {
     /// Runs a notify try (started by the engine, not by people).
     #[command(name = "__notify", hide = true)]
     InternalNotify { request: String },
+    /// Runs a load try (started by the engine, not by people).
+    #[command(name = "__load", hide = true)]
+    InternalLoad { request: String },
     /// Runs a sql try (started by the engine, not by people).
     #[command(name = "__sql", hide = true)]
     InternalSql { request: String },

@@ -3,7 +3,7 @@
 
 use super::{Def, TaskKind};
 use crate::diag::Diagnostic;
-use crate::pipeline::{TriggerRule, check_connection, check_sql_params, valid_identifier};
+use crate::pipeline::{TriggerRule, check_sql_params, valid_identifier};
 use crate::project::ProjectSettings;
 use crate::run::RunKeys;
 use crate::toml_reader::TableReader;
@@ -54,24 +54,8 @@ fn read_spec(
     settings: &ProjectSettings,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ExtractSpec> {
-    let connection = match r.string("connection", diags) {
-        Some(c) => {
-            check_connection(&c, id, settings, diags);
-            c.value
-        }
-        None => {
-            if !r.has("connection") {
-                diags.push(
-                    Diagnostic::error(
-                        format!("extract task `{id}` has no `connection`"),
-                        Some(r.span()),
-                    )
-                    .with_help("add `connection = \"shop\"`, a connection of nightshift.toml"),
-                );
-            }
-            return None;
-        }
-    };
+    let connection =
+        super::read_connection(r, id, "extract", settings, super::ANY_CONNECTION, diags)?;
     let mut tables = vec![];
     let table_tables = r.tables("table", diags);
     if table_tables.is_empty() && !r.has("table") {
@@ -121,19 +105,7 @@ fn read_spec(
             sql: sql.value,
         });
     }
-    let output = r
-        .string("output", diags)
-        .map(|o| o.value)
-        .unwrap_or_else(|| "data/raw".to_owned());
-    if output.split('/').any(|c| c == "..") || output.starts_with('/') {
-        diags.push(
-            Diagnostic::error(
-                format!("`output` of task `{id}` must stay inside the project"),
-                r.raw("output").map(|v| v.span()),
-            )
-            .with_help("write a relative path such as `data/raw`"),
-        );
-    }
+    let output = super::project_folder(r, "output", id, "data/raw", diags);
     let min_ratio = match r.raw("min_ratio") {
         Some(v) => match v.get_ref() {
             toml::de::DeValue::Float(f) => f

@@ -6,6 +6,7 @@
 
 pub mod dbt;
 pub mod extract;
+pub mod load;
 pub mod notify;
 pub mod publish;
 pub mod sensor;
@@ -14,6 +15,7 @@ pub mod sql;
 
 pub use dbt::DbtSpec;
 pub use extract::{ExtractRequest, ExtractSpec, ExtractTable, OnIncomplete};
+pub use load::{LoadRequest, LoadSpec};
 pub use notify::{NotifyRequest, NotifySpec, TaskSummary};
 pub use publish::{PublishRequest, PublishSpec};
 pub use sensor::{SENSOR_NOT_YET, SensorCondition, SensorRequest, SensorSpec};
@@ -30,6 +32,7 @@ use crate::toml_reader::TableReader;
 pub enum TaskKind {
     Shell(ShellSpec),
     Extract(ExtractSpec),
+    Load(LoadSpec),
     Sensor(SensorSpec),
     Dbt(DbtSpec),
     Publish(PublishSpec),
@@ -43,6 +46,7 @@ impl TaskKind {
         match self {
             TaskKind::Shell(_) => &shell::DEF,
             TaskKind::Extract(_) => &extract::DEF,
+            TaskKind::Load(_) => &load::DEF,
             TaskKind::Sensor(_) => &sensor::DEF,
             TaskKind::Dbt(_) => &dbt::DEF,
             TaskKind::Publish(_) => &publish::DEF,
@@ -70,15 +74,85 @@ pub(crate) struct Def {
 }
 
 /// Every kind, in the order the docs list them.
-pub(crate) const KINDS: [&Def; 7] = [
+pub(crate) const KINDS: [&Def; 8] = [
     &shell::DEF,
     &extract::DEF,
+    &load::DEF,
     &sensor::DEF,
     &dbt::DEF,
     &publish::DEF,
     &notify::DEF,
     &sql::DEF,
 ];
+
+/// A task's `connection`: named, declared in nightshift.toml, and one `fits` accepts (else
+/// `misfit` says why, with `help`). `None`, with a diagnostic, when any of that fails.
+pub(crate) fn read_connection(
+    r: &TableReader<'_, '_>,
+    id: &str,
+    kind: &str,
+    settings: &ProjectSettings,
+    fits: (fn(&crate::project::Connection) -> bool, &str, &str),
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let Some(c) = r.string("connection", diags) else {
+        if !r.has("connection") {
+            diags.push(
+                Diagnostic::error(
+                    format!("{kind} task `{id}` has no `connection`"),
+                    Some(r.span()),
+                )
+                .with_help("add `connection = \"shop\"`, a connection of nightshift.toml"),
+            );
+        }
+        return None;
+    };
+    crate::pipeline::check_connection(&c, id, settings, diags);
+    let (accepts, misfit, help) = fits;
+    if settings
+        .connections
+        .get(&c.value)
+        .is_some_and(|conn| !accepts(conn))
+    {
+        diags.push(
+            Diagnostic::error(
+                format!("{kind} task `{id}`: `{}` {misfit}", c.value),
+                Some(c.span.clone()),
+            )
+            .with_help(help),
+        );
+    }
+    Some(c.value)
+}
+
+/// Any connection will do.
+pub(crate) const ANY_CONNECTION: (fn(&crate::project::Connection) -> bool, &str, &str) =
+    (|_| true, "", "");
+
+/// A folder of the project a task names under `key` (default `default`): relative, and
+/// staying inside the project.
+pub(crate) fn project_folder(
+    r: &TableReader<'_, '_>,
+    key: &str,
+    id: &str,
+    default: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> String {
+    let folder = r
+        .string(key, diags)
+        .map(|o| o.value)
+        .unwrap_or_else(|| default.to_owned());
+    if folder.split('/').any(|c| c == "..") || folder.starts_with('/') {
+        diags.push(
+            Diagnostic::error(
+                format!("`{key}` of task `{id}` must stay inside the project"),
+                r.raw(key).map(|v| v.span()),
+            )
+            .with_help(format!("write a relative path such as `{default}`")),
+        );
+    }
+    folder
+}
 
 /// The kind named `name` (a task without `kind` is a shell task).
 pub(crate) fn find(name: &str) -> Option<&'static Def> {

@@ -5,7 +5,7 @@
 
 use super::{Def, TaskKind};
 use crate::diag::Diagnostic;
-use crate::pipeline::{TriggerRule, check_connection, check_sql_params};
+use crate::pipeline::{TriggerRule, check_sql_params};
 use crate::project::ProjectSettings;
 use crate::run::RunKeys;
 use crate::toml_reader::TableReader;
@@ -39,29 +39,18 @@ fn read(
     settings: &ProjectSettings,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<TaskKind> {
-    let connection = r.string("connection", diags);
-    if let Some(c) = &connection {
-        check_connection(c, id, settings, diags);
-        if let Some(crate::project::Connection::Postgres { .. }) =
-            settings.connections.get(&c.value)
-        {
-            diags.push(
-                Diagnostic::error(
-                    format!("sql task `{id}`: `{}` is a PostgreSQL connection, and the `sql` kind runs on SQLite connections only for now", c.value),
-                    Some(c.span.clone()),
-                )
-                .with_help("run the statements from a `command` task with `psql`, or in a dbt model"),
-            );
-        }
-    } else if !r.has("connection") {
-        diags.push(
-            Diagnostic::error(
-                format!("sql task `{id}` has no `connection`"),
-                Some(r.span()),
-            )
-            .with_help("add `connection = \"shop\"`, a connection of nightshift.toml"),
-        );
-    }
+    let connection = super::read_connection(
+        r,
+        id,
+        "sql",
+        settings,
+        (
+            |c| matches!(c, crate::project::Connection::Sqlite { .. }),
+            "is a PostgreSQL connection, and the `sql` kind runs on SQLite connections only for now",
+            "run the statements from a `command` task with `psql`, or in a dbt model",
+        ),
+        diags,
+    );
     let statements = r.string_list("sql", true, diags).unwrap_or_default();
     if statements.is_empty() {
         diags.push(
@@ -80,7 +69,7 @@ fn read(
         check_sql_params(s, diags);
     }
     Some(TaskKind::Sql(SqlSpec {
-        connection: connection?.value,
+        connection: connection?,
         statements: statements.into_iter().map(|s| s.value).collect(),
     }))
 }

@@ -6,6 +6,7 @@
 
 mod dbt;
 mod extract;
+mod load;
 mod notify;
 mod publish;
 mod sensor;
@@ -30,6 +31,7 @@ pub(crate) fn runner(kind: &TaskKind) -> &dyn Runner {
     match kind {
         TaskKind::Shell(s) => s,
         TaskKind::Extract(s) => s,
+        TaskKind::Load(s) => s,
         TaskKind::Sensor(s) => s,
         TaskKind::Dbt(s) => s,
         TaskKind::Publish(s) => s,

@@ -3,8 +3,8 @@
 
 use anyhow::{Context as _, Result};
 use nightshift_core::kinds::{
-    ExtractRequest, NotifyRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition, SensorRequest,
-    SqlRequest,
+    ExtractRequest, LoadRequest, NotifyRequest, PublishRequest, SENSOR_NOT_YET, SensorCondition,
+    SensorRequest, SqlRequest,
 };
 use nightshift_core::project::Channel;
 
@@ -75,6 +75,26 @@ pub fn sql(request: &str) -> Result<i32> {
             for (sql, n) in req.spec.statements.iter().zip(&changed) {
                 output::line(format!("{n} row(s): {}", sql.trim()));
             }
+            Ok(0)
+        }
+        Err(e) => {
+            output::note(format!("error: {e}"));
+            Ok(1)
+        }
+    }
+}
+
+pub fn load(request: &str) -> Result<i32> {
+    let req: LoadRequest = serde_json::from_str(request).context("reading the load request")?;
+    let metrics = crate::env::metrics_file();
+    let mut log = std::io::stdout();
+    match nightshift_extract::load(&req, metrics.as_deref(), &mut log) {
+        Ok(loaded) => {
+            output::line(format!(
+                "loaded {} rows into {} table(s)",
+                loaded.iter().map(|t| t.rows).sum::<i64>(),
+                loaded.len()
+            ));
             Ok(0)
         }
         Err(e) => {

@@ -176,6 +176,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::InternalPublish { request } => internal::publish(&request),
         Command::InternalNotify { request } => internal::notify(&request),
         Command::InternalSql { request } => internal::sql(&request),
+        Command::InternalLoad { request } => internal::load(&request),
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),

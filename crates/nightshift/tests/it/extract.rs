@@ -290,20 +290,53 @@ depends_on = ["wait_for_batch"]
 [[task.table]]
 name = "orders"
 sql = "SELECT * FROM orders WHERE order_ts >= :start AND order_ts < :end"
+
+[[task]]
+id = "load_orders"
+kind = "load"
+connection = "shop"
+tables = ["orders"]
+schema = "warehouse"
+depends_on = ["extract_data"]
 "#),
     );
-    let out = p
-        .cmd(&["run", "nightly", "--date", "2024-06-01"])
-        .env("SHOP_URL", &url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    // 1,440 minutes of the day; the rest of the 3,000 minutes are the next days'.
+    let warehouse_rows = |c: &mut postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT COUNT(*) FROM warehouse.orders WHERE ds = '2024-06-01'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for args in [
+        &["--date", "2024-06-01"][..],
+        &["--date", "2024-06-01", "--rerun"],
+    ] {
+        let out = p
+            .cmd(&[&["run", "nightly"][..], args].concat())
+            .env("SHOP_URL", &url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        // 1,440 minutes of the day; the rest of the 3,000 minutes are the next days'.
+        assert_eq!(
+            parquet_rows(&p.path().join("data/raw/orders/dt=2024-06-01")),
+            1440
+        );
+        // The rerun replaced the warehouse's ds instead of adding to it.
+        assert_eq!(warehouse_rows(&mut c), 1440);
+    }
+    // Extracted and loaded: both count; the rerun was a second try of each task.
+    let run = &p.runs("nightly")[0];
+    assert_eq!(run["rows_loaded"], 2880);
+    let tasks = p.tasks(run["run_id"].as_str().unwrap());
     assert_eq!(
-        parquet_rows(&p.path().join("data/raw/orders/dt=2024-06-01")),
-        1440
+        task(&tasks, "load_orders")["tries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
-    assert_eq!(p.runs("nightly")[0]["rows_loaded"], 1440);
 
     // Without the variable, the try fails and says which variable to set.
     let out = p
@@ -313,6 +346,7 @@ sql = "SELECT * FROM orders WHERE order_ts >= :start AND order_ts < :end"
         .unwrap();
     assert!(!out.status.success());
     let run = &p.runs("nightly")[1];
+    assert_eq!(run["status"], "FAILED");
     let tasks = p.tasks(run["run_id"].as_str().unwrap());
     let error = task(&tasks, "wait_for_batch")["tries"][0]["error"].to_string();
     assert!(error.contains("SHOP_URL"), "{error}");
