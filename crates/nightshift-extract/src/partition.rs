@@ -79,8 +79,11 @@ impl PartitionWriter {
         if self.writer.is_none() {
             let path = self.file_path();
             let file = File::create(&path).map_err(|e| werr(&path, e))?;
+            // Row groups of a quarter million rows: the writer holds one in memory, so a
+            // table of any size is written in bounded memory.
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(4 * crate::BATCH))
                 .build();
             let w = ArrowWriter::try_new(file, Arc::clone(&batch.schema()), Some(props))
                 .map_err(|e| werr(&path, e))?;

@@ -9,7 +9,7 @@
 //! The keys' types: `:start` and `:end` are `timestamptz`, `:ds` is a `date`, `:run_id` is
 //! `text`.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 
 use arrow_array::builder::{
     ArrayBuilder, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
@@ -136,14 +136,6 @@ pub(crate) fn holds(tx: &mut Transaction<'_>, sql: &str) -> Result<bool, String>
         // Anything else (a date, a numeric…): present is true.
         _ => row.try_get::<_, Option<Present>>(0).map_err(get)?.is_some(),
     })
-}
-
-pub(crate) fn count(tx: &mut Transaction<'_>, sql: &str) -> Result<i64, String> {
-    let sql = rewrite(sql.trim().trim_end_matches(';'))?;
-    let row = tx
-        .query_one(format!("SELECT COUNT(*) FROM ({sql}) AS q").as_str(), &[])
-        .map_err(|e| message(&e))?;
-    row.try_get(0).map_err(|e| message(&e))
 }
 
 /// How one column's values are decoded from the binary COPY format.
@@ -499,7 +491,37 @@ fn builders(fields: &[Field], cols: &[Column]) -> Vec<Builder> {
         .collect()
 }
 
-/// Streams the query's rows into the partition in batches; returns the row count.
+/// Where each field of one row lies in its bytes: (start, length), length -1 for NULL.
+/// `None` when `buf` does not hold the whole row yet.
+fn split_row(buf: &[u8], fields: &mut Vec<(usize, i32)>) -> Result<Option<usize>, String> {
+    fields.clear();
+    let Some(n) = buf.get(..2) else {
+        return Ok(None);
+    };
+    let n = i16::from_be_bytes([n[0], n[1]]);
+    if n == -1 {
+        return Ok(Some(2));
+    }
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        fields.push((at, len));
+        if len > 0 {
+            at += len as usize;
+        } else if len < -1 {
+            return Err(format!("a field of length {len}"));
+        }
+    }
+    Ok((at <= buf.len()).then_some(at))
+}
+
+/// Streams the query's rows into the partition in batches; returns the row count. Rows
+/// are decoded on this thread while the previous batch is encoded into Parquet on another,
+/// so the server keeps sending while the file is written.
 pub(crate) fn read_into(
     tx: &mut Transaction<'_>,
     sql: &str,
@@ -519,24 +541,51 @@ pub(crate) fn read_into(
         .map(|f| f.as_ref().clone())
         .collect();
     let mut bs = builders(&plain, &cols);
-    let mut rows_in_batch = 0usize;
-    let mut total: i64 = 0;
-    let mut flush = |bs: &mut Vec<Builder>, n: usize| -> Result<(), String> {
-        let mut arrays: Vec<ArrayRef> = bs
-            .iter_mut()
-            .map(|b| match b {
-                Builder::Plain(b) => b.finish(),
-                Builder::List(b) => Arc::new(b.finish()) as ArrayRef,
-            })
-            .collect();
-        arrays.extend(lineage_arrays(&names, p, n));
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
-        out.write(&batch).map_err(|e| e.to_string())
-    };
     let reader = tx
         .copy_out(format!("COPY ({sql}) TO STDOUT (FORMAT binary)").as_str())
         .map_err(|e| message(&e))?;
-    let mut r = BufReader::with_capacity(1 << 18, reader);
+    let (to_writer, batches) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(), String> {
+            for batch in batches {
+                out.write(&batch).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        let read = decode_rows(reader, &cols, &mut bs, |bs, n| {
+            let mut arrays: Vec<ArrayRef> = bs
+                .iter_mut()
+                .map(|b| match b {
+                    Builder::Plain(b) => b.finish(),
+                    Builder::List(b) => Arc::new(b.finish()) as ArrayRef,
+                })
+                .collect();
+            arrays.extend(lineage_arrays(&names, p, n));
+            let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
+            // A writer that stopped has said why; that error is the one reported.
+            to_writer.send(batch).map_err(|_| String::new())
+        });
+        drop(to_writer);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err("the Parquet writer stopped unexpectedly".to_owned()));
+        match (read, written) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(total), Ok(())) => Ok(total),
+        }
+    })
+}
+
+/// Decodes the binary COPY stream into the builders, handing each full batch (and the last,
+/// possibly empty one) to `flush`.
+fn decode_rows(
+    mut r: impl std::io::BufRead,
+    cols: &[Column],
+    bs: &mut Vec<Builder>,
+    mut flush: impl FnMut(&mut Vec<Builder>, usize) -> Result<(), String>,
+) -> Result<i64, String> {
+    let ncol = cols.len();
     let io = |e: std::io::Error| format!("reading the rows: {e}");
     let mut header = [0u8; 19];
     r.read_exact(&mut header).map_err(io)?;
@@ -545,46 +594,75 @@ pub(crate) fn read_into(
     }
     let ext = u32::from_be_bytes([header[15], header[16], header[17], header[18]]);
     std::io::copy(&mut (&mut r).take(u64::from(ext)), &mut std::io::sink()).map_err(io)?;
-    let mut value = Vec::new();
+    let mut rows_in_batch = 0usize;
+    let mut total: i64 = 0;
+    let mut fields = Vec::with_capacity(ncol);
+    // A row split over the reader's buffers is gathered here first (rare: the server sends
+    // a row per message).
+    let mut pending: Vec<u8> = vec![];
     loop {
-        let mut nf = [0u8; 2];
-        r.read_exact(&mut nf).map_err(io)?;
-        let nf = i16::from_be_bytes(nf);
-        if nf == -1 {
+        let buf = r.fill_buf().map_err(io)?;
+        if buf.is_empty() {
+            return Err("the rows ended before the end of the copy".to_owned());
+        }
+        let (row, consumed): (&[u8], usize) = if pending.is_empty() {
+            match split_row(buf, &mut fields)? {
+                Some(n) => (&buf[..n], n),
+                None => {
+                    pending.extend_from_slice(buf);
+                    let n = buf.len();
+                    r.consume(n);
+                    continue;
+                }
+            }
+        } else {
+            let before = pending.len();
+            pending.extend_from_slice(buf);
+            match split_row(&pending, &mut fields)? {
+                Some(n) => {
+                    let used = n - before;
+                    pending.truncate(n);
+                    (&pending[..], used)
+                }
+                None => {
+                    let n = buf.len();
+                    r.consume(n);
+                    continue;
+                }
+            }
+        };
+        if row.len() == 2 && fields.is_empty() && row == (-1i16).to_be_bytes() {
+            // The trailer: what follows is the end of the copy.
+            r.consume(consumed);
+            std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
             break;
         }
-        if nf as usize != ncol {
+        if fields.len() != ncol {
             return Err(format!(
-                "a row of {nf} fields where the query has {ncol} columns"
+                "a row of {} fields where the query has {ncol} columns",
+                fields.len()
             ));
         }
-        for (c, b) in cols.iter().zip(bs.iter_mut()) {
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len).map_err(io)?;
-            let len = i32::from_be_bytes(len);
-            let v = if len < 0 {
-                None
-            } else {
-                value.resize(len as usize, 0);
-                r.read_exact(&mut value).map_err(io)?;
-                Some(value.as_slice())
-            };
+        for ((c, b), &(start, len)) in cols.iter().zip(bs.iter_mut()).zip(&fields) {
+            let v = (len >= 0).then(|| &row[start..start + len as usize]);
             let at = |e: String| format!("column `{}`, row {}: {e}", c.name, total + 1);
             match b {
                 Builder::Plain(b) => append(c.decode, b.as_mut(), v).map_err(at)?,
                 Builder::List(b) => append_list(c.decode, b, v).map_err(at)?,
             }
         }
+        pending.clear();
+        r.consume(consumed);
         total += 1;
         rows_in_batch += 1;
         if rows_in_batch >= BATCH {
-            flush(&mut bs, rows_in_batch)?;
+            flush(bs, rows_in_batch)?;
             rows_in_batch = 0;
         }
     }
     // Always write the last (possibly empty) batch, so the file carries the schema.
     if rows_in_batch > 0 || total == 0 {
-        flush(&mut bs, rows_in_batch)?;
+        flush(bs, rows_in_batch)?;
     }
     Ok(total)
 }
@@ -608,6 +686,75 @@ mod tests {
         );
         assert_eq!(rewrite("SELECT a[1:2], $1").unwrap(), "SELECT a[1:2], $1");
         assert_eq!(rewrite("SELECT 'it''s :ds'").unwrap(), "SELECT 'it''s :ds'");
+    }
+
+    /// Rows split at any byte (a reader with a 3-byte buffer) decode as whole ones.
+    #[test]
+    fn rows_split_across_reads_decode_whole() {
+        let mut stream = b"PGCOPY\n\xff\r\n\0".to_vec();
+        stream.extend(0u32.to_be_bytes());
+        stream.extend(0u32.to_be_bytes());
+        for (id, name) in [(7i32, Some("seven")), (8, None), (9, Some(""))] {
+            stream.extend(2i16.to_be_bytes());
+            stream.extend(4i32.to_be_bytes());
+            stream.extend(id.to_be_bytes());
+            match name {
+                Some(n) => {
+                    stream.extend((n.len() as i32).to_be_bytes());
+                    stream.extend(n.as_bytes());
+                }
+                None => stream.extend((-1i32).to_be_bytes()),
+            }
+        }
+        stream.extend((-1i16).to_be_bytes());
+        let cols = [
+            Column {
+                name: "id".into(),
+                decode: Decode::I32,
+                list: false,
+            },
+            Column {
+                name: "name".into(),
+                decode: Decode::Text,
+                list: false,
+            },
+        ];
+        let fields = [
+            Field::new("id", DataType::Int32, true),
+            Field::new("name", DataType::Utf8, true),
+        ];
+        for cap in [3, 7, 1 << 16] {
+            let mut bs = builders(&fields, &cols);
+            let mut got = vec![];
+            let n = decode_rows(
+                std::io::BufReader::with_capacity(cap, &stream[..]),
+                &cols,
+                &mut bs,
+                |bs, _| {
+                    for b in bs.iter_mut() {
+                        if let Builder::Plain(b) = b {
+                            got.push(b.finish());
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(n, 3, "buffer of {cap}");
+            use arrow_array::Array;
+            use arrow_array::cast::AsArray;
+            assert_eq!(
+                got[0]
+                    .as_primitive::<arrow_array::types::Int32Type>()
+                    .values(),
+                &[7, 8, 9]
+            );
+            let names = got[1].as_string::<i32>();
+            assert_eq!(
+                (names.value(0), names.is_null(1), names.value(2)),
+                ("seven", true, "")
+            );
+        }
     }
 
     fn numeric(weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {

@@ -133,6 +133,198 @@ fn pass_time(pg: &TestCluster, db: &str, history_runs: i64) -> (f64, i64) {
     (median_pass_ms(&mut engine, now, 200), tries)
 }
 
+/// Runs `psql` on `url`; returns its wall time.
+fn psql(url: &str, args: &[&str], stdout: Stdio) -> Duration {
+    let t0 = Instant::now();
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("psql (tools/testdeps/install)");
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t0.elapsed()
+}
+
+/// A table of `n` rows and 8 columns (integers, a double, a numeric, text, timestamptz,
+/// date, boolean), all of ds 2024-06-01.
+fn wide_table(url: &str, name: &str, n: u64) {
+    psql(
+        url,
+        &["-c", &format!(
+            "CREATE TABLE {name} AS SELECT i::bigint AS id, (i % 1000)::int AS store, i * 0.37::float8 AS amount,
+                 (i % 100000 / 100.0)::numeric(12, 2) AS price, 'customer ' || (i % 5000) AS name,
+                 timestamptz '2024-06-01' + (i % 86400) * interval '1 second' AS at, date '2024-06-01' AS day,
+                 i % 2 = 0 AS paid
+             FROM generate_series(1, {n}) AS i; ANALYZE {name}"
+        )],
+        Stdio::null(),
+    );
+}
+
+/// `nightshift run PIPELINE --date 2024-06-01` under GNU time: (wall, peak RSS in kB of the
+/// process and the task processes it waited for).
+fn timed_run(dir: &Path, pipeline: &str) -> (Duration, u64) {
+    let t0 = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(bin())
+        .arg("--project")
+        .arg(dir)
+        .args(["run", pipeline, "--date", "2024-06-01"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("GNU time (/usr/bin/time)");
+    let wall = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{pipeline}: {err}");
+    let rss = err
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (wall, rss)
+}
+
+fn data_figures(pg: &TestCluster, rows: &mut Vec<[String; 4]>) {
+    const N: u64 = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.database("data").unwrap();
+    write(
+        dir.path(),
+        "nightshift.toml",
+        &format!("[connections.src]\nkind = \"postgres\"\nurl = \"{url}\"\n"),
+    );
+    let extract = |table: &str| {
+        format!(
+            "[[task]]\nid = \"extract\"\nkind = \"extract\"\nconnection = \"src\"\n[[task.table]]\nname = \"{table}\"\nsql = \"SELECT * FROM {table} WHERE day = :ds\"\n"
+        )
+    };
+    if wanted("extract") || wanted("load") {
+        wide_table(&url, "wide", N);
+        write(
+            dir.path(),
+            "pipelines/ex.toml",
+            &(header("ex") + &extract("wide")),
+        );
+        let (ns, _) = timed_run(dir.path(), "ex");
+        let floor = psql(
+            &url,
+            &[
+                "-c",
+                "COPY (SELECT * FROM wide WHERE day = '2024-06-01') TO STDOUT (FORMAT binary)",
+            ],
+            Stdio::null(),
+        );
+        // A row of rows/s beside the floor's, within 2x of its time.
+        let throughput =
+            |rows: &mut Vec<[String; 4]>, what: String, ns: Duration, floor: Duration| {
+                let rate = |d: Duration| N as f64 / d.as_secs_f64();
+                rows_push(
+                    rows,
+                    [
+                        what,
+                        format!(
+                            "{:.0} rows/s ({:.2} s) = {:.2}x floor time",
+                            rate(ns),
+                            ns.as_secs_f64(),
+                            ns.as_secs_f64() / floor.as_secs_f64()
+                        ),
+                        format!("{:.0} rows/s ({:.2} s)", rate(floor), floor.as_secs_f64()),
+                        "within 2x floor".into(),
+                    ],
+                );
+            };
+        throughput(
+            rows,
+            format!(
+                "PostgreSQL → Parquet: {N} rows of 8 columns, `nightshift run` of one extract task (floor: `psql` binary `COPY … TO STDOUT` to /dev/null)"
+            ),
+            ns,
+            floor,
+        );
+        if wanted("load") {
+            write(
+                dir.path(),
+                "pipelines/ld.toml",
+                &(header("ld")
+                    + "[[task]]\nid = \"load\"\nkind = \"load\"\nconnection = \"src\"\ntables = [\"wide\"]\nschema = \"wh\"\n"),
+            );
+            let (ns, _) = timed_run(dir.path(), "ld");
+            // The floor: the same rows, from a file, into a table of the same shape.
+            let file = dir.path().join("wide.bin");
+            psql(
+                &url,
+                &[
+                    "-c",
+                    &format!("\\copy wh.wide TO '{}' (FORMAT binary)", file.display()),
+                ],
+                Stdio::null(),
+            );
+            psql(
+                &url,
+                &["-c", "CREATE TABLE floor_wide (LIKE wh.wide INCLUDING ALL)"],
+                Stdio::null(),
+            );
+            let floor = psql(
+                &url,
+                &[
+                    "-c",
+                    &format!(
+                        "\\copy floor_wide FROM '{}' (FORMAT binary)",
+                        file.display()
+                    ),
+                ],
+                Stdio::null(),
+            );
+            throughput(
+                rows,
+                format!(
+                    "Parquet → PostgreSQL: the same {N} rows, `nightshift run` of one load task (floor: `psql \\copy` of the same rows from a file into a table of the same shape)"
+                ),
+                ns,
+                floor,
+            );
+        }
+    }
+    if wanted("rss") {
+        const BIG: u64 = 10_000_000;
+        wide_table(&url, "big", BIG);
+        write(
+            dir.path(),
+            "pipelines/big.toml",
+            &(header("big") + &extract("big")),
+        );
+        let (ns, rss) = timed_run(dir.path(), "big");
+        let (_, floor) = {
+            let out = Command::new("/usr/bin/time")
+                .args(["-f", "%M", "true"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            ((), err.parse::<u64>().unwrap_or(0))
+        };
+        rows_push(
+            rows,
+            [
+                format!(
+                    "peak RSS of an extract of {BIG} rows of 8 columns ({:.1} s; `nightshift run` and its task process, by GNU time; floor: `true`)",
+                    ns.as_secs_f64()
+                ),
+                format!("{:.0} MB", rss as f64 / 1024.0),
+                format!("{:.1} MB", floor as f64 / 1024.0),
+                "< 200 MB".into(),
+            ],
+        );
+    }
+}
+
 /// Keeps a row for the table, and shows it at once (a later figure may take long).
 fn rows_push(rows: &mut Vec<[String; 4]>, r: [String; 4]) {
     eprintln!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
@@ -288,6 +480,11 @@ fn main() {
                 "< 20 MB".into(),
             ],
         );
+    }
+
+    // 5–7. A PostgreSQL source and warehouse: extract, load, and the extract's peak memory.
+    if wanted("extract") || wanted("load") || wanted("rss") {
+        data_figures(&pg, &mut rows);
     }
 
     println!("\n| figure | nightshift | floor (same run) | target |\n|---|---|---|---|");

@@ -318,6 +318,10 @@ mod tests {
                 "both `url` and `url_env`",
             ),
             ("password_env = \"P\"", "needs a `url` or a `url_env`"),
+            (
+                "url = \"postgresql://db/shop\"\npath = \"x.db\"",
+                "`path` does not apply to a `postgres` connection",
+            ),
         ] {
             let (s, d) = parse_settings(&format!("[connections.x]\nkind = \"postgres\"\n{bad}\n"));
             assert_eq!(d.len(), 1, "{bad}: {d:?}");

@@ -290,6 +290,28 @@ fn read_connections(
         };
         let r = TableReader::new(ct, v.span(), label.clone(), &[CONNECTION_KEYS]);
         let kind = r.string("kind", diags);
+        // Keys of the other kind are mistakes, not options.
+        let foreign: &[&str] = match kind.as_ref().map(|k| k.value.as_str()) {
+            Some("sqlite") => &["url", "url_env", "password_env"],
+            Some("postgres") => &["path"],
+            _ => &[],
+        };
+        let before = diags.len();
+        for key in foreign {
+            if let Some(v) = r.raw(key) {
+                diags.push(
+                    Diagnostic::error(
+                        format!("`{key}` does not apply to a `{}` connection ({label})", kind.as_ref().map(|k| k.value.as_str()).unwrap_or_default()),
+                        Some(v.span()),
+                    )
+                    .with_help("a `sqlite` connection takes `path`; a `postgres` one takes `url` or `url_env`, and `password_env`"),
+                );
+            }
+        }
+        if diags.len() > before {
+            r.finish(diags);
+            continue;
+        }
         match kind.as_ref().map(|k| k.value.as_str()) {
             Some("sqlite") => match r.string("path", diags) {
                 Some(p) if !p.value.trim().is_empty() => {
