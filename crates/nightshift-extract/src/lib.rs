@@ -42,6 +42,8 @@ pub(crate) struct Params<'a> {
     pub keys: &'a nightshift_core::RunKeys,
     /// Stamped into every row with `run_id`, for lineage and source freshness checks.
     pub extracted_at: &'a str,
+    /// Whether rows get the lineage columns (an extract's do; a publish's are the model's).
+    pub lineage: bool,
 }
 
 /// Columns added to every extracted row: which run loaded it, and when.
@@ -56,7 +58,7 @@ pub(crate) fn lineage_arrays(
     LINEAGE
         .iter()
         .zip([p.keys.run_id.as_str(), p.extracted_at])
-        .filter(|(name, _)| !names.iter().any(|c| c == *name))
+        .filter(|(name, _)| p.lineage && !names.iter().any(|c| c == *name))
         .map(|(_, value)| {
             std::sync::Arc::new(arrow_array::StringArray::from(vec![value; n]))
                 as arrow_array::ArrayRef
@@ -152,6 +154,7 @@ pub fn condition_holds(
     let params = Params {
         keys: &req.keys,
         extracted_at: "",
+        lineage: false,
     };
     let table = |message: String| Error::Table {
         table: "(sensor)".to_owned(),
@@ -196,6 +199,7 @@ pub fn execute(
     let params = Params {
         keys: &req.keys,
         extracted_at: "",
+        lineage: false,
     };
     let changed = sqlite::execute(path, &req.spec.statements, &params).map_err(Error::Statement)?;
     if let Some(m) = metrics {
@@ -364,6 +368,7 @@ pub fn run(
     let params = Params {
         keys: &req.keys,
         extracted_at: &extracted_at,
+        lineage: true,
     };
     let summary = match &req.connection {
         Connection::Sqlite { path } => {

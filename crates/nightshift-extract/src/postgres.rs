@@ -532,7 +532,10 @@ pub(crate) fn read_into(
     let (cols, mut fields) = describe(tx, &sql)?;
     let names: Vec<String> = cols.iter().map(|c| c.name.clone()).collect();
     let ncol = cols.len();
-    for l in LINEAGE.iter().filter(|l| !names.iter().any(|n| n == *l)) {
+    for l in LINEAGE
+        .iter()
+        .filter(|l| p.lineage && !names.iter().any(|n| n == *l))
+    {
         fields.push(Field::new(*l, DataType::Utf8, false));
     }
     let schema = Arc::new(Schema::new(fields));

@@ -247,7 +247,7 @@ pub(crate) fn read_into(
                         .chain(
                             LINEAGE
                                 .iter()
-                                .filter(|l| !names.iter().any(|n| n == *l))
+                                .filter(|l| p.lineage && !names.iter().any(|n| n == *l))
                                 .map(|l| Field::new(*l, DataType::Utf8, false)),
                         )
                         .collect::<Vec<_>>(),

@@ -17,7 +17,7 @@ pub use dbt::DbtSpec;
 pub use extract::{ExtractRequest, ExtractSpec, ExtractTable, OnIncomplete};
 pub use load::{LoadRequest, LoadSpec};
 pub use notify::{NotifyRequest, NotifySpec, TaskSummary};
-pub use publish::{PublishRequest, PublishSpec};
+pub use publish::{PublishRequest, PublishSpec, Warehouse};
 pub use sensor::{SENSOR_NOT_YET, SensorCondition, SensorRequest, SensorSpec};
 pub use shell::ShellSpec;
 pub use sql::{SqlRequest, SqlSpec};

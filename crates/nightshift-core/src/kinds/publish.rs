@@ -18,6 +18,20 @@ pub struct PublishSpec {
     pub output: String,
     /// The dbt project holding the audited models (for `dbt run-operation nightshift_export`).
     pub dbt: DbtSpec,
+    /// A PostgreSQL warehouse to read the models from, instead of the dbt export (which
+    /// only DuckDB can write as Parquet).
+    pub warehouse: Option<Warehouse>,
+}
+
+/// Where a PostgreSQL warehouse keeps the models a publish reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Warehouse {
+    /// A `postgres` connection of nightshift.toml (resolved in a request).
+    pub connection: String,
+    /// The schema dbt builds the models in (the target's `schema`).
+    pub schema: String,
+    /// The models' date column that names a partition (`dt` in the reference project).
+    pub partition_column: String,
 }
 
 /// What the engine hands a publish child (`nightshift __publish REQUEST`).
@@ -32,11 +46,14 @@ pub struct PublishRequest {
     /// dbt test results of this run: status → count.
     pub checks: std::collections::BTreeMap<String, u32>,
     pub dbt_invocation_id: Option<String>,
+    /// Read the models from this PostgreSQL warehouse instead of exporting them with dbt.
+    pub warehouse: Option<(Warehouse, crate::project::Connection)>,
 }
 
 fn read_spec(
     r: &TableReader<'_, '_>,
     id: &str,
+    settings: &crate::project::ProjectSettings,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<PublishSpec> {
     let outputs = r.string_list("outputs", true, diags).unwrap_or_default();
@@ -69,6 +86,33 @@ fn read_spec(
         ));
     }
     let (project_dir, profiles_dir) = super::dbt::read_dirs(r, diags);
+    let warehouse = r.has("connection").then(|| {
+        let connection = super::read_connection(
+            r,
+            id,
+            "publish",
+            settings,
+            (
+                |c| matches!(c, crate::project::Connection::Postgres { .. }),
+                "is a SQLite connection; a publish reads a PostgreSQL warehouse (DuckDB models are exported by dbt, with no connection)",
+                "name the warehouse's `postgres` connection, or remove `connection` for a DuckDB project",
+            ),
+            diags,
+        );
+        let name = |key: &str, default: &str, diags: &mut Vec<Diagnostic>| match r.string(key, diags) {
+            Some(v) if valid_identifier(&v.value) => v.value,
+            Some(v) => {
+                diags.push(Diagnostic::error(format!("invalid `{key}` `{}`", v.value), Some(v.span)));
+                default.to_owned()
+            }
+            None => default.to_owned(),
+        };
+        Warehouse {
+            connection: connection.unwrap_or_default(),
+            schema: name("schema", "public", diags),
+            partition_column: name("partition_column", "dt", diags),
+        }
+    });
     Some(PublishSpec {
         outputs: outputs.into_iter().map(|o| o.value).collect(),
         output,
@@ -85,6 +129,7 @@ fn read_spec(
             vars: vec![],
             args: vec![],
         },
+        warehouse,
     })
 }
 
@@ -97,7 +142,10 @@ pub(crate) const DEF: Def = Def {
         "profiles_dir",
         "target",
         "executable",
+        "connection",
+        "schema",
+        "partition_column",
     ],
     trigger_rule: TriggerRule::AllSuccess,
-    read: |r, id, _settings, diags| read_spec(r, id, diags).map(TaskKind::Publish),
+    read: |r, id, settings, diags| read_spec(r, id, settings, diags).map(TaskKind::Publish),
 };

@@ -4,7 +4,7 @@
 use nightshift_core::kinds::{PublishRequest, PublishSpec};
 use nightshift_core::pipeline::Task;
 
-use super::{Prepared, Runner, TryPaths, internal_argv};
+use super::{Prepared, Runner, TryPaths, internal_argv, resolve_connection};
 use crate::attempt::TryCtx;
 use crate::dbt;
 
@@ -51,6 +51,10 @@ impl Runner for PublishSpec {
             keys: p.ctx.keys.clone(),
             checks,
             dbt_invocation_id: invocation,
+            warehouse: match &self.warehouse {
+                Some(w) => Some((w.clone(), resolve_connection(c, &w.connection)?)),
+                None => None,
+            },
         };
         internal_argv("__publish", &request)
     }
