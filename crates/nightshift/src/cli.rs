@@ -211,8 +211,15 @@ pub enum Command {
     /// Generate days of the demo shop source database (the reference pipeline's source).
     Shop {
         /// The SQLite file to fill.
-        #[arg(long)]
-        db: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "postgres",
+            conflicts_with = "postgres"
+        )]
+        db: Option<PathBuf>,
+        /// Fill a PostgreSQL database instead (same rows; the password from PGPASSWORD).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
         #[arg(long, value_name = "YYYY-MM-DD")]
         from: String,
         #[arg(long, value_name = "YYYY-MM-DD")]

@@ -100,157 +100,399 @@ pub fn open(db: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Generates (or regenerates) one business day.
-pub fn generate_day(conn: &mut Connection, date: Date, opts: &Options) -> Result<DayStats> {
-    let day = day_index(date);
-    let mut rng = fastrand::Rng::with_seed(seed(date, 1));
-    let tx = conn.transaction()?;
-    // Reference data: the same for every day, inserted once.
-    {
-        let mut cust = tx.prepare_cached(
-            "INSERT OR IGNORE INTO customers (customer_id, name, email, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+/// Where a generated day goes: the shop's tables in SQLite or PostgreSQL. Rows arrive in
+/// the generator's order, so a day is the same data on either.
+trait Sink {
+    /// Customers and products every day refers to, added when missing.
+    fn reference(
+        &mut self,
+        customers: &[(i64, String, &str)],
+        products: &[(i64, &str, i64)],
+    ) -> Result<()>;
+    /// Removes the day's orders, items, payments and batch (ids in `lo..hi`).
+    fn clear_day(&mut self, lo: i64, hi: i64, date: &str) -> Result<()>;
+    fn customer(&mut self, id: i64, country: &str, created: &str) -> Result<()>;
+    fn order(&mut self, id: i64, customer: i64, at: &str, status: &str) -> Result<()>;
+    fn item(&mut self, order: i64, line: i64, product: i64, qty: i64, price: i64) -> Result<()>;
+    fn payment(&mut self, id: i64, order: i64, method: &str, amount: i64, at: &str) -> Result<()>;
+    /// A later status of an earlier order (not of a cancelled one); whether it applied.
+    fn late_update(&mut self, id: i64, status: &str, at: &str) -> Result<bool>;
+    fn batch(&mut self, date: &str, completed: &str, orders: i64) -> Result<()>;
+}
+
+struct SqliteSink<'c>(rusqlite::Transaction<'c>);
+
+impl Sink for SqliteSink<'_> {
+    fn reference(
+        &mut self,
+        customers: &[(i64, String, &str)],
+        products: &[(i64, &str, i64)],
+    ) -> Result<()> {
+        let mut cust = self.0.prepare_cached(
+            "INSERT OR IGNORE INTO customers (customer_id, name, email, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z')",
         )?;
-        let mut base = fastrand::Rng::with_seed(7);
-        for id in 1..=BASE_CUSTOMERS {
-            let country = COUNTRIES[base.usize(..COUNTRIES.len())];
+        for (id, _, country) in customers {
             cust.execute(params![
                 id,
                 format!("Customer {id}"),
                 format!("customer{id}@example.com"),
-                country,
-                "2020-01-01T00:00:00Z"
+                country
             ])?;
         }
-        let mut prod = tx.prepare_cached(
+        let mut prod = self.0.prepare_cached(
             "INSERT OR IGNORE INTO products (product_id, name, category, price_cents, updated_at) VALUES (?1, ?2, ?3, ?4, '2020-01-01T00:00:00Z')",
         )?;
-        for id in 1..=PRODUCTS {
-            prod.execute(params![
-                id,
-                format!("Product {id}"),
-                CATEGORIES[(id as usize) % CATEGORIES.len()],
-                199 + (id * 7919) % 9800
-            ])?;
+        for (id, category, price) in products {
+            prod.execute(params![id, format!("Product {id}"), category, price])?;
         }
+        Ok(())
     }
+
+    fn clear_day(&mut self, lo: i64, hi: i64, date: &str) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM order_items WHERE order_id >= ?1 AND order_id < ?2",
+            params![lo, hi],
+        )?;
+        self.0.execute(
+            "DELETE FROM payments WHERE payment_id >= ?1 AND payment_id < ?2",
+            params![lo, hi],
+        )?;
+        self.0.execute(
+            "DELETE FROM orders WHERE order_id >= ?1 AND order_id < ?2",
+            params![lo, hi],
+        )?;
+        self.0.execute(
+            "DELETE FROM source_batches WHERE business_date = ?1",
+            params![date],
+        )?;
+        Ok(())
+    }
+
+    fn customer(&mut self, id: i64, country: &str, created: &str) -> Result<()> {
+        self.0.prepare_cached(
+            "INSERT OR REPLACE INTO customers (customer_id, name, email, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )?
+        .execute(params![id, format!("Customer {id}"), format!("customer{id}@example.com"), country, created])?;
+        Ok(())
+    }
+
+    fn order(&mut self, id: i64, customer: i64, at: &str, status: &str) -> Result<()> {
+        self.0.prepare_cached("INSERT INTO orders (order_id, customer_id, order_ts, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?3)")?
+            .execute(params![id, customer, at, status])?;
+        Ok(())
+    }
+
+    fn item(&mut self, order: i64, line: i64, product: i64, qty: i64, price: i64) -> Result<()> {
+        self.0.prepare_cached(
+            "INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![order, line, product, qty, price])?;
+        Ok(())
+    }
+
+    fn payment(&mut self, id: i64, order: i64, method: &str, amount: i64, at: &str) -> Result<()> {
+        self.0.prepare_cached("INSERT INTO payments (payment_id, order_id, method, amount_cents, paid_ts) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![id, order, method, amount, at])?;
+        Ok(())
+    }
+
+    fn late_update(&mut self, id: i64, status: &str, at: &str) -> Result<bool> {
+        Ok(self.0.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3 WHERE order_id = ?1 AND status != 'cancelled'")?
+            .execute(params![id, status, at])? > 0)
+    }
+
+    fn batch(&mut self, date: &str, completed: &str, orders: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO source_batches (business_date, completed_at, orders) VALUES (?1, ?2, ?3)",
+            params![date, completed, orders],
+        )?;
+        Ok(())
+    }
+}
+
+/// The same tables on PostgreSQL, with its types (timestamps, dates).
+const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS customers (
+    customer_id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL, country text NOT NULL,
+    created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    product_id bigint PRIMARY KEY, name text NOT NULL, category text NOT NULL, price_cents bigint NOT NULL,
+    updated_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id bigint PRIMARY KEY, customer_id bigint NOT NULL, order_ts timestamptz NOT NULL, status text NOT NULL,
+    updated_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_by_ts ON orders(order_ts);
+CREATE TABLE IF NOT EXISTS order_items (
+    order_id bigint NOT NULL, line_no bigint NOT NULL, product_id bigint NOT NULL, quantity bigint NOT NULL,
+    unit_price_cents bigint NOT NULL, PRIMARY KEY (order_id, line_no));
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id bigint PRIMARY KEY, order_id bigint NOT NULL, method text NOT NULL, amount_cents bigint NOT NULL,
+    paid_ts timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS payments_by_ts ON payments(paid_ts);
+CREATE TABLE IF NOT EXISTS source_batches (
+    business_date date PRIMARY KEY, completed_at timestamptz NOT NULL, orders bigint NOT NULL);
+";
+
+/// One day's writes on PostgreSQL, each statement prepared once.
+struct PgSink<'c> {
+    tx: postgres::Transaction<'c>,
+    prepared: std::collections::HashMap<&'static str, postgres::Statement>,
+}
+
+impl PgSink<'_> {
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        if !self.prepared.contains_key(sql) {
+            let st = self.tx.prepare(sql)?;
+            self.prepared.insert(sql, st);
+        }
+        Ok(self.tx.execute(&self.prepared[sql], params)?)
+    }
+}
+
+impl Sink for PgSink<'_> {
+    fn reference(
+        &mut self,
+        customers: &[(i64, String, &str)],
+        products: &[(i64, &str, i64)],
+    ) -> Result<()> {
+        let ids: Vec<i64> = customers.iter().map(|c| c.0).collect();
+        let countries: Vec<&str> = customers.iter().map(|c| c.2).collect();
+        self.exec(
+            "INSERT INTO customers SELECT id, 'Customer ' || id, 'customer' || id || '@example.com', country,
+                 '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z'
+             FROM unnest($1::bigint[], $2::text[]) AS u(id, country) ON CONFLICT DO NOTHING",
+            &[&ids, &countries],
+        )?;
+        let ids: Vec<i64> = products.iter().map(|p| p.0).collect();
+        let categories: Vec<&str> = products.iter().map(|p| p.1).collect();
+        let prices: Vec<i64> = products.iter().map(|p| p.2).collect();
+        self.exec(
+            "INSERT INTO products SELECT id, 'Product ' || id, category, price, '2020-01-01T00:00:00Z'
+             FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, category, price) ON CONFLICT DO NOTHING",
+            &[&ids, &categories, &prices],
+        )?;
+        Ok(())
+    }
+
+    fn clear_day(&mut self, lo: i64, hi: i64, date: &str) -> Result<()> {
+        self.exec(
+            "DELETE FROM order_items WHERE order_id >= $1 AND order_id < $2",
+            &[&lo, &hi],
+        )?;
+        self.exec(
+            "DELETE FROM payments WHERE payment_id >= $1 AND payment_id < $2",
+            &[&lo, &hi],
+        )?;
+        self.exec(
+            "DELETE FROM orders WHERE order_id >= $1 AND order_id < $2",
+            &[&lo, &hi],
+        )?;
+        self.exec(
+            "DELETE FROM source_batches WHERE business_date = $1::text::date",
+            &[&date],
+        )?;
+        Ok(())
+    }
+
+    fn customer(&mut self, id: i64, country: &str, created: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO customers VALUES ($1::bigint, 'Customer ' || $1::bigint, 'customer' || $1::bigint || '@example.com', $2, $3::text::timestamptz, $3::text::timestamptz)
+             ON CONFLICT (customer_id) DO UPDATE SET country = EXCLUDED.country, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+            &[&id, &country, &created],
+        )?;
+        Ok(())
+    }
+
+    fn order(&mut self, id: i64, customer: i64, at: &str, status: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO orders VALUES ($1, $2, $3::text::timestamptz, $4, $3::text::timestamptz)",
+            &[&id, &customer, &at, &status],
+        )?;
+        Ok(())
+    }
+
+    fn item(&mut self, order: i64, line: i64, product: i64, qty: i64, price: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO order_items VALUES ($1, $2, $3, $4, $5)",
+            &[&order, &line, &product, &qty, &price],
+        )?;
+        Ok(())
+    }
+
+    fn payment(&mut self, id: i64, order: i64, method: &str, amount: i64, at: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO payments VALUES ($1, $2, $3, $4, $5::text::timestamptz)",
+            &[&id, &order, &method, &amount, &at],
+        )?;
+        Ok(())
+    }
+
+    fn late_update(&mut self, id: i64, status: &str, at: &str) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE orders SET status = $2, updated_at = $3::text::timestamptz WHERE order_id = $1 AND status != 'cancelled'",
+            &[&id, &status, &at],
+        )? > 0)
+    }
+
+    fn batch(&mut self, date: &str, completed: &str, orders: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO source_batches VALUES ($1::text::date, $2::text::timestamptz, $3)
+             ON CONFLICT (business_date) DO UPDATE SET completed_at = EXCLUDED.completed_at, orders = EXCLUDED.orders",
+            &[&date, &completed, &orders],
+        )?;
+        Ok(())
+    }
+}
+
+/// Creates the shop's tables in a PostgreSQL database when they are missing.
+pub fn open_postgres(client: &mut postgres::Client) -> Result<()> {
+    client
+        .batch_execute(PG_SCHEMA)
+        .context("creating the shop schema in PostgreSQL")
+}
+
+/// Generates (or regenerates) one business day in a PostgreSQL database: the same rows as
+/// in SQLite.
+pub fn generate_day_postgres(
+    client: &mut postgres::Client,
+    date: Date,
+    opts: &Options,
+) -> Result<DayStats> {
+    let mut sink = PgSink {
+        tx: client.transaction()?,
+        prepared: Default::default(),
+    };
+    let stats = generate(&mut sink, date, opts)?;
+    sink.tx.commit()?;
+    Ok(stats)
+}
+
+/// Marks a held day complete in a PostgreSQL database.
+pub fn release_batch_postgres(client: &mut postgres::Client, date: Date) -> Result<()> {
+    let lo = day_index(date) * ORDER_ID_SPAN;
+    let mut sink = PgSink {
+        tx: client.transaction()?,
+        prepared: Default::default(),
+    };
+    let n: i64 = sink
+        .tx
+        .query_one(
+            "SELECT COUNT(*) FROM orders WHERE order_id >= $1 AND order_id < $2",
+            &[&lo, &(lo + ORDER_ID_SPAN)],
+        )?
+        .get(0);
+    sink.batch(
+        &date.to_string(),
+        &ts(date.tomorrow().unwrap_or(date), 300),
+        n,
+    )?;
+    sink.tx.commit()?;
+    Ok(())
+}
+
+/// Generates (or regenerates) one business day.
+pub fn generate_day(conn: &mut Connection, date: Date, opts: &Options) -> Result<DayStats> {
+    let mut sink = SqliteSink(conn.transaction()?);
+    let stats = generate(&mut sink, date, opts)?;
+    sink.0.commit()?;
+    Ok(stats)
+}
+
+/// The day's rows, in a fixed order from a seed of the date.
+fn generate(sink: &mut dyn Sink, date: Date, opts: &Options) -> Result<DayStats> {
+    let day = day_index(date);
+    let mut rng = fastrand::Rng::with_seed(seed(date, 1));
+    // Reference data: the same for every day, inserted once.
+    let mut base = fastrand::Rng::with_seed(7);
+    let customers: Vec<(i64, String, &str)> = (1..=BASE_CUSTOMERS)
+        .map(|id| (id, String::new(), COUNTRIES[base.usize(..COUNTRIES.len())]))
+        .collect();
+    let products: Vec<(i64, &str, i64)> = (1..=PRODUCTS)
+        .map(|id| {
+            (
+                id,
+                CATEGORIES[(id as usize) % CATEGORIES.len()],
+                199 + (id * 7919) % 9800,
+            )
+        })
+        .collect();
+    sink.reference(&customers, &products)?;
     // Replace this day's rows.
     let lo = day * ORDER_ID_SPAN;
     let hi = lo + ORDER_ID_SPAN;
-    tx.execute(
-        "DELETE FROM order_items WHERE order_id >= ?1 AND order_id < ?2",
-        params![lo, hi],
-    )?;
-    tx.execute(
-        "DELETE FROM payments WHERE payment_id >= ?1 AND payment_id < ?2",
-        params![lo, hi],
-    )?;
-    tx.execute(
-        "DELETE FROM orders WHERE order_id >= ?1 AND order_id < ?2",
-        params![lo, hi],
-    )?;
-    tx.execute(
-        "DELETE FROM source_batches WHERE business_date = ?1",
-        params![date.to_string()],
-    )?;
-
+    sink.clear_day(lo, hi, &date.to_string())?;
     // A few new customers each day.
     let new_customers = 20;
-    {
-        let mut cust = tx.prepare_cached(
-            "INSERT OR REPLACE INTO customers (customer_id, name, email, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        )?;
-        for k in 0..new_customers {
-            let id = 1_000_000 + day * 100 + k;
-            let created = ts(date, rng.i64(0..86_400));
-            cust.execute(params![
-                id,
-                format!("Customer {id}"),
-                format!("customer{id}@example.com"),
-                COUNTRIES[rng.usize(..COUNTRIES.len())],
-                created
-            ])?;
-        }
+    for k in 0..new_customers {
+        let id = 1_000_000 + day * 100 + k;
+        let created = ts(date, rng.i64(0..86_400));
+        sink.customer(id, COUNTRIES[rng.usize(..COUNTRIES.len())], &created)?;
     }
-
     let spread = i64::from(opts.orders_per_day) / 10;
     let n = (i64::from(opts.orders_per_day) + rng.i64(-spread..=spread)).max(1);
     let (mut items_n, mut payments_n) = (0, 0);
-    {
-        let mut ord = tx.prepare_cached("INSERT INTO orders (order_id, customer_id, order_ts, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?3)")?;
-        let mut item = tx.prepare_cached(
-            "INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut pay = tx.prepare_cached("INSERT INTO payments (payment_id, order_id, method, amount_cents, paid_ts) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for i in 0..n {
-            let order_id = lo + i;
-            let at = rng.i64(0..86_400);
-            let customer = if rng.u8(..100) < 10 {
-                1_000_000 + day * 100 + rng.i64(0..new_customers)
-            } else {
-                rng.i64(1..=BASE_CUSTOMERS)
-            };
-            let status = match rng.u8(..100) {
-                0..=4 => "cancelled",
-                5..=19 => "shipped",
-                _ => "placed",
-            };
-            ord.execute(params![order_id, customer, ts(date, at), status])?;
-            let mut total = 0;
-            for line in 1..=rng.i64(1..=4) {
-                let product = rng.i64(1..=PRODUCTS);
-                let qty = rng.i64(1..=3);
-                let price = 199 + (product * 7919) % 9800;
-                total += qty * price;
-                item.execute(params![order_id, line, product, qty, price])?;
-                items_n += 1;
-            }
-            if status != "cancelled" {
-                let paid = (at + rng.i64(0..600)).min(86_399);
-                pay.execute(params![
-                    order_id,
-                    order_id,
-                    METHODS[rng.usize(..METHODS.len())],
-                    total,
-                    ts(date, paid)
-                ])?;
-                payments_n += 1;
-            }
+    for i in 0..n {
+        let order_id = lo + i;
+        let at = rng.i64(0..86_400);
+        let customer = if rng.u8(..100) < 10 {
+            1_000_000 + day * 100 + rng.i64(0..new_customers)
+        } else {
+            rng.i64(1..=BASE_CUSTOMERS)
+        };
+        let status = match rng.u8(..100) {
+            0..=4 => "cancelled",
+            5..=19 => "shipped",
+            _ => "placed",
+        };
+        sink.order(order_id, customer, &ts(date, at), status)?;
+        let mut total = 0;
+        for line in 1..=rng.i64(1..=4) {
+            let product = rng.i64(1..=PRODUCTS);
+            let qty = rng.i64(1..=3);
+            let price = 199 + (product * 7919) % 9800;
+            total += qty * price;
+            sink.item(order_id, line, product, qty, price)?;
+            items_n += 1;
+        }
+        if status != "cancelled" {
+            let paid = (at + rng.i64(0..600)).min(86_399);
+            sink.payment(
+                order_id,
+                order_id,
+                METHODS[rng.usize(..METHODS.len())],
+                total,
+                &ts(date, paid),
+            )?;
+            payments_n += 1;
         }
     }
     if opts.bad_row {
         // A refund booked as a negative payment: the kind of row a data test must catch.
-        tx.execute(
-            "INSERT INTO payments (payment_id, order_id, method, amount_cents, paid_ts) VALUES (?1, ?2, 'card', -1234, ?3)",
-            params![hi - 1, lo, ts(date, 43_200)],
-        )?;
+        sink.payment(hi - 1, lo, "card", -1234, &ts(date, 43_200))?;
         payments_n += 1;
     }
     // Late-arriving updates: some of yesterday's orders change status today.
     let prev_lo = (day - 1) * ORDER_ID_SPAN;
     let mut late = fastrand::Rng::with_seed(seed(date, 2));
     let mut updated = 0;
-    {
-        let mut upd = tx.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3 WHERE order_id = ?1 AND status != 'cancelled'")?;
-        for _ in 0..(n / 100) {
-            let id = prev_lo + late.i64(0..n);
-            updated += upd.execute(params![
-                id,
-                if late.bool() { "shipped" } else { "returned" },
-                ts(date, late.i64(0..86_400))
-            ])? as i64;
+    for _ in 0..(n / 100) {
+        let id = prev_lo + late.i64(0..n);
+        let status = if late.bool() { "shipped" } else { "returned" };
+        if sink.late_update(id, status, &ts(date, late.i64(0..86_400)))? {
+            updated += 1;
         }
     }
     if !opts.hold_batch {
-        tx.execute(
-            "INSERT INTO source_batches (business_date, completed_at, orders) VALUES (?1, ?2, ?3)",
-            params![
-                date.to_string(),
-                ts(date.tomorrow().unwrap_or(date), 300),
-                n
-            ],
+        sink.batch(
+            &date.to_string(),
+            &ts(date.tomorrow().unwrap_or(date), 300),
+            n,
         )?;
     }
-    tx.commit()?;
     Ok(DayStats {
         date,
         orders: n,

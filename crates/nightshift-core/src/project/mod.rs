@@ -7,7 +7,7 @@ use std::time::Duration;
 mod channels;
 mod reading;
 
-pub use reading::parse_settings;
+pub use reading::{parse_settings, url_has_password};
 
 /// Settings shared by every pipeline of a project. Every field has a default, so the file
 /// is optional.

@@ -196,7 +196,7 @@ fn read_store(t: &DeTable<'_>, span: Span, s: &mut ProjectSettings, diags: &mut 
 }
 
 /// Whether a URL carries a password: in its user info, or as `password=` in its query.
-fn url_has_password(url: &str) -> bool {
+pub fn url_has_password(url: &str) -> bool {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let authority = base
         .split_once("://")

@@ -154,6 +154,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         ),
         Command::Shop {
             db,
+            postgres,
             from,
             to,
             orders,
@@ -161,7 +162,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             bad_row,
             release,
         } => shop::exec(
-            &db,
+            match (&db, postgres) {
+                (Some(db), _) => shop::Target::Sqlite(db),
+                (None, Some(url)) => shop::Target::Postgres(url),
+                (None, None) => return Err(usage("give --db FILE or --postgres URL")),
+            },
             &from,
             &to,
             crate::shop::Options {

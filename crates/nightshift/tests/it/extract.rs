@@ -351,3 +351,91 @@ depends_on = ["extract_data"]
     let error = task(&tasks, "wait_for_batch")["tries"][0]["error"].to_string();
     assert!(error.contains("SHOP_URL"), "{error}");
 }
+
+/// `shop --postgres` fills a PostgreSQL database with the same rows as `shop --db`.
+#[test]
+fn the_shop_on_postgres_holds_the_same_rows_as_on_sqlite() {
+    let pg = nightshift_store::postgres::testing::TestCluster::start()
+        .expect("PostgreSQL (tools/testdeps/install)");
+    let url = pg.database("shop").unwrap();
+    let p = TestProject::new();
+    let db = p.path().join("shop.db");
+    let days = [
+        "--from",
+        "2024-06-01",
+        "--to",
+        "2024-06-02",
+        "--orders",
+        "300",
+        "--bad-row",
+    ];
+    for target in [vec!["--db", db.to_str().unwrap()], vec!["--postgres", &url]] {
+        let out = p.run(&[&["shop"][..], &target, &days, &["--hold-batch"]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = p.run(
+            &[
+                &["shop"][..],
+                &target,
+                &["--from", "2024-06-02", "--to", "2024-06-02", "--release"],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    for (table, key) in [
+        ("customers", "CAST(customer_id AS TEXT) || country"),
+        (
+            "orders",
+            "CAST(order_id AS TEXT) || CAST(customer_id AS TEXT) || status",
+        ),
+        (
+            "order_items",
+            "CAST(order_id * 10 + line_no AS TEXT) || CAST(product_id * 10 + quantity AS TEXT)",
+        ),
+        (
+            "payments",
+            "CAST(payment_id AS TEXT) || method || CAST(amount_cents AS TEXT)",
+        ),
+        ("source_batches", "CAST(orders AS TEXT)"),
+    ] {
+        let sql = format!("SELECT COUNT(*), SUM(length({key})) FROM {table}");
+        let lite: (i64, i64) = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        let row = c
+            .query_one(
+                &format!("SELECT COUNT(*), SUM(length({key}))::bigint FROM {table}"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(lite, (row.get(0), row.get(1)), "{table}");
+    }
+    // Timestamps are timestamps there: the same instants as SQLite's text.
+    let first: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT order_ts FROM orders ORDER BY order_id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let pg_first: String = c
+        .query_one("SELECT to_char(order_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM orders ORDER BY order_id LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(first, pg_first);
+    // A password on the command line is refused: it would show in the process list.
+    let out = p.run(&[
+        "shop",
+        "--postgres",
+        "postgresql://u:secret@localhost/shop",
+        "--from",
+        "2024-06-01",
+        "--to",
+        "2024-06-01",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("PGPASSWORD"), "{}", stderr(&out));
+}
