@@ -721,6 +721,18 @@ mod on_postgres {
             "{err}"
         );
 
+        // An empty partition (the source had nothing that day) empties the ds.
+        c.batch_execute("ALTER TABLE wh.t ALTER COLUMN code TYPE text")
+            .unwrap();
+        extract("SELECT *, 9 AS added FROM t WHERE day = :ds AND false");
+        let loaded =
+            crate::load(&load_request(dir.path(), &url), None, &mut std::io::sink()).unwrap();
+        assert_eq!((loaded[0].replaced, loaded[0].rows), (2, 0));
+        assert_eq!(
+            count(&mut c, "SELECT COUNT(*) FROM wh.t WHERE ds = '2024-06-01'"),
+            0
+        );
+
         // No partition for the ds: said before the warehouse is touched.
         let mut req = load_request(dir.path(), &url);
         req.keys.ds = jiff::civil::date(2024, 6, 9);

@@ -155,6 +155,18 @@ pub(crate) fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<
             _ => {}
         }
     }
+    // A database connection's password, and a URL read from the environment (it may carry
+    // one), are secrets too.
+    for c in settings.connections.values() {
+        if let nightshift_core::project::Connection::Postgres {
+            url_env,
+            password_env,
+            ..
+        } = c
+        {
+            names.extend(url_env.iter().chain(password_env).map(String::as_str));
+        }
+    }
     names.push(&settings.web.token_env);
     names
         .into_iter()

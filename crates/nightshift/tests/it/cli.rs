@@ -281,20 +281,29 @@ fn next_shows_dst_behaviour() {
 #[test]
 fn secrets_are_masked_in_try_logs() {
     let p = TestProject::new();
-    p.file("nightshift.toml", "secrets = [\"SHOP_TOKEN\"]\n");
+    // A listed secret, and a database connection's password: both masked.
+    p.file(
+        "nightshift.toml",
+        "secrets = [\"SHOP_TOKEN\"]\n[connections.wh]\nkind = \"postgres\"\nurl = \"postgresql://loader@db/wh\"\npassword_env = \"WH_PASSWORD\"\n",
+    );
     p.file(
         "pipelines/p.toml",
         &(daily("p", "2024-06-01")
-            + "[[task]]\nid = \"leaky\"\ncommand = [\"sh\", \"-c\", \"echo token=$SHOP_TOKEN; echo \\\"$SHOP_TOKEN\\\" >&2\"]\n"),
+            + "[[task]]\nid = \"leaky\"\ncommand = [\"sh\", \"-c\", \"echo token=$SHOP_TOKEN; echo \\\"$SHOP_TOKEN\\\" >&2; echo pw=$WH_PASSWORD\"]\n"),
     );
     let out = p
         .cmd(&["run", "p", "--date", "2024-06-01"])
         .env("SHOP_TOKEN", "s3cr3t-v4lue")
+        .env("WH_PASSWORD", "wh-pa55word")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stdout(&p.run(&["logs", "20240602_0000", "leaky"]));
     assert!(log.contains("[out] token=***"), "{log}");
     assert!(log.contains("[err] ***"), "{log}");
-    assert!(!log.contains("s3cr3t-v4lue"), "{log}");
+    assert!(log.contains("[out] pw=***"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-v4lue") && !log.contains("wh-pa55word"),
+        "{log}"
+    );
 }
