@@ -35,6 +35,10 @@ pub enum Command {
         /// Folder for the demo project.
         #[arg(default_value = "nightshift-demo")]
         dir: PathBuf,
+        /// Run it on PostgreSQL: the shop source and the warehouse in this database, dbt
+        /// through dbt-postgres (the password from PGPASSWORD).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Check nightshift.toml and every pipeline file; report every problem with its location.
     Validate,

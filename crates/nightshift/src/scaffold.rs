@@ -120,13 +120,71 @@ const REFERENCE: &[(&str, &str)] = &[
     ),
 ];
 
+/// The reference project on PostgreSQL: the files that differ from [`REFERENCE`].
+const REFERENCE_POSTGRES: &[(&str, &str)] = &[
+    (
+        "nightshift.toml",
+        include_str!("scaffold/reference/postgres/nightshift.toml"),
+    ),
+    (
+        "pipelines/nightly.toml",
+        include_str!("scaffold/reference/postgres/nightly.toml"),
+    ),
+];
+
 /// Writes the reference project into `dir` unless it is there already.
 pub fn write_reference(dir: &Path) -> Result<Vec<PathBuf>> {
+    write_files(
+        dir,
+        REFERENCE.iter().map(|(rel, text)| (*rel, text.to_string())),
+    )
+}
+
+/// Writes the reference project on PostgreSQL into `dir` unless it is there already: the
+/// shop and the warehouse in the database at `url`, dbt through dbt-postgres (a `postgres`
+/// target written from the URL; the password from PGPASSWORD).
+pub fn write_reference_postgres(dir: &Path, url: &str) -> Result<Vec<PathBuf>> {
+    let config: postgres::Config = url.parse().with_context(|| {
+        format!(
+            "reading the PostgreSQL URL `{}`",
+            nightshift_store::redact_url(url)
+        )
+    })?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let dbname = config.get_dbname().unwrap_or(&user).to_owned();
+    let sslmode = url
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("sslmode=")))
+        .map(|m| format!("      sslmode: {m}\n"))
+        .unwrap_or_default();
+    let profile = format!(
+        "    postgres:\n      type: postgres\n      host: \"{host}\"\n      port: {port}\n      user: \"{user}\"\n      password: \"{{{{ env_var('PGPASSWORD', '') }}}}\"\n      dbname: \"{dbname}\"\n      schema: analytics\n      threads: 2\n{sslmode}"
+    );
+    let files = REFERENCE.iter().map(|(rel, text)| {
+        let text = match REFERENCE_POSTGRES.iter().find(|(r, _)| r == rel) {
+            Some((_, pg)) => pg.replace("@URL@", url),
+            None if *rel == "dbt/profiles.yml" => format!("{text}{profile}"),
+            None => text.to_string(),
+        };
+        (*rel, text)
+    });
+    write_files(dir, files)
+}
+
+fn write_files<'a>(
+    dir: &Path,
+    files: impl Iterator<Item = (&'a str, String)>,
+) -> Result<Vec<PathBuf>> {
     if dir.join("pipelines/nightly.toml").exists() {
         return Ok(vec![]);
     }
     let mut written = vec![];
-    for (rel, text) in REFERENCE {
+    for (rel, text) in files {
         let path = dir.join(rel);
         if path.exists() {
             continue;

@@ -34,7 +34,10 @@ fn ensure_dbt(dir: &Path) -> Result<()> {
     let venv = dir.join(".venv");
     let python = venv.join("bin/python");
     let have = Command::new(&python)
-        .args(["-c", "import dbt.version; print(dbt.version.__version__)"])
+        .args([
+            "-c",
+            "import dbt.version, dbt.adapters.duckdb, dbt.adapters.postgres; print(dbt.version.__version__)",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -44,7 +47,7 @@ fn ensure_dbt(dir: &Path) -> Result<()> {
         return Ok(());
     }
     output::note(format!(
-        "installing dbt {want} (dbt-duckdb) into {} — about half a minute",
+        "installing dbt {want} (dbt-duckdb, dbt-postgres) into {} — about half a minute",
         venv.display()
     ));
     let status = Command::new("python3")
@@ -80,8 +83,7 @@ fn ensure_dbt(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn generate_source(dir: &Path) -> Result<()> {
-    let mut conn = shop::open(&dir.join("source/shop.db"))?;
+fn generate_source(dir: &Path, postgres: Option<&str>) -> Result<()> {
     let from = nightshift_core::time::parse_date(SOURCE_DAYS.0)?;
     let to = nightshift_core::time::parse_date(SOURCE_DAYS.1)?;
     let opts = shop::Options {
@@ -89,23 +91,64 @@ fn generate_source(dir: &Path) -> Result<()> {
         hold_batch: false,
         bad_row: false,
     };
+    let mut days = vec![];
     let mut d = from;
-    let mut total = 0;
     while d <= to {
-        total += shop::generate_day(&mut conn, d, &opts)?.orders;
+        days.push(d);
         d = d.tomorrow()?;
     }
+    let (total, place) = match postgres {
+        None => {
+            let mut conn = shop::open(&dir.join("source/shop.db"))?;
+            let mut total = 0;
+            for d in days {
+                total += shop::generate_day(&mut conn, d, &opts)?.orders;
+            }
+            (total, format!("{}/source/shop.db", dir.display()))
+        }
+        Some(url) => {
+            let location = nightshift_store::PgLocation {
+                url: url.to_owned(),
+                password_env: None,
+            };
+            // The driver blocks on a runtime of its own: not on the command's.
+            let total = std::thread::scope(|s| {
+                s.spawn(|| -> Result<i64> {
+                    let mut client =
+                        nightshift_store::postgres::connect(&location, "the demo database")
+                            .map_err(anyhow::Error::msg)?;
+                    shop::open_postgres(&mut client)?;
+                    let mut total = 0;
+                    for d in days {
+                        total += shop::generate_day_postgres(&mut client, d, &opts)?.orders;
+                    }
+                    Ok(total)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the shop generator stopped unexpectedly")))
+            })?;
+            (total, nightshift_store::redact_url(url))
+        }
+    };
     output::note(format!(
-        "source: {total} orders over {} .. {} in {}/source/shop.db",
-        SOURCE_DAYS.0,
-        SOURCE_DAYS.1,
-        dir.display()
+        "source: {total} orders over {} .. {} in {place}",
+        SOURCE_DAYS.0, SOURCE_DAYS.1
     ));
     Ok(())
 }
 
-pub async fn exec(dir: &Path) -> Result<i32> {
-    let written = scaffold::write_reference(dir)?;
+pub async fn exec(dir: &Path, postgres: Option<String>) -> Result<i32> {
+    if let Some(url) = &postgres
+        && nightshift_core::project::url_has_password(url)
+    {
+        return Err(usage(
+            "the URL holds a password, which would be written into the project; export PGPASSWORD instead",
+        ));
+    }
+    let written = match &postgres {
+        Some(url) => scaffold::write_reference_postgres(dir, url)?,
+        None => scaffold::write_reference(dir)?,
+    };
     if written.is_empty() {
         output::note(format!(
             "using the existing demo project in `{}`",
@@ -118,7 +161,7 @@ pub async fn exec(dir: &Path) -> Result<i32> {
         ));
     }
     ensure_dbt(dir)?;
-    generate_source(dir)?;
+    generate_source(dir, postgres.as_deref())?;
     let project = load_project(dir)?;
     if project.has_errors() {
         return Err(usage("the demo project has errors (see above)"));
@@ -222,8 +265,15 @@ pub async fn exec(dir: &Path) -> Result<i32> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "nightshift".into());
+    let warehouse = match &postgres {
+        Some(url) => format!(
+            "{} (schemas raw and analytics)",
+            nightshift_store::redact_url(url)
+        ),
+        None => format!("{d}/warehouse/shop.duckdb"),
+    };
     output::note(format!(
-        "\nPublished outputs: {d}/published/<output>/dt=<ds>/ (part-0.parquet + _manifest.json)\nRaw partitions:    {d}/data/raw/<table>/dt=<ds>/\nWarehouse:         {d}/warehouse/shop.duckdb\nTry logs:          {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} dbt-results 20240602_0000\n  {exe} --project {d} logs 20240602_0000 dbt_run"
+        "\nPublished outputs: {d}/published/<output>/dt=<ds>/ (part-0.parquet + _manifest.json)\nRaw partitions:    {d}/data/raw/<table>/dt=<ds>/\nWarehouse:         {warehouse}\nTry logs:          {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} dbt-results 20240602_0000\n  {exe} --project {d} logs 20240602_0000 dbt_run"
     ));
     Ok(code)
 }

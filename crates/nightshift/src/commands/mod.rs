@@ -49,7 +49,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Init { dir: target, force } => {
             init::exec(target.as_deref().unwrap_or(&dir), force)
         }
-        Command::Demo { dir: target } => demo::exec(&target).await,
+        Command::Demo {
+            dir: target,
+            postgres,
+        } => demo::exec(&target, postgres).await,
         Command::Validate => validate::exec(&dir),
         Command::Run {
             pipeline,

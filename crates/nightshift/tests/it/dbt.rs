@@ -239,12 +239,9 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
     assert_eq!(failing[0]["failures"], 1);
 }
 
-/// The README's first command, end to end (with the test command's dbt, so the install
-/// step is skipped): three nights, a backfill, published partitions with manifests; run
-/// again, it changes nothing.
-#[test]
-fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
-    let p = TestProject::new();
+/// Runs `nightshift demo` (with the test command's dbt, so the install step is skipped) in
+/// a folder of `p`, and checks the seed's task lines of three nights and the backfill.
+fn run_demo(p: &TestProject, args: &[&str], tasks: &[&str]) -> PathBuf {
     let venv = Path::new(&dbt())
         .parent()
         .unwrap()
@@ -257,12 +254,13 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
     let out = std::process::Command::new(bin())
         .arg("demo")
         .arg(&demo)
+        .args(args)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
     for night in ["2024-06-02", "2024-06-03", "2024-06-04"] {
-        for task in ["extract_data", "dbt_run", "dbt_test", "notify"] {
+        for task in tasks {
             assert!(
                 text.contains(&format!("Task {task}: SUCCESS ({night} 00:")),
                 "{task} on {night}:\n{text}"
@@ -273,6 +271,16 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
         text.contains("Run nightly 20240601_0000 (ds 2024-05-31): SUCCESS"),
         "{text}"
     );
+    demo
+}
+
+/// The README's first command, end to end (with the test command's dbt, so the install
+/// step is skipped): three nights, a backfill, published partitions with manifests; run
+/// again, it changes nothing.
+#[test]
+fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
+    let p = TestProject::new();
+    let demo = run_demo(&p, &[], &["extract_data", "dbt_run", "dbt_test", "notify"]);
     let mut manifests = vec![];
     for ds in ["2024-05-31", "2024-06-01", "2024-06-02", "2024-06-03"] {
         for output in ["fct_daily_revenue", "fct_orders"] {
@@ -370,7 +378,7 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
             .num_rows()
     };
     assert_eq!(raw, orders, "raw");
-    let python = venv.join("bin/python");
+    let python = demo.join(".venv/bin/python");
     let q = std::process::Command::new(&python)
         .arg("-c")
         .arg("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.execute(\"select count(*) from fct_orders where dt = date '2024-06-01'\").fetchone()[0], c.execute('select count(*) from fct_orders').fetchone()[0])")
@@ -397,4 +405,72 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
     .unwrap();
     assert_eq!(m["rows"], orders, "published");
     assert_eq!(m["run_id"], "20240602_0000");
+}
+
+/// The reference pipeline on PostgreSQL (`demo --postgres`): the shop source and the
+/// warehouse in a real PostgreSQL, dbt through dbt-postgres. Three nights and a backfill;
+/// each published partition holds the source's orders of its ds; a rerun of a date leaves
+/// the warehouse's rows for that ds as they were.
+#[test]
+fn the_demo_runs_on_postgres_and_a_rerun_keeps_the_warehouse_counts() {
+    let pg = nightshift_store::postgres::testing::TestCluster::start()
+        .expect("PostgreSQL (tools/testdeps/install)");
+    let url = pg.database("demo").unwrap();
+    let p = TestProject::new();
+    let demo = run_demo(
+        &p,
+        &["--postgres", &url],
+        &[
+            "extract_data",
+            "load_raw",
+            "dbt_run",
+            "dbt_test",
+            "publish",
+            "notify",
+        ],
+    );
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let count = |c: &mut postgres::Client, sql: &str, ds: &str| -> i64 {
+        c.query_one(sql, &[&ds]).unwrap().get(0)
+    };
+    for ds in ["2024-05-31", "2024-06-01", "2024-06-02", "2024-06-03"] {
+        let source = count(
+            &mut c,
+            "SELECT COUNT(*) FROM orders WHERE order_ts >= $1::text::date AND order_ts < $1::text::date + 1",
+            ds,
+        );
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                demo.join(format!("published/fct_orders/dt={ds}/_manifest.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["rows"], source, "published fct_orders of ds {ds}");
+        assert_eq!(
+            parquet_rows(&demo.join(format!("published/fct_orders/dt={ds}"))),
+            source
+        );
+    }
+    let raw = "SELECT COUNT(*) FROM raw.orders WHERE dt = $1::text::date";
+    let fact = "SELECT COUNT(*) FROM analytics.fct_orders WHERE dt = $1::text::date";
+    let before = (
+        count(&mut c, raw, "2024-06-01"),
+        count(&mut c, fact, "2024-06-01"),
+    );
+    let out = std::process::Command::new(bin())
+        .arg("--project")
+        .arg(&demo)
+        .args(["run", "nightly", "--date", "2024-06-01", "--rerun"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        (
+            count(&mut c, raw, "2024-06-01"),
+            count(&mut c, fact, "2024-06-01")
+        ),
+        before,
+        "the rerun replaced the ds in the warehouse"
+    );
 }
