@@ -474,3 +474,95 @@ fn the_demo_runs_on_postgres_and_a_rerun_keeps_the_warehouse_counts() {
         "the rerun replaced the ds in the warehouse"
     );
 }
+
+/// The reference project on PostgreSQL, as `demo --postgres` writes it, with short waits:
+/// the shop and the warehouse in the database at `url`, dbt through dbt-postgres.
+fn postgres_reference_project(url: &str) -> TestProject {
+    let p = TestProject::new();
+    let scaffold = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scaffold/reference");
+    let read = |rel: &str| std::fs::read_to_string(scaffold.join(rel)).unwrap();
+    p.file(
+        "nightshift.toml",
+        &read("postgres/nightshift.toml").replace("@URL@", url),
+    );
+    p.file(
+        "pipelines/nightly.toml",
+        &read("postgres/nightly.toml")
+            .replace("poke_interval = \"5m\"", "poke_interval = \"1s\"")
+            .replace("retry_delay = \"10s\"", "retry_delay = \"1s\""),
+    );
+    copy_dir(&scaffold.join("dbt"), &p.path().join("dbt"));
+    let cfg: postgres::Config = url.parse().unwrap();
+    let port = cfg.get_ports()[0];
+    let db = cfg.get_dbname().unwrap();
+    let user = cfg.get_user().unwrap();
+    let profile = std::fs::read_to_string(p.path().join("dbt/profiles.yml")).unwrap()
+        + &format!(
+            "    postgres:\n      type: postgres\n      host: 127.0.0.1\n      port: {port}\n      user: {user}\n      password: ''\n      dbname: {db}\n      schema: analytics\n      threads: 2\n"
+        );
+    p.file("dbt/profiles.yml", &profile);
+    let venv = Path::new(&dbt())
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    std::os::unix::fs::symlink(&venv, p.path().join(".venv")).unwrap();
+    p
+}
+
+/// The seed's failure modes on PostgreSQL: a day whose source batch is late waits and then
+/// runs; a day with a bad source row fails its data test and publishes nothing, while the
+/// day before stays published. (Backfill and reruns: the demo test above.)
+#[test]
+fn on_postgres_late_data_waits_and_a_failed_check_publishes_nothing() {
+    let pg = nightshift_store::postgres::testing::TestCluster::start()
+        .expect("PostgreSQL (tools/testdeps/install)");
+    let url = pg.database("shop").unwrap();
+    let p = postgres_reference_project(&url);
+    let shop = |args: &[&str]| {
+        let out = p.run(&[&["shop", "--postgres", &url, "--orders", "300"][..], args].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    // Missing upstream data: the batch of 2024-06-01 is held.
+    shop(&["--from", "2024-05-31", "--to", "2024-06-01", "--hold-batch"]);
+    shop(&["--from", "2024-05-31", "--to", "2024-05-31", "--release"]);
+    let mut run = p.spawn(&["run", "nightly", "--date", "2024-06-01"], &[], "late");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run waits for its batch"
+    );
+    assert!(
+        !p.path().join("data/raw/orders/dt=2024-06-01").exists(),
+        "nothing extracted yet"
+    );
+    shop(&["--from", "2024-06-01", "--to", "2024-06-01", "--release"]);
+    let status = run.wait().unwrap();
+    assert!(status.success(), "the run finished once the batch arrived");
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let source: i64 = c
+        .query_one("SELECT COUNT(*) FROM orders WHERE order_ts >= '2024-06-01' AND order_ts < '2024-06-02'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        parquet_rows(&p.path().join("published/fct_orders/dt=2024-06-01")),
+        source
+    );
+
+    // Partial failure: a negative payment fails the data test; publish refuses.
+    shop(&["--from", "2024-06-02", "--to", "2024-06-02", "--bad-row"]);
+    let out = p.run(&["run", "nightly", "--date", "2024-06-02"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Task dbt_test: FAILED"), "{text}");
+    assert!(
+        !p.path().join("published/fct_orders/dt=2024-06-02").exists(),
+        "nothing published"
+    );
+    assert_eq!(
+        parquet_rows(&p.path().join("published/fct_orders/dt=2024-06-01")),
+        source,
+        "the day before stays published"
+    );
+}
