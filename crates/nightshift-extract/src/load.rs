@@ -192,13 +192,18 @@ pub fn load(
     })?;
     let _ = log.write_all(&buffered);
     if let Some(m) = metrics {
+        // Not `rows_loaded`: the extract before it counted these rows into the run already.
         let mut figures = BTreeMap::new();
         figures.insert(
-            "rows_loaded".to_owned(),
+            "rows_written".to_owned(),
             loaded.iter().map(|t| t.rows).sum::<i64>() as f64,
         );
+        figures.insert(
+            "rows_replaced".to_owned(),
+            loaded.iter().map(|t| t.replaced).sum::<i64>() as f64,
+        );
         for t in &loaded {
-            figures.insert(format!("rows.{}", t.table), t.rows as f64);
+            figures.insert(format!("rows_written.{}", t.table), t.rows as f64);
         }
         crate::append_metrics(m, &figures)?;
     }
@@ -644,7 +649,7 @@ mod on_postgres {
         assert!(
             std::fs::read_to_string(&metrics)
                 .unwrap()
-                .contains("\"rows.t\":2")
+                .contains("\"rows_written.t\":2")
         );
         // Every value equal to the source's, with the ds beside it. (json has no equality
         // operator: compared as text.)
