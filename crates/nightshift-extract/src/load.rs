@@ -17,7 +17,7 @@ use arrow_array::types::{
     Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
     TimestampMicrosecondType,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
+use arrow_array::{Array, ArrayRef, RecordBatchReader};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use nightshift_core::kinds::LoadRequest;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -40,7 +40,7 @@ const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// `name` as a PostgreSQL identifier: quoted, so any Parquet column name is taken as is.
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -324,7 +324,13 @@ fn load_table(
     for file in files {
         for batch in reader(file)? {
             let batch = batch.map_err(|e| format!("`{}`: {e}", file.display()))?;
-            let batch = align(&batch, schema).map_err(|e| format!("`{}`: {e}", file.display()))?;
+            // A later file of the partition must have the first one's columns.
+            if batch.schema().fields() != schema.fields() {
+                return Err(format!(
+                    "`{}`: its columns differ from the partition's first file",
+                    file.display()
+                ));
+            }
             for row in 0..batch.num_rows() {
                 buf.extend(ncol.to_be_bytes());
                 buf.extend(4i32.to_be_bytes());
@@ -357,14 +363,6 @@ fn load_table(
         replaced,
         rows,
     })
-}
-
-/// A later file of the partition must have the first one's columns.
-fn align(batch: &RecordBatch, schema: &Schema) -> Result<RecordBatch, String> {
-    if batch.schema().fields() == schema.fields() {
-        return Ok(batch.clone());
-    }
-    Err("its columns differ from the partition's first file".to_owned())
 }
 
 /// Appends one value in PostgreSQL's binary form, with its length.

@@ -76,14 +76,13 @@ fn read_from_warehouse(
         extracted_at: "",
         lineage: false,
     };
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     crate::on_postgres(connection, &params, |tx| {
         for (output, writer) in staged.iter_mut() {
             let sql = format!(
                 "SELECT * FROM {}.{} WHERE {} = :ds",
-                quote(&w.schema),
-                quote(output),
-                quote(&w.partition_column)
+                crate::load::ident(&w.schema),
+                crate::load::ident(output),
+                crate::load::ident(&w.partition_column)
             );
             crate::postgres::read_into(tx, &sql, &params, writer).map_err(|message| {
                 Error::Table {

@@ -104,11 +104,8 @@ pub fn open(db: &Path) -> Result<Connection> {
 /// the generator's order, so a day is the same data on either.
 trait Sink {
     /// Customers and products every day refers to, added when missing.
-    fn reference(
-        &mut self,
-        customers: &[(i64, String, &str)],
-        products: &[(i64, &str, i64)],
-    ) -> Result<()>;
+    fn reference(&mut self, customers: &[(i64, &str)], products: &[(i64, &str, i64)])
+    -> Result<()>;
     /// Removes the day's orders, items, payments and batch (ids in `lo..hi`).
     fn clear_day(&mut self, lo: i64, hi: i64, date: &str) -> Result<()>;
     fn customer(&mut self, id: i64, country: &str, created: &str) -> Result<()>;
@@ -125,13 +122,13 @@ struct SqliteSink<'c>(rusqlite::Transaction<'c>);
 impl Sink for SqliteSink<'_> {
     fn reference(
         &mut self,
-        customers: &[(i64, String, &str)],
+        customers: &[(i64, &str)],
         products: &[(i64, &str, i64)],
     ) -> Result<()> {
         let mut cust = self.0.prepare_cached(
             "INSERT OR IGNORE INTO customers (customer_id, name, email, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z')",
         )?;
-        for (id, _, country) in customers {
+        for (id, country) in customers {
             cust.execute(params![
                 id,
                 format!("Customer {id}"),
@@ -256,11 +253,11 @@ impl PgSink<'_> {
 impl Sink for PgSink<'_> {
     fn reference(
         &mut self,
-        customers: &[(i64, String, &str)],
+        customers: &[(i64, &str)],
         products: &[(i64, &str, i64)],
     ) -> Result<()> {
         let ids: Vec<i64> = customers.iter().map(|c| c.0).collect();
-        let countries: Vec<&str> = customers.iter().map(|c| c.2).collect();
+        let countries: Vec<&str> = customers.iter().map(|c| c.1).collect();
         self.exec(
             "INSERT INTO customers SELECT id, 'Customer ' || id, 'customer' || id || '@example.com', country,
                  '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z'
@@ -408,8 +405,8 @@ fn generate(sink: &mut dyn Sink, date: Date, opts: &Options) -> Result<DayStats>
     let mut rng = fastrand::Rng::with_seed(seed(date, 1));
     // Reference data: the same for every day, inserted once.
     let mut base = fastrand::Rng::with_seed(7);
-    let customers: Vec<(i64, String, &str)> = (1..=BASE_CUSTOMERS)
-        .map(|id| (id, String::new(), COUNTRIES[base.usize(..COUNTRIES.len())]))
+    let customers: Vec<(i64, &str)> = (1..=BASE_CUSTOMERS)
+        .map(|id| (id, COUNTRIES[base.usize(..COUNTRIES.len())]))
         .collect();
     let products: Vec<(i64, &str, i64)> = (1..=PRODUCTS)
         .map(|id| {

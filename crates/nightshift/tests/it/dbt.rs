@@ -242,15 +242,9 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
 /// Runs `nightshift demo` (with the test command's dbt, so the install step is skipped) in
 /// a folder of `p`, and checks the seed's task lines of three nights and the backfill.
 fn run_demo(p: &TestProject, args: &[&str], tasks: &[&str]) -> PathBuf {
-    let venv = Path::new(&dbt())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
     let demo = p.path().join("demo");
     std::fs::create_dir_all(&demo).unwrap();
-    std::os::unix::fs::symlink(&venv, demo.join(".venv")).unwrap();
+    std::os::unix::fs::symlink(venv(), demo.join(".venv")).unwrap();
     let out = std::process::Command::new(bin())
         .arg("demo")
         .arg(&demo)
@@ -501,13 +495,7 @@ fn postgres_reference_project(url: &str) -> TestProject {
             "    postgres:\n      type: postgres\n      host: 127.0.0.1\n      port: {port}\n      user: {user}\n      password: ''\n      dbname: {db}\n      schema: analytics\n      threads: 2\n"
         );
     p.file("dbt/profiles.yml", &profile);
-    let venv = Path::new(&dbt())
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
-    std::os::unix::fs::symlink(&venv, p.path().join(".venv")).unwrap();
+    std::os::unix::fs::symlink(venv(), p.path().join(".venv")).unwrap();
     p
 }
 
