@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nightshift_core::project::{Channel, WebhookFormat};
+use nightshift_core::project::{Channel, SmtpTls, WebhookFormat};
 use serde_json::{Value, json};
 
 /// What a channel is told.
@@ -37,13 +37,7 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Only the scheme and host of a URL: the path of a webhook URL is often its secret.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, r)) => format!("{scheme}://{}/…", r.split('/').next().unwrap_or("")),
-        None => "…".to_owned(),
-    }
-}
+pub use nightshift_core::redact::redact_url as redact;
 
 fn retries_of(ch: &Channel) -> u32 {
     match ch {
@@ -145,6 +139,7 @@ pub fn deliver_once(
             url_env,
             timeout_ms,
             format,
+            allow_private,
             ..
         } => {
             let url = match (url, url_env) {
@@ -166,11 +161,18 @@ pub fn deliver_once(
                 }
                 WebhookFormat::Slack => slack_body(msg),
             };
-            let agent: ureq::Agent = ureq::Agent::config_builder()
+            crate::guard::check_destination(&url, *allow_private)?;
+            let config = ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_millis(*timeout_ms)))
                 .http_status_as_error(true)
-                .build()
-                .into();
+                // A redirect could lead to an address the check above refuses.
+                .max_redirects(0)
+                .build();
+            let agent = ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                crate::guard::GuardedResolver::new(*allow_private),
+            );
             agent
                 .post(&url)
                 .header("content-type", "application/json")
@@ -179,7 +181,7 @@ pub fn deliver_once(
                 .map_err(|e| {
                     format!(
                         "{} ({})",
-                        e.to_string().replace(url.as_str(), &redact(&url)),
+                        crate::guard::scrub(&e.to_string(), &url),
                         redact(&url)
                     )
                 })
@@ -189,7 +191,7 @@ pub fn deliver_once(
             port,
             from,
             to,
-            starttls,
+            tls,
             username_env,
             password_env,
             timeout_ms,
@@ -199,7 +201,7 @@ pub fn deliver_once(
             *port,
             from,
             to,
-            *starttls,
+            *tls,
             username_env.as_deref(),
             password_env.as_deref(),
             *timeout_ms,
@@ -232,7 +234,7 @@ fn send_mail(
     port: u16,
     from: &str,
     to: &[String],
-    starttls: bool,
+    tls: SmtpTls,
     username_env: Option<&str>,
     password_env: Option<&str>,
     timeout_ms: u64,
@@ -261,10 +263,14 @@ fn send_mail(
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| format!("building the email: {e}"))?;
-    let mut t = if starttls {
-        SmtpTransport::starttls_relay(host).map_err(|e| format!("SMTP `{host}`: {e}"))?
-    } else {
-        SmtpTransport::builder_dangerous(host)
+    let mut t = match tls {
+        SmtpTls::Starttls => {
+            SmtpTransport::starttls_relay(host).map_err(|e| format!("SMTP `{host}`: {e}"))?
+        }
+        SmtpTls::Implicit => {
+            SmtpTransport::relay(host).map_err(|e| format!("SMTP `{host}`: {e}"))?
+        }
+        SmtpTls::None => SmtpTransport::builder_dangerous(host),
     }
     .port(port)
     .timeout(Some(Duration::from_millis(timeout_ms)));

@@ -9,6 +9,7 @@
 //!   own channel, never the scheduler.
 
 pub mod channel;
+pub mod guard;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 //! - [`project`]: `nightshift.toml` settings.
 //! - [`pipeline`]: the pipeline model, the reading of pipeline files, the task graph.
 //! - [`kinds`]: one module per task kind: its spec, keys, reader and request.
+//! - [`redact`]: how a URL is shown (scheme, host and port only).
 //! - [`run`]: a run's keys (pipeline, run_id, ds, interval) as every request carries them.
 //! - [`sql`]: the named parameters of extract and sensor queries.
 //! - [`template`]: `{{ ds }}` templates for task arguments.
@@ -21,6 +22,7 @@ pub mod event;
 pub mod kinds;
 pub mod pipeline;
 pub mod project;
+pub mod redact;
 pub mod run;
 pub mod sql;
 pub mod state;

@@ -39,8 +39,12 @@ pub(crate) struct TryDone {
 }
 
 pub(crate) struct TryCtx {
-    /// Values of secret environment variables, masked in logs.
-    pub secrets: Vec<String>,
+    /// Masks the values of secret environment variables in logs.
+    pub mask: crate::mask::Masker,
+    /// nightshift's own secret variables: kept from the task's process.
+    pub own_secrets: Vec<String>,
+    /// The connections' variables, which nightshift's own kinds need.
+    pub connection_env: Vec<String>,
     pub channels: std::collections::BTreeMap<String, nightshift_core::project::Channel>,
     pub connections: std::collections::BTreeMap<String, nightshift_core::project::Connection>,
     pub store: Arc<Store>,
@@ -138,7 +142,15 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
         kill_grace: c.kill_grace,
         stop_signal: runner.stop_signal(),
         dbt_json_log: runner.json_log(),
-        mask: c.secrets.clone(),
+        mask: c.mask.clone(),
+        env_remove: {
+            let keep = runner.keeps_env(&c);
+            c.own_secrets
+                .iter()
+                .filter(|n| !task.pass_env.contains(n) && !keep.contains(n))
+                .cloned()
+                .collect()
+        },
         log_max_bytes: c.log_max_bytes,
         cell: c
             .containment

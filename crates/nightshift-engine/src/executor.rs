@@ -50,7 +50,9 @@ pub struct ChildSpec {
     /// stdout is dbt's JSON log: keep its messages, readable, in the try's log.
     pub dbt_json_log: bool,
     /// Secret values, written as `***` wherever they appear in the log.
-    pub mask: Vec<String>,
+    pub mask: crate::mask::Masker,
+    /// Variables of nightshift's environment the task must not inherit.
+    pub env_remove: Vec<String>,
     /// The log keeps its head and its tail within about this many bytes.
     pub log_max_bytes: u64,
     /// Where the try's processes live, so all of them can be ended.
@@ -225,6 +227,9 @@ pub fn spawn(
         }
         None => Command::new(&program),
     };
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

@@ -26,6 +26,7 @@ pub mod executor;
 pub mod explain;
 mod kinds;
 pub mod logship;
+pub mod mask;
 pub mod outcome;
 pub mod procs;
 pub mod project;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use nightshift_core::clock::Clock;
 
+use crate::mask::Masker;
+
 /// The log is written through a buffer of this size (one write syscall per buffer, not per
 /// line), flushed whenever the task pauses so a live tail stays current.
 pub(crate) const LOG_BUFFER: usize = 64 * 1024;
@@ -18,7 +20,10 @@ pub(crate) const LOG_BUFFER: usize = 64 * 1024;
 pub struct LogSink {
     path: PathBuf,
     file: Option<BufWriter<File>>,
-    mask: Vec<String>,
+    mask: Masker,
+    /// The last line, held back while masking is on until the next line (or a pause)
+    /// shows whether a secret runs across the line break between them.
+    pending: Option<Pending>,
     last_error: Option<String>,
     cap: u64,
     head: u64,
@@ -29,6 +34,12 @@ pub struct LogSink {
     stamp: (i64, String),
 }
 
+struct Pending {
+    stream: String,
+    text: String,
+    stamp: String,
+}
+
 struct Tail {
     paths: [PathBuf; 2],
     cur: usize,
@@ -37,11 +48,12 @@ struct Tail {
 }
 
 impl LogSink {
-    pub fn new(path: PathBuf, mask: Vec<String>, cap: u64) -> Self {
+    pub fn new(path: PathBuf, mask: Masker, cap: u64) -> Self {
         LogSink {
             path,
             file: None,
             mask,
+            pending: None,
             last_error: None,
             cap: cap.max(4096),
             head: 0,
@@ -112,29 +124,56 @@ impl LogSink {
             end -= 1;
         }
         // Valid UTF-8 (nearly always) is written as it is, without a copy.
-        let mut text = match std::str::from_utf8(&raw[..end]) {
+        let text = match std::str::from_utf8(&raw[..end]) {
             Ok(t) => std::borrow::Cow::Borrowed(t),
             Err(_) => String::from_utf8_lossy(&raw[..end]),
         };
-        for secret in &self.mask {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "***").into();
-            }
-        }
+        let text = self.mask.mask(text);
         if stream == "err"
             && let Some(e) = text.strip_prefix("error: ")
         {
             self.last_error = Some(e.chars().take(2000).collect());
         }
+        if self.mask.is_empty() {
+            self.write_text(stream, &text, None);
+            return;
+        }
+        let mut text = text.into_owned();
+        if let Some(mut p) = self.pending.take() {
+            if p.stream == stream
+                && let Some((x, y)) = self.mask.straddle(&p.text, &text)
+            {
+                p.text.truncate(p.text.len() - x);
+                p.text.push_str("***");
+                text = format!("***{}", &text[y..]);
+            }
+            self.write_text(&p.stream, &p.text, Some(&p.stamp));
+        }
+        self.pending = Some(Pending {
+            stream: stream.to_owned(),
+            text,
+            stamp: self.stamp.1.clone(),
+        });
+    }
+
+    fn write_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.write_text(&p.stream, &p.text, Some(&p.stamp));
+        }
+    }
+
+    /// Writes one masked line, stamped with `stamp` or the time last taken.
+    fn write_text(&mut self, stream: &str, text: &str, stamp: Option<&str>) {
         if self.error.is_some() {
             return;
         }
+        let saved = stamp.map(|s| std::mem::replace(&mut self.stamp.1, s.to_owned()));
         let len = (self.stamp.1.len() + stream.len() + text.len() + 5) as u64;
         let head_room = self.cap / 2;
         if self.head + len <= head_room && self.tail.is_none() {
             let stamp = std::mem::take(&mut self.stamp.1);
             let r = match self.open() {
-                Some(f) => write_line(f, &stamp, stream, &text),
+                Some(f) => write_line(f, &stamp, stream, text),
                 None => Ok(()),
             };
             self.stamp.1 = stamp;
@@ -142,11 +181,14 @@ impl LogSink {
                 Ok(()) => self.head += len,
                 Err(e) => self.failed("cannot write the log", e),
             }
-            return;
+        } else {
+            self.after_head += len;
+            if let Err(e) = self.tail_line(len, stream, text) {
+                self.failed("cannot write the log's tail", e);
+            }
         }
-        self.after_head += len;
-        if let Err(e) = self.tail_line(len, stream, &text) {
-            self.failed("cannot write the log's tail", e);
+        if let Some(s) = saved {
+            self.stamp.1 = s;
         }
     }
 
@@ -180,6 +222,7 @@ impl LogSink {
     }
 
     pub fn flush(&mut self) {
+        self.write_pending();
         let r = match self.file.as_mut() {
             Some(f) => f.flush(),
             None => Ok(()),
@@ -270,7 +313,7 @@ fn bytes(n: u64) -> String {
 
 /// Writes a line into a try's log as the orchestrator (not the task).
 pub fn log_note(path: &Path, clock: &dyn Clock, text: &str) {
-    let mut sink = LogSink::new(path.to_owned(), vec![], u64::MAX);
+    let mut sink = LogSink::new(path.to_owned(), Masker::default(), u64::MAX);
     sink.line(clock, "nightshift", text.as_bytes());
     sink.finish();
 }
@@ -284,7 +327,7 @@ mod tests {
     fn a_log_past_its_cap_keeps_head_and_tail_with_a_marker() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let mut sink = LogSink::new(path.clone(), vec!["hunter2".into()], 40_000);
+        let mut sink = LogSink::new(path.clone(), Masker::new(&["hunter2".into()]), 40_000);
         for i in 0..5000 {
             sink.line(&SystemClock, "out", format!("line {i} hunter2").as_bytes());
         }

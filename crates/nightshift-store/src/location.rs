@@ -34,7 +34,10 @@ impl Location {
     /// A stable name for this store, the same from every host that uses it: what a try's
     /// processes are tagged with, so two stores on one machine never mix their tries.
     pub fn identity(&self) -> String {
-        self.to_string()
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(pg) => identity_url(&pg.url),
+        }
     }
 }
 
@@ -47,9 +50,11 @@ impl fmt::Display for Location {
     }
 }
 
-/// A URL as it may be shown: any password in it is replaced by `***`, and the query (where
-/// libpq also accepts `password=`) is dropped.
-pub fn redact_url(url: &str) -> String {
+pub use nightshift_core::redact::redact_url;
+
+/// The database a URL names, without its password or query: a store's identity (two
+/// databases on one server are two stores).
+fn identity_url(url: &str) -> String {
     let (base, _query) = url.split_once('?').unwrap_or((url, ""));
     let Some((scheme, rest)) = base.split_once("://") else {
         return base.to_owned();
@@ -80,21 +85,22 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         assert_eq!(
-            redact_url("postgresql://ns:s3cret@db.example:5433/ns?sslmode=require&password=x"),
+            identity_url("postgresql://ns:s3cret@db.example:5433/ns?sslmode=require&password=x"),
             "postgresql://ns:***@db.example:5433/ns"
         );
         assert_eq!(
-            redact_url("postgresql://ns@localhost/ns"),
+            identity_url("postgresql://ns@localhost/ns"),
             "postgresql://ns@localhost/ns"
         );
         assert_eq!(
-            redact_url("postgresql://localhost"),
+            identity_url("postgresql://localhost"),
             "postgresql://localhost"
         );
         let loc = Location::Postgres(PgLocation {
             url: "postgres://a:b@h/d".into(),
             password_env: None,
         });
-        assert_eq!(loc.to_string(), "postgres://a:***@h/d");
+        assert_eq!(loc.to_string(), "postgres://h/…");
+        assert_eq!(loc.identity(), "postgres://a:***@h/d");
     }
 }

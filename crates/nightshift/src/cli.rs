@@ -211,6 +211,10 @@ pub enum Command {
         /// Keep printing what the try writes until it ends (from any host of a shared store).
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Print the log's bytes as they are, terminal escape sequences included (by
+        /// default control characters are shown inertly, as `^[`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Generate days of the demo shop source database (the reference pipeline's source).
     Shop {

@@ -12,6 +12,10 @@ mod shop;
 use clap::Parser;
 
 fn main() {
+    // Everything nightshift creates (the store, logs, artifacts, partitions) is for its own
+    // user only: files 0600, folders 0700. Task processes inherit this; one that must share
+    // its output sets its own umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = cli::Cli::parse();
     init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_current_thread()

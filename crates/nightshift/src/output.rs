@@ -20,6 +20,30 @@ pub fn raw(bytes: &[u8]) {
     let _ = out.flush();
 }
 
+/// Text from outside (a task's log, a file being quoted) made safe to print on a terminal:
+/// control characters other than newline and tab are shown inertly (`^[` for ESC, `^?`
+/// for DEL, `\u{9b}` for the C1 controls), so no escape sequence written by a task can
+/// move the cursor, retitle the window or set the clipboard (OSC 52).
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}';
+    if !text.chars().any(bad) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\u{7f}' => out.push_str("^?"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// A note for the person at the terminal, on stderr.
 pub fn note(s: impl AsRef<str>) {
     use std::io::Write;
@@ -75,5 +99,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     line(fmt(header.iter().map(|h| h.to_string()).collect()));
     for r in rows {
         line(fmt(r.clone()));
+    }
+}
+
+#[cfg(test)]
+mod inert_tests {
+    use super::inert;
+
+    #[test]
+    fn escape_sequences_are_shown_not_obeyed() {
+        assert_eq!(
+            inert("a\u{1b}]52;c;aGk=\u{7}b\tc\n\u{9b}2J\u{7f}"),
+            "a^[]52;c;aGk=^Gb\tc\n\\u{9b}2J^?"
+        );
+        assert_eq!(inert("plain"), "plain");
     }
 }

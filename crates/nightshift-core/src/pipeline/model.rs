@@ -86,6 +86,10 @@ pub struct Task {
     pub timeout: Option<Duration>,
     pub pool: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Variables of nightshift's own environment passed to the task even though they are
+    /// nightshift's secrets (the web token, SMTP and webhook credentials, the store's
+    /// password), which tasks never see otherwise.
+    pub pass_env: Vec<String>,
     pub cwd: Option<String>,
 }
 

@@ -39,6 +39,7 @@ const DEFAULT_KEYS: &[&str] = &[
     "timeout",
     "pool",
     "env",
+    "pass_env",
 ];
 
 /// Points a template problem at the right characters inside a string literal.

@@ -25,6 +25,7 @@ pub(super) const COMMON_TASK_KEYS: &[&str] = &[
     "timeout",
     "pool",
     "env",
+    "pass_env",
     "cwd",
 ];
 
@@ -38,6 +39,7 @@ pub(super) struct Inheritable {
     timeout: Option<Located<Option<Duration>>>,
     pool: Option<Located<String>>,
     env: Vec<(Located<String>, Located<String>)>,
+    pass_env: Option<Vec<String>>,
 }
 
 pub(super) fn read_inheritable(
@@ -121,6 +123,18 @@ pub(super) fn read_inheritable(
             }
             check_template(&v.value, &v.span, diags);
         }
+    }
+    if r.has("pass_env") {
+        let names = r.string_list("pass_env", false, diags).unwrap_or_default();
+        for n in &names {
+            if n.value.is_empty() || n.value.contains('=') || n.value.contains('\0') {
+                diags.push(Diagnostic::error(
+                    format!("invalid environment variable name `{}`", n.value),
+                    Some(n.span.clone()),
+                ));
+            }
+        }
+        inh.pass_env = Some(names.into_iter().map(|n| n.value).collect());
     }
     inh
 }
@@ -249,6 +263,10 @@ pub(super) fn read_task(
         timeout,
         pool,
         env,
+        pass_env: own
+            .pass_env
+            .or_else(|| defaults.pass_env.clone())
+            .unwrap_or_default(),
         cwd: r.string("cwd", diags).map(|c| c.value),
     };
     Some((task, deps))

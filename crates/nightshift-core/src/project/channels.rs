@@ -116,6 +116,7 @@ pub(super) fn read_channels(
                     timeout_ms,
                     retries,
                     format,
+                    allow_private: r.bool("allow_private", diags).is_some_and(|b| b.value),
                 })
             }
             Some("smtp") => {
@@ -140,14 +141,53 @@ pub(super) fn read_channels(
                     }
                 }
                 let port = r.uint("port", 65_535, diags).map(|p| p.value as u16);
+                let tls = match (r.string("tls", diags), r.bool("starttls", diags)) {
+                    (Some(t), _) => match t.value.as_str() {
+                        "starttls" => SmtpTls::Starttls,
+                        "implicit" => SmtpTls::Implicit,
+                        "none" => SmtpTls::None,
+                        other => {
+                            diags.push(
+                                Diagnostic::error(
+                                    format!("unknown tls `{other}` in {label}"),
+                                    Some(t.span),
+                                )
+                                .with_help("use `starttls`, `implicit` (port 465) or `none`"),
+                            );
+                            SmtpTls::Starttls
+                        }
+                    },
+                    // The older switch: `starttls = false` meant no TLS.
+                    (None, Some(b)) if b.value => SmtpTls::Starttls,
+                    (None, Some(_)) => SmtpTls::None,
+                    (None, None) if port == Some(465) => SmtpTls::Implicit,
+                    (None, None) => SmtpTls::Starttls,
+                };
+                let username_env = r.string("username_env", diags);
+                let password_env = r.string("password_env", diags);
+                let plaintext_ok = r
+                    .bool("allow_plaintext_auth", diags)
+                    .is_some_and(|b| b.value);
+                if tls == SmtpTls::None
+                    && !plaintext_ok
+                    && let Some(cred) = username_env.as_ref().or(password_env.as_ref())
+                {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("{label} would send its credentials in cleartext (`tls = \"none\"`)"),
+                            Some(cred.span.clone()),
+                        )
+                        .with_help("use `tls = \"starttls\"` or `\"implicit\"`; on a trusted network, `allow_plaintext_auth = true` accepts the risk"),
+                    );
+                }
                 Some(Channel::Smtp {
                     host: host.map(|h| h.value).unwrap_or_default(),
                     port: port.unwrap_or(25),
                     from: from.map(|f| f.value).unwrap_or_default(),
                     to: to.into_iter().map(|t| t.value).collect(),
-                    starttls: r.bool("starttls", diags).map(|b| b.value).unwrap_or(false),
-                    username_env: r.string("username_env", diags).map(|u| u.value),
-                    password_env: r.string("password_env", diags).map(|u| u.value),
+                    tls,
+                    username_env: username_env.map(|u| u.value),
+                    password_env: password_env.map(|u| u.value),
                     timeout_ms,
                     retries,
                 })

@@ -181,14 +181,17 @@ pub enum Channel {
         retries: u32,
         #[serde(default)]
         format: WebhookFormat,
+        /// Private, loopback and link-local destinations are refused unless this is set.
+        #[serde(default)]
+        allow_private: bool,
     },
-    /// Email through an SMTP server; STARTTLS when asked for.
+    /// Email through an SMTP server, over TLS unless `tls = "none"`.
     Smtp {
         host: String,
         port: u16,
         from: String,
         to: Vec<String>,
-        starttls: bool,
+        tls: SmtpTls,
         username_env: Option<String>,
         password_env: Option<String>,
         timeout_ms: u64,
@@ -200,6 +203,19 @@ pub enum Channel {
         timeout_ms: u64,
         retries: u32,
     },
+}
+
+/// How an SMTP channel secures its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required: a server without it fails).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// No TLS: only for a relay on a trusted network, and never with credentials unless
+    /// `allow_plaintext_auth = true`.
+    None,
 }
 
 /// A source system a task reads from. Secrets never live here: a connection names the
@@ -370,7 +386,7 @@ max_age = "90d"
             &s.channels["mail"],
             Channel::Smtp {
                 port: 587,
-                starttls: true,
+                tls: SmtpTls::Starttls,
                 ..
             }
         ));

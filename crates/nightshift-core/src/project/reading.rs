@@ -26,13 +26,15 @@ const ROOT_KEYS: &[&str] = &[
 ];
 pub(super) const CHANNEL_KEYS: &[&str] =
     &["kind", "timeout", "retries", "events", "after_failures"];
-pub(super) const WEBHOOK_KEYS: &[&str] = &["url", "url_env", "format"];
+pub(super) const WEBHOOK_KEYS: &[&str] = &["url", "url_env", "format", "allow_private"];
 pub(super) const SMTP_KEYS: &[&str] = &[
     "host",
     "port",
     "from",
     "to",
     "starttls",
+    "tls",
+    "allow_plaintext_auth",
     "username_env",
     "password_env",
 ];

@@ -240,7 +240,9 @@ impl Engine {
         self.next_token += 1;
         let token = self.next_token;
         let ctx = TryCtx {
-            secrets: crate::kinds::secret_values(&self.project.settings),
+            mask: crate::kinds::masker(&self.project.settings),
+            own_secrets: crate::kinds::own_secret_names(&self.project.settings),
+            connection_env: crate::kinds::connection_env(&self.project.settings),
             channels: self.project.settings.channels.clone(),
             connections: self.project.settings.connections.clone(),
             store: self.store.clone(),

@@ -56,6 +56,10 @@ impl Runner for DbtSpec {
         false
     }
 
+    fn keeps_env(&self, _c: &TryCtx) -> Vec<String> {
+        vec![]
+    }
+
     fn conclude(
         &self,
         _c: &TryCtx,

@@ -33,6 +33,6 @@ impl Runner for ExtractSpec {
             keys: p.ctx.keys.clone(),
             history,
         };
-        internal_argv("__extract", &request)
+        internal_argv("__extract", &request, p)
     }
 }

@@ -15,6 +15,6 @@ impl Runner for LoadSpec {
             project_dir: c.project_dir.to_string_lossy().into_owned(),
             keys: p.ctx.keys.clone(),
         };
-        internal_argv("__load", &request)
+        internal_argv("__load", &request, p)
     }
 }

@@ -87,6 +87,12 @@ pub(crate) trait Runner {
         nix::sys::signal::Signal::SIGTERM
     }
 
+    /// Which of nightshift's own secret variables its process needs: a built-in kind
+    /// reads its connection's password, `notify` its channels' credentials.
+    fn keeps_env(&self, c: &TryCtx) -> Vec<String> {
+        c.connection_env.clone()
+    }
+
     /// Whether its output is dbt's JSON log, shown as text.
     fn json_log(&self) -> bool {
         false
@@ -110,15 +116,48 @@ pub(crate) trait Runner {
     }
 }
 
-/// argv of a built-in kind: this binary, re-executed as `nightshift __<kind> REQUEST`.
-fn internal_argv(kind: &str, request: &impl serde::Serialize) -> Result<Prepared, String> {
+/// argv of a built-in kind: this binary, re-executed as `nightshift __<kind> @FILE`. The
+/// request (which may name a channel's inline webhook URL) travels in a file only this user
+/// can read, in the try's own folder, never in argv where every local user sees it; the
+/// child removes the file once read.
+fn internal_argv(
+    kind: &str,
+    request: &impl serde::Serialize,
+    p: &TryPaths<'_>,
+) -> Result<Prepared, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    let file = p.work_dir.join("request.json");
+    write_private(&file, json.as_bytes())
+        .map_err(|e| format!("cannot write the try's request `{}`: {e}", file.display()))?;
     Ok(Prepared {
-        argv: vec![exe.to_string_lossy().into_owned(), kind.to_owned(), json],
+        argv: vec![
+            exe.to_string_lossy().into_owned(),
+            kind.to_owned(),
+            format!("@{}", file.display()),
+        ],
         env: vec![],
     })
+}
+
+/// Writes a file readable by this user only (0600), in a folder of its own (0700).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 /// A named connection as a child process needs it: paths made absolute.
@@ -137,42 +176,87 @@ fn resolve_connection(
     }
 }
 
-/// The values of the project's secret environment variables (short values are left alone:
-/// masking `1` would garble every log).
-pub(crate) fn secret_values(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
-    let mut names: Vec<&str> = settings.secrets.iter().map(String::as_str).collect();
-    use nightshift_core::project::Channel;
+/// The environment variables that hold nightshift's own secrets: the web tokens, SMTP and
+/// webhook credentials, the store's URL and password. A task's process never gets them
+/// (unless its task lists one in `pass_env`); nightshift's own kinds get the variables of
+/// the connections they use.
+pub(crate) fn own_secret_names(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
+    let mut names: Vec<String> = vec![settings.web.token_env.clone(), "NIGHTSHIFT_TOKEN".into()];
     for ch in settings.channels.values() {
-        match ch {
-            Channel::Webhook {
-                url_env: Some(v), ..
-            } => names.push(v),
-            Channel::Smtp {
-                username_env,
-                password_env,
-                ..
-            } => names.extend(username_env.iter().chain(password_env).map(String::as_str)),
-            _ => {}
-        }
+        names.extend(channel_env(ch));
     }
-    // A database connection's password, and a URL read from the environment (it may carry
-    // one), are secrets too.
+    if settings.store_url.is_some() {
+        names.push(
+            settings
+                .store_password_env
+                .clone()
+                .unwrap_or_else(|| "PGPASSWORD".into()),
+        );
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The variables a channel's credentials are read from.
+pub(crate) fn channel_env(ch: &nightshift_core::project::Channel) -> Vec<String> {
+    use nightshift_core::project::Channel;
+    match ch {
+        Channel::Webhook {
+            url_env: Some(v), ..
+        } => vec![v.clone()],
+        Channel::Smtp {
+            username_env,
+            password_env,
+            ..
+        } => username_env.iter().chain(password_env).cloned().collect(),
+        _ => vec![],
+    }
+}
+
+/// The variables a connection is read from (its URL and password), which the built-in kinds
+/// that use it need.
+pub(crate) fn connection_env(settings: &nightshift_core::ProjectSettings) -> Vec<String> {
+    use nightshift_core::project::Connection;
+    let mut names = vec![];
     for c in settings.connections.values() {
-        if let nightshift_core::project::Connection::Postgres {
+        if let Connection::Postgres {
             url_env,
             password_env,
             ..
         } = c
         {
-            names.extend(url_env.iter().chain(password_env).map(String::as_str));
+            names.extend(url_env.iter().cloned());
+            names.push(password_env.clone().unwrap_or_else(|| "PGPASSWORD".into()));
         }
     }
-    names.push(&settings.web.token_env);
     names
-        .into_iter()
-        .filter_map(crate::env::var)
-        // A token written in nightshift.toml is a secret too.
+}
+
+/// Masks the values of every secret a project knows of: the variables it lists in
+/// `secrets`, nightshift's own, the connections', and tokens written in nightshift.toml.
+/// Built once per set of values (a matcher over every encoded form is worth keeping).
+pub(crate) fn masker(settings: &nightshift_core::ProjectSettings) -> crate::mask::Masker {
+    static CACHE: std::sync::Mutex<Option<(Vec<String>, crate::mask::Masker)>> =
+        std::sync::Mutex::new(None);
+    let mut values: Vec<String> = settings
+        .secrets
+        .iter()
+        .cloned()
+        .chain(own_secret_names(settings))
+        .chain(connection_env(settings))
+        .filter_map(|n| crate::env::var(&n))
         .chain(settings.web.token.clone())
-        .filter(|v| v.len() >= 4)
-        .collect()
+        .collect();
+    values.sort();
+    values.dedup();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match cache.as_ref() {
+        Some((v, m)) if *v == values => m.clone(),
+        _ => {
+            let m = crate::mask::Masker::new(&values);
+            *cache = Some((values, m.clone()));
+            m
+        }
+    }
 }

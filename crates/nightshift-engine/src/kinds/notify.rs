@@ -62,6 +62,14 @@ impl Runner for NotifySpec {
             channels,
             project_dir: c.project_dir.to_string_lossy().into_owned(),
         };
-        internal_argv("__notify", &request)
+        internal_argv("__notify", &request, p)
+    }
+
+    fn keeps_env(&self, c: &TryCtx) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter_map(|n| c.channels.get(n))
+            .flat_map(super::channel_env)
+            .collect()
     }
 }

@@ -56,6 +56,6 @@ impl Runner for PublishSpec {
                 None => None,
             },
         };
-        internal_argv("__publish", &request)
+        internal_argv("__publish", &request, p)
     }
 }

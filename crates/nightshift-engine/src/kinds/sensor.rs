@@ -46,7 +46,7 @@ impl Runner for SensorSpec {
             connection,
             keys: p.ctx.keys.clone(),
         };
-        internal_argv("__sensor", &request)
+        internal_argv("__sensor", &request, p)
     }
 
     /// `timeout` bounds the whole wait; one poke gets at most a minute.

@@ -24,4 +24,8 @@ impl Runner for ShellSpec {
     fn says_why(&self) -> bool {
         false
     }
+
+    fn keeps_env(&self, _c: &TryCtx) -> Vec<String> {
+        vec![]
+    }
 }

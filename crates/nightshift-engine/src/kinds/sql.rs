@@ -13,6 +13,6 @@ impl Runner for SqlSpec {
             connection: resolve_connection(c, &self.connection)?,
             keys: p.ctx.keys.clone(),
         };
-        internal_argv("__sql", &request)
+        internal_argv("__sql", &request, p)
     }
 }

@@ -231,8 +231,16 @@ pub fn logs(
     try_number: Option<u32>,
     pipeline: Option<&str>,
     follow: bool,
+    raw: bool,
 ) -> Result<i32> {
     let (project, store, run) = open_run(dir, run_id, pipeline)?;
+    let print = |bytes: &[u8]| {
+        if raw {
+            output::raw(bytes);
+        } else {
+            output::raw(output::inert(&String::from_utf8_lossy(bytes)).as_bytes());
+        }
+    };
     let tries: Vec<TryRow> = store
         .tries(run.pk)?
         .into_iter()
@@ -297,8 +305,17 @@ pub fn logs(
         match &here {
             Some(file) if file.exists() => {
                 use std::io::{Read, Seek, SeekFrom};
-                let mut f = std::fs::File::open(file)
-                    .map_err(|e| anyhow::Error::from(e).context(format!("reading log `{path}`")))?;
+                use std::os::unix::fs::OpenOptionsExt;
+                // The folder was checked; the file itself must not be a link out of it.
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                    .open(file)
+                    .map_err(|e| {
+                        anyhow::Error::from(e).context(format!(
+                            "reading log `{path}` (a symbolic link is never followed)"
+                        ))
+                    })?;
                 f.seek(SeekFrom::Start(offset))?;
                 let mut buf = vec![];
                 f.read_to_end(&mut buf)?;
@@ -328,7 +345,12 @@ pub fn logs(
             ));
             return Ok(0);
         }
-        output::line(String::from_utf8_lossy(&text).trim_end());
+        let end = text
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        print(&text[..end]);
+        output::raw(b"\n");
         return Ok(0);
     }
     // Follow: print what is new until the try has ended and nothing more arrives.
@@ -341,7 +363,7 @@ pub fn logs(
         let got = read_from(offset)?;
         if !got.is_empty() {
             offset += got.len() as u64;
-            output::raw(&got);
+            print(&got);
         } else if ended {
             return Ok(0);
         }

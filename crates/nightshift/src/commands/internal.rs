@@ -154,6 +154,20 @@ fn summary_text(r: &NotifyRequest) -> String {
     out
 }
 
+/// The request of a built-in kind: `@FILE` (what the engine passes: the file is removed
+/// once read, so its secrets do not stay on disk), or the JSON itself.
+pub fn request_text(arg: &str) -> Result<String> {
+    match arg.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the request `{path}`"))?;
+            let _ = std::fs::remove_file(path);
+            Ok(text)
+        }
+        None => Ok(arg.to_owned()),
+    }
+}
+
 /// Sends the run summary to each channel; fails (to be retried per policy) when a channel
 /// could not be reached after its own retries.
 pub fn notify(request: &str) -> Result<i32> {

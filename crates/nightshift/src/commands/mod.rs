@@ -147,6 +147,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             try_number,
             pipeline,
             follow,
+            raw,
         } => inspect::logs(
             &dir,
             &run_id,
@@ -154,6 +155,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             try_number,
             pipeline.as_deref(),
             follow,
+            raw,
         ),
         Command::Shop {
             db,
@@ -179,12 +181,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             },
             release,
         ),
-        Command::InternalExtract { request } => internal::extract(&request),
-        Command::InternalSensor { request } => internal::sensor(&request),
-        Command::InternalPublish { request } => internal::publish(&request),
-        Command::InternalNotify { request } => internal::notify(&request),
-        Command::InternalSql { request } => internal::sql(&request),
-        Command::InternalLoad { request } => internal::load(&request),
+        Command::InternalExtract { request } => {
+            internal::extract(&internal::request_text(&request)?)
+        }
+        Command::InternalSensor { request } => internal::sensor(&internal::request_text(&request)?),
+        Command::InternalPublish { request } => {
+            internal::publish(&internal::request_text(&request)?)
+        }
+        Command::InternalNotify { request } => internal::notify(&internal::request_text(&request)?),
+        Command::InternalSql { request } => internal::sql(&internal::request_text(&request)?),
+        Command::InternalLoad { request } => internal::load(&internal::request_text(&request)?),
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
         Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),

@@ -24,6 +24,7 @@ fn a_failing_task_sends_one_email_and_one_webhook_call_per_channel() {
         &format!(
             r#"[channels.mail]
 kind = "smtp"
+tls = "none"
 host = "127.0.0.1"
 port = {port}
 from = "nightshift@example.com"
@@ -32,21 +33,25 @@ timeout = "10s"
 
 [channels.hook]
 kind = "webhook"
+allow_private = true
 url_env = "HOOK_URL"
 
 [channels.slack]
 kind = "webhook"
+allow_private = true
 url = "{slack_url}"
 format = "slack"
 
 [channels.hung]
 kind = "webhook"
+allow_private = true
 url = "{hung_url}"
 timeout = "2s"
 retries = 1
 
 [channels.down]
 kind = "smtp"
+tls = "none"
 host = "127.0.0.1"
 port = {down_port}
 from = "nightshift@example.com"

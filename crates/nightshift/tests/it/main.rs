@@ -13,6 +13,7 @@ mod notify;
 mod recover;
 mod runbook;
 mod scheduler;
+mod security;
 mod soak;
 mod sql;
 mod supervision;

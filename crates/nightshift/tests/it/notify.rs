@@ -7,7 +7,7 @@ fn project(url: &str) -> TestProject {
     let p = TestProject::new();
     p.file(
         "nightshift.toml",
-        &format!("[channels.ops_log]\nkind = \"log\"\n[channels.ops_hook]\nkind = \"webhook\"\nurl_env = \"OPS_HOOK\"\ntimeout = \"1s\"\nretries = 1\n# {url}\n"),
+        &format!("[channels.ops_log]\nkind = \"log\"\n[channels.ops_hook]\nkind = \"webhook\"\nurl_env = \"OPS_HOOK\"\nallow_private = true\ntimeout = \"1s\"\nretries = 1\n# {url}\n"),
     );
     p.file(
         "pipelines/p.toml",
