@@ -84,7 +84,38 @@ contract!(
     a_newer_schema_is_refused,
     engines_are_listed_with_their_running_tries,
     shipped_logs_read_back_from_any_offset,
+    the_audit_log_keeps_every_entry_newest_first,
 );
+
+fn the_audit_log_keeps_every_entry_newest_first(s: &Fixture) {
+    let entry = |n: i64, action: &str| AuditRow {
+        id: 0,
+        at: n,
+        actor: "ci".into(),
+        action: action.into(),
+        target: format!("nightly/{n}"),
+        client: "127.0.0.1".into(),
+        outcome: "ok".into(),
+    };
+    let a = s.record_audit(&entry(1, "trigger")).unwrap();
+    let b = s.record_audit(&entry(2, "backfill")).unwrap();
+    assert!(b > a);
+    let all = s.audit(None, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0],
+        AuditRow {
+            id: b,
+            ..entry(2, "backfill")
+        }
+    );
+    assert_eq!(
+        s.audit(Some(b), 10).unwrap()[0].id,
+        a,
+        "a page before an id"
+    );
+    assert_eq!(s.audit(None, 1).unwrap().len(), 1);
+}
 
 fn new_run<'a>(run_id: &'a str, start: i64, version: &'a str) -> NewRun<'a> {
     NewRun {

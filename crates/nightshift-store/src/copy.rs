@@ -21,6 +21,7 @@ const TABLES: &[&str] = &[
     "dbt_nodes",
     "alerts",
     "pipeline_flags",
+    "audit_log",
 ];
 
 /// Rows copied, per table.

@@ -288,6 +288,10 @@ interface! {
     /// How many finished runs of `pipeline` failed in a row, newest first, among runs whose
     /// interval starts at or before `up_to`.
     fn consecutive_failed_runs(&self, pipeline: &str, up_to: i64) -> Result<u32>;
+    /// Appends an entry to the audit log (its `id` is ignored); returns the new id.
+    fn record_audit(&self, e: &AuditRow) -> Result<i64>;
+    /// The audit log, newest first, at most `limit` entries older than `before` (an id).
+    fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
 }
 
 /// The store a project uses, behind the [`MetaStore`] interface.

@@ -244,6 +244,21 @@ pub struct AlertRow {
     pub sent_at: Option<i64>,
 }
 
+/// One entry of the audit log: who (a token's name) did what to which target, from where,
+/// and whether it was allowed and worked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    /// Microseconds since the Unix epoch.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub client: String,
+    /// `ok`, `refused: …` or `failed: …`.
+    pub outcome: String,
+}
+
 /// A nightshift process that executes tries, as it last told the store.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EngineRow {

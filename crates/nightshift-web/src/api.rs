@@ -15,6 +15,7 @@ use nightshift_engine::engine::{create_run, rerun};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{Action, Principal};
 use crate::openapi::ErrorBody;
 use crate::{AppState, WebError};
 
@@ -59,6 +60,37 @@ pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WebError>
     }
     serde_json::from_slice(bytes)
         .map_err(|e| WebError::BadRequest(format!("invalid request body: {e}")))
+}
+
+/// `start_date … end_date` of a pipeline, for messages.
+fn dates(p: &nightshift_core::Pipeline) -> String {
+    match p.end_date {
+        Some(e) => format!("{} to {e}", p.start_date),
+        None => format!("from {}", p.start_date),
+    }
+}
+
+/// Runs an allowed action off the server's thread (a large backfill never holds up other
+/// requests) and records it, with how it went, in the audit log.
+pub(crate) async fn act(
+    st: Arc<AppState>,
+    headers: &HeaderMap,
+    who: &Principal,
+    action: Action,
+    target: String,
+    f: impl FnOnce(&AppState) -> Result<Value, WebError> + Send + 'static,
+) -> Result<Value, WebError> {
+    let on = st.clone();
+    let res = tokio::task::spawn_blocking(move || f(&on))
+        .await
+        .map_err(|e| WebError::Internal(format!("the action stopped: {e}")))
+        .and_then(|r| r);
+    let outcome = match &res {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("failed: {e}"),
+    };
+    st.audit(headers, &who.name, action, &target, &outcome);
+    res
 }
 
 fn date_field(v: &str, field: &str) -> Result<jiff::civil::Date, WebError> {
@@ -342,6 +374,18 @@ impl AppState {
                 WebError::BadRequest(format!("the schedule of `{p}` starts no interval on {ds}"))
             })?;
         let t = self.now();
+        if !lp.pipeline.in_range(&iv) {
+            return Err(WebError::BadRequest(format!(
+                "ds {ds} is outside `{p}`'s dates ({}); runs exist only from start_date to end_date",
+                dates(&lp.pipeline)
+            )));
+        }
+        if iv.end > t {
+            return Err(WebError::BadRequest(format!(
+                "the interval of ds {ds} has not ended yet (it ends {}); trigger it once it has",
+                iv.end
+            )));
+        }
         let created =
             create_run(&self.store, lp, iv, Trigger::Manual, t).map_err(WebError::from)?;
         let run = self
@@ -386,11 +430,32 @@ impl AppState {
                 "`to` {to} is before `from` {from}"
             )));
         }
+        if from_d < lp.pipeline.start_date || lp.pipeline.end_date.is_some_and(|e| to_d > e) {
+            return Err(WebError::BadRequest(format!(
+                "{from} to {to} reaches outside `{p}`'s dates ({}); backfill within them",
+                dates(&lp.pipeline)
+            )));
+        }
         let t = self.now();
-        let (ivs, _) = lp
+        let max = self.max_backfill_runs as usize;
+        let (ivs, reached_now) = lp
             .pipeline
-            .intervals_between(from_d, to_d, t, 10_000)
-            .map_err(|e| WebError::BadRequest(e.to_string()))?;
+            .intervals_between(from_d, to_d, t, max)
+            .map_err(|e| match e {
+                nightshift_core::pipeline::IntervalsError::TooMany(_) => WebError::BadRequest(format!(
+                    "{from} to {to} is more than {max} runs of `{p}`; backfill in smaller ranges, run `nightshift backfill` on the server, or raise `[web] max_backfill_runs`"
+                )),
+                other => WebError::BadRequest(other.to_string()),
+            })?;
+        if reached_now {
+            return Err(WebError::BadRequest(format!(
+                "{from} to {to} reaches intervals of `{p}` that have not ended yet; end the range at the last ended ds"
+            )));
+        }
+        let ivs: Vec<_> = ivs
+            .into_iter()
+            .filter(|iv| lp.pipeline.in_range(iv))
+            .collect();
         if ivs.is_empty() {
             return Err(WebError::BadRequest(format!(
                 "no ended interval of `{p}` has a ds from {from} to {to}"
@@ -492,16 +557,26 @@ pub struct ClearBody {
 }
 
 /// Trigger a run for a ds (rerun: run a finished one again)
-#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name")), request_body = TriggerBody, security(("bearer" = [])), responses((status = 201, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name")), request_body = TriggerBody, security(("bearer" = [])), responses((status = 201, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody), (status = 429, description = "Error", body = ErrorBody), (status = 503, description = "Error", body = ErrorBody)))]
 pub async fn trigger(
     State(st): St,
     headers: HeaderMap,
     Path(p): Path<String>,
     b: Bytes,
 ) -> Result<Response, WebError> {
-    st.require_token(&headers)?;
+    let who = st.authenticate_api(&headers)?;
     let req: TriggerBody = body(&b)?;
-    let out = st.act_trigger(&p, &req.ds, req.rerun)?;
+    let action = if req.rerun {
+        Action::Rerun
+    } else {
+        Action::Trigger
+    };
+    let target = format!("{p} ds {}", req.ds);
+    st.allowed(&headers, &who, action, &p, &target)?;
+    let out = act(st, &headers, &who, action, target, move |st| {
+        st.act_trigger(&p, &req.ds, req.rerun)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
@@ -513,9 +588,14 @@ pub async fn backfill(
     Path(p): Path<String>,
     b: Bytes,
 ) -> Result<Response, WebError> {
-    st.require_token(&headers)?;
+    let who = st.authenticate_api(&headers)?;
     let req: BackfillBody = body(&b)?;
-    let out = st.act_backfill(&p, &req.from, &req.to, req.rerun)?;
+    let target = format!("{p} {} to {}", req.from, req.to);
+    st.allowed(&headers, &who, Action::Backfill, &p, &target)?;
+    let out = act(st, &headers, &who, Action::Backfill, target, move |st| {
+        st.act_backfill(&p, &req.from, &req.to, req.rerun)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
@@ -527,14 +607,16 @@ pub async fn clear(
     Path((p, run_id)): Path<(String, String)>,
     b: Bytes,
 ) -> Result<Json<Value>, WebError> {
-    st.require_token(&headers)?;
+    let who = st.authenticate_api(&headers)?;
     let req: ClearBody = body(&b)?;
-    Ok(Json(st.act_clear(
-        &p,
-        &run_id,
-        &req.task,
-        req.downstream,
-    )?))
+    let target = format!("{p} {run_id} task {}", req.task);
+    st.allowed(&headers, &who, Action::Clear, &p, &target)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Clear, target, move |st| {
+            st.act_clear(&p, &run_id, &req.task, req.downstream)
+        })
+        .await?,
+    ))
 }
 
 /// Cancel an unfinished run: queued work and running tries become CANCELLED (the schedule goes on)
@@ -544,8 +626,14 @@ pub async fn cancel_run(
     headers: HeaderMap,
     Path((p, run_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, WebError> {
-    st.require_token(&headers)?;
-    Ok(Json(st.act_cancel(&p, Some(&run_id))?))
+    let target = format!("{p} {run_id}");
+    let who = st.require_api(&headers, Action::Cancel, &p, &target)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Cancel, target, move |st| {
+            st.act_cancel(&p, Some(&run_id))
+        })
+        .await?,
+    ))
 }
 
 /// Cancel every unfinished backfill run of the pipeline
@@ -555,8 +643,14 @@ pub async fn cancel_backfills(
     headers: HeaderMap,
     Path(p): Path<String>,
 ) -> Result<Json<Value>, WebError> {
-    st.require_token(&headers)?;
-    Ok(Json(st.act_cancel(&p, None)?))
+    let target = format!("{p} backfills");
+    let who = st.require_api(&headers, Action::Cancel, &p, &target)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Cancel, target, move |st| {
+            st.act_cancel(&p, None)
+        })
+        .await?,
+    ))
 }
 
 /// Pause: the scheduler starts no new runs
@@ -566,8 +660,13 @@ pub async fn pause(
     headers: HeaderMap,
     Path(p): Path<String>,
 ) -> Result<Json<Value>, WebError> {
-    st.require_token(&headers)?;
-    Ok(Json(st.act_pause(&p, true)?))
+    let who = st.require_api(&headers, Action::Pause, &p, &p)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Pause, p.clone(), move |st| {
+            st.act_pause(&p, true)
+        })
+        .await?,
+    ))
 }
 
 /// Unpause
@@ -577,6 +676,112 @@ pub async fn unpause(
     headers: HeaderMap,
     Path(p): Path<String>,
 ) -> Result<Json<Value>, WebError> {
-    st.require_token(&headers)?;
-    Ok(Json(st.act_pause(&p, false)?))
+    let who = st.require_api(&headers, Action::Unpause, &p, &p)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Unpause, p.clone(), move |st| {
+            st.act_pause(&p, false)
+        })
+        .await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = MarkRequest)]
+pub struct MarkBody {
+    task: String,
+    /// `success` or `failed`.
+    state: String,
+    /// What was done by hand (kept with the task's history).
+    reason: String,
+}
+
+/// The audit log: every action through the UI and API, newest first
+#[utoipa::path(get, path = "/api/v1/audit", params(("before" = Option<i64>, Query, description = "Only entries with a smaller id (the next page)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Entries", body = Object), (status = 400, description = "Error", body = ErrorBody)))]
+pub async fn audit(
+    State(st): St,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Result<Json<Value>, WebError> {
+    st.require_read(&headers)?;
+    let before = query_int(&q, "before", 1, i64::MAX)?;
+    let limit = query_int(&q, "limit", 1, 1000)?.unwrap_or(100) as u32;
+    let rows = st.store.audit(before, limit)?;
+    Ok(Json(json!({ "entries": rows })))
+}
+
+/// Mark a finished or waiting task success or failed by hand (admin)
+#[utoipa::path(post, path = "/api/v1/pipelines/{p}/runs/{run_id}/mark", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), request_body = MarkBody, security(("bearer" = [])), responses((status = 200, description = "Done", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 401, description = "Error", body = ErrorBody), (status = 403, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody), (status = 409, description = "Error", body = ErrorBody), (status = 429, description = "Error", body = ErrorBody), (status = 503, description = "Error", body = ErrorBody)))]
+pub async fn mark(
+    State(st): St,
+    headers: HeaderMap,
+    Path((p, run_id)): Path<(String, String)>,
+    b: Bytes,
+) -> Result<Json<Value>, WebError> {
+    let who = st.authenticate_api(&headers)?;
+    let req: MarkBody = body(&b)?;
+    let target = format!("{p} {run_id} task {} → {}", req.task, req.state);
+    st.allowed(&headers, &who, Action::Mark, &p, &target)?;
+    Ok(Json(
+        act(st, &headers, &who, Action::Mark, target, move |st| {
+            st.act_mark(&p, &run_id, &req.task, &req.state, &req.reason)
+        })
+        .await?,
+    ))
+}
+
+impl AppState {
+    /// Sets a task's state by hand (not while it runs) and settles its run.
+    pub fn act_mark(
+        &self,
+        p: &str,
+        run_id: &str,
+        task: &str,
+        state: &str,
+        reason: &str,
+    ) -> Result<Value, WebError> {
+        let state = match state {
+            "success" => nightshift_core::TaskState::Success,
+            "failed" => nightshift_core::TaskState::Failed,
+            other => {
+                return Err(WebError::BadRequest(format!(
+                    "`state` must be `success` or `failed`, not `{other}`"
+                )));
+            }
+        };
+        if reason.trim().is_empty() {
+            return Err(WebError::BadRequest(
+                "`reason` is empty: say what was done by hand".into(),
+            ));
+        }
+        let run = self.find_run(p, run_id)?;
+        let pipe = self.version(&run.version)?;
+        if pipe.task(task).is_none() {
+            return Err(WebError::BadRequest(format!(
+                "run `{run_id}` has no task `{task}`"
+            )));
+        }
+        let now = to_micros(self.now());
+        let Some(old) = self
+            .store
+            .mark_task(run.pk, task, state.as_str(), reason.trim(), now)?
+        else {
+            return Err(WebError::Conflict(format!(
+                "task `{task}` of run `{run_id}` is running; wait for it or cancel the run first"
+            )));
+        };
+        let states: Vec<nightshift_core::TaskState> = self
+            .store
+            .task_instances(run.pk)?
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        let outcome = nightshift_core::state::run_outcome(states.iter().copied());
+        self.store
+            .settle_run(run.pk, outcome.map(|o| o.as_str()), now)?;
+        Ok(json!({
+            "pipeline": p, "run_id": run_id, "task": task, "from": old, "to": state.as_str(),
+            "run": outcome.map(|o| o.as_str()).unwrap_or("QUEUED"),
+        }))
+    }
 }

@@ -51,6 +51,9 @@ pub enum WebError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too many failed attempts: the seconds to wait go in `Retry-After`.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     #[error(transparent)]
     Store(#[from] nightshift_store::Error),
     #[error("{0}")]
@@ -65,6 +68,7 @@ impl WebError {
             WebError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
             WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             WebError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Store(_) | WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,10 +101,19 @@ impl IntoResponse for WebError {
             )
                 .into_response();
         }
+        let wait = match &self {
+            WebError::TooManyRequests(_, w) => Some(*w),
+            _ => None,
+        };
         let body = openapi::ErrorBody {
             error: self.to_string(),
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        if let Some(w) = wait {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, w.into());
+        }
+        res
     }
 }
 
@@ -112,10 +125,16 @@ pub struct AppState {
     pub logs_dir: PathBuf,
     project: Mutex<(Project, Instant, u64)>,
     versions: Mutex<HashMap<String, Option<Arc<Pipeline>>>>,
-    pub token: Option<String>,
+    /// Tokens, sessions and failed attempts.
+    pub auth: auth::Auth,
     /// Read-only pages need no token only when the server listens on loopback.
     pub open_reads: bool,
-    pub sessions: auth::Sessions,
+    /// Host names the server answers to (empty: any).
+    pub hosts: Vec<String>,
+    /// A UI or API backfill over more runs than this is refused.
+    pub max_backfill_runs: u32,
+    /// The name people reach the server by, accepted as Host and Origin.
+    pub public_name: Option<String>,
     pub metrics: Arc<Metrics>,
     pub stats: Option<Arc<Stats>>,
     /// The scheduler's clock: "today" in the calendar and forecasts follows a simulation.
@@ -183,18 +202,34 @@ pub const STORE_WAIT: Duration = Duration::from_secs(2);
 /// How `up` starts the server.
 pub struct Config {
     pub bind: SocketAddr,
-    pub token: Option<String>,
+    /// The tokens it accepts (none: actions are disabled).
+    pub principals: Vec<auth::Principal>,
     pub clock: Arc<dyn Clock>,
+    pub settings: nightshift_core::project::WebSettings,
 }
 
+/// Connections served at once; more wait in the kernel's backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send a request's headers, and an idle keep-alive connection
+/// is closed after it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds `cfg.bind` now (so a taken port is reported at start) and serves on a thread of
-/// its own. Returns the bound address (port 0 picks a free one).
+/// its own. Returns the bound address (port 0 picks a free one) and whether it speaks
+/// HTTPS.
 pub fn serve(
     cfg: Config,
     project: Project,
     metrics: Arc<Metrics>,
     stats: Option<Arc<Stats>>,
-) -> Result<SocketAddr, String> {
+) -> Result<(SocketAddr, bool), String> {
+    let tls = match (&cfg.settings.tls_cert, &cfg.settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(
+            &project.dir.join(cert),
+            &project.dir.join(key),
+        )?),
+        _ => None,
+    };
     let listener = std::net::TcpListener::bind(cfg.bind)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -207,20 +242,41 @@ pub fn serve(
     let logs_dir = project.logs_dir();
     let _ = std::fs::create_dir_all(&logs_dir);
     let logs_dir = logs_dir.canonicalize().unwrap_or(logs_dir);
+    let loopback = addr.ip().is_loopback();
+    // On loopback, only localhost names (and the public name) reach the server: a page
+    // elsewhere cannot rebind its own name to 127.0.0.1 and read the UI.
+    let hosts = if loopback {
+        let mut h: Vec<String> = ["localhost", "127.0.0.1", "[::1]", "::1"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        h.extend(cfg.settings.public_name.clone());
+        h
+    } else {
+        vec![]
+    };
     let state = Arc::new(AppState {
         store,
         project_dir: project.dir.clone(),
         logs_dir,
         project: Mutex::new((project, Instant::now(), fingerprint)),
         versions: Mutex::new(HashMap::new()),
-        token: cfg.token,
-        open_reads: addr.ip().is_loopback(),
-        sessions: auth::Sessions::default(),
+        auth: auth::Auth::new(
+            cfg.principals,
+            cfg.settings.session_idle,
+            cfg.settings.session_max,
+            tls.is_some(),
+        ),
+        open_reads: loopback,
+        hosts,
+        max_backfill_runs: cfg.settings.max_backfill_runs,
+        public_name: cfg.settings.public_name.clone(),
         metrics,
         stats,
         clock: cfg.clock,
     });
     let app = router(state);
+    let https = tls.is_some();
     std::thread::Builder::new()
         .name("web".into())
         .spawn(move || {
@@ -236,17 +292,109 @@ pub fn serve(
             };
             rt.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
-                            tracing::error!(error = %e, "web server stopped");
-                        }
-                    }
+                    Ok(l) => accept_loop(l, app, tls).await,
                     Err(e) => tracing::error!(error = %e, "web server cannot use its socket"),
                 }
             });
         })
         .map_err(|e| e.to_string())?;
-    Ok(addr)
+    Ok((addr, https))
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("cannot read the certificate `{}`: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key `{}`: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not make a TLS server: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections up to [`MAX_CONNECTIONS`], each served on a task of its own with
+/// [`HEADER_TIMEOUT`] (TLS handshake included), the client's address put on every request.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // At the cap, new connections wait in the backlog rather than take memory here.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, most often: wait for some to close.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let client = axum::http::HeaderValue::from_str(&peer.ip().to_string()).ok();
+            let svc = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    let client = client.clone();
+                    async move {
+                        use tower::Service as _;
+                        let h = req.headers_mut();
+                        h.remove(auth::CLIENT_HEADER);
+                        if let Some(c) = client {
+                            h.insert(auth::CLIENT_HEADER, c);
+                        }
+                        app.call(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024);
+            let served = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                .await
+                        }
+                        _ => return,
+                    }
+                }
+                None => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
 }
 
 /// `ok`, or `degraded: …` while the scheduler cannot use its store (it keeps supervising
@@ -271,6 +419,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::handler))
         .route("/login", get(pages::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
+        .route("/audit", get(pages::audit))
+        .route(
+            "/static/app.css",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    pages::stylesheet(),
+                )
+            }),
+        )
+        .route(
+            "/static/live-log.js",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/javascript; charset=utf-8",
+                    )],
+                    pages::live_log_script(),
+                )
+            }),
+        )
         .route("/pipelines/{p}", get(pages::pipeline))
         .route("/pipelines/{p}/graph", get(pages::graph))
         .route("/pipelines/{p}/calendar", get(pages::calendar))
@@ -290,13 +460,107 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(api)
         .fallback(|| async { WebError::NotFound("no such page".into()) })
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// The host part of a Host header or an origin's authority (`[::1]:8080` → `[::1]`).
+fn host_name(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    }
+}
+
+/// Checks every request before its handler: the Host is one this server answers to (a
+/// loopback server answers localhost names and the configured public name only, against
+/// DNS rebinding); a state-changing request comes from this server's own pages (its
+/// Origin, else its Referer, names this host; a browser form without either is refused).
+/// Every answer gets the security headers.
+async fn guard(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !st.hosts.is_empty()
+        && !host.is_empty()
+        && !st
+            .hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host_name(&host)))
+    {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this server does not answer to the name `{}`; use localhost, or set `[web] public_name`", host_name(&host)),
+        )
+            .into_response();
+    }
+    let method = req.method();
+    if !(method == axum::http::Method::GET
+        || method == axum::http::Method::HEAD
+        || method == axum::http::Method::OPTIONS)
+    {
+        let source = headers
+            .get(axum::http::header::ORIGIN)
+            .or_else(|| headers.get(axum::http::header::REFERER))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| *v != "null");
+        let from_here = |v: &str| {
+            let authority = v
+                .split_once("://")
+                .map_or("", |(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""));
+            authority.eq_ignore_ascii_case(&host)
+                || st
+                    .public_name
+                    .as_deref()
+                    .is_some_and(|n| host_name(authority).eq_ignore_ascii_case(n))
+        };
+        let browser_form = headers.get(axum::http::header::COOKIE).is_some()
+            && headers.get(axum::http::header::AUTHORIZATION).is_none();
+        let refused = match source {
+            Some(v) => !from_here(v),
+            None => browser_form,
+        };
+        if refused {
+            return WebError::Forbidden(
+                "this request comes from another site (its Origin or Referer is not this server); act from nightshift's own pages".into(),
+            )
+            .into_response();
+        }
+    }
+    let secure = st.auth.secure;
     let mut res = next.run(req).await;
     let h = res.headers_mut();
+    h.insert(
+        "content-security-policy",
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+            .parse()
+            .expect("static header"),
+    );
+    let html = h
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if html {
+        // Pages carry CSRF tokens: never kept by a cache.
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            "no-store".parse().expect("static header"),
+        );
+    }
+    if secure {
+        h.insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000".parse().expect("static header"),
+        );
+    }
     h.insert(
         "x-content-type-options",
         "nosniff".parse().expect("static header"),

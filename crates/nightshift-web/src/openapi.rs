@@ -24,12 +24,40 @@ pub struct ErrorBody {
     info(
         title = "nightshift API",
         version = "1.0.0",
-        description = "Everything the nightshift web UI shows and does. Reads are open on loopback; actions need `Authorization: Bearer TOKEN` (NIGHTSHIFT_TOKEN). Errors are `{\"error\": \"...\"}`."
+        description = "Everything the nightshift web UI shows and does. Reads are open on loopback; actions need `Authorization: Bearer TOKEN` with a role that allows them (operator: trigger, backfill, clear, rerun, cancel, pause; admin: also mark). Every action is recorded in the audit log. Errors are `{\"error\": \"...\"}`."
     ),
     servers((url = "/")),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// Answers any route can give, documented on every operation: 401 (no or a wrong token),
+/// 403 (a role or pipeline the token does not allow, or a foreign Origin), 429 (too many
+/// failed attempts from the client's address) and 503 (the store is busy or unavailable).
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = || {
+        ResponseBuilder::new()
+            .description("Error")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Error")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for code in ["401", "403", "429", "503"] {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error().into());
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 
@@ -45,7 +73,7 @@ impl utoipa::Modify for BearerScheme {
 
 /// The API's routes and, from the same registrations, its document.
 pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::openapi))
         .routes(routes!(api::pipelines))
         .routes(routes!(api::pipeline))
@@ -60,7 +88,12 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::cancel_run))
         .routes(routes!(api::log))
         .routes(routes!(api::alerts))
-        .split_for_parts()
+        .routes(routes!(api::audit))
+        .routes(routes!(api::mark))
+        .split_for_parts();
+    let (router, mut doc) = (router, doc);
+    document_common_errors(&mut doc);
+    (router, doc)
 }
 
 /// The document as served at `/api/v1/openapi.json`.
@@ -106,6 +139,7 @@ mod tests {
             ops,
             [
                 "GET /api/v1/alerts",
+                "GET /api/v1/audit",
                 "GET /api/v1/openapi.json",
                 "GET /api/v1/pipelines",
                 "GET /api/v1/pipelines/{p}",
@@ -119,6 +153,7 @@ mod tests {
                 "POST /api/v1/pipelines/{p}/runs",
                 "POST /api/v1/pipelines/{p}/runs/{run_id}/cancel",
                 "POST /api/v1/pipelines/{p}/runs/{run_id}/clear",
+                "POST /api/v1/pipelines/{p}/runs/{run_id}/mark",
                 "POST /api/v1/pipelines/{p}/unpause",
             ]
         );

@@ -179,6 +179,14 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Who did what through the web UI and API (every action, allowed or refused), newest
+    /// first.
+    Audit {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// The tasks and tries of one run.
     Tasks {
         run_id: String,

@@ -130,10 +130,24 @@ impl Default for Subscription {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSettings {
     pub bind: String,
-    /// A token written in the file (prefer `token_env`).
+    /// A token written in the file (prefer `token_env`); it has the `admin` role.
     pub token: Option<String>,
-    /// The environment variable holding the token.
+    /// The environment variable holding the `admin` token.
     pub token_env: String,
+    /// Named tokens, each with a role (`[web.tokens.NAME]`).
+    pub tokens: Vec<NamedToken>,
+    /// The name people reach the server by (besides localhost names on a loopback
+    /// binding): accepted as Host and Origin.
+    pub public_name: Option<String>,
+    /// PEM files: HTTPS with these (and `Secure` cookies).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// A UI session ends after this long without a request…
+    pub session_idle: Duration,
+    /// …and this long after login in any case.
+    pub session_max: Duration,
+    /// A backfill from the UI or API over more runs than this is refused.
+    pub max_backfill_runs: u32,
 }
 
 impl Default for WebSettings {
@@ -142,8 +156,52 @@ impl Default for WebSettings {
             bind: "127.0.0.1:8080".into(),
             token: None,
             token_env: "NIGHTSHIFT_TOKEN".into(),
+            tokens: vec![],
+            public_name: None,
+            tls_cert: None,
+            tls_key: None,
+            session_idle: Duration::from_secs(12 * 3600),
+            session_max: Duration::from_secs(7 * 86_400),
+            max_backfill_runs: 1000,
         }
     }
+}
+
+/// Who may do what through the UI and API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Also trigger, backfill, clear, rerun, cancel, pause.
+    Operator,
+    /// Also mark tasks.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// `[web.tokens.NAME]`: a token read from `token_env`, with a role, optionally limited to
+/// some pipelines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedToken {
+    pub name: String,
+    pub role: Role,
+    pub token_env: String,
+    pub pipelines: Option<Vec<String>>,
 }
 
 impl WebSettings {

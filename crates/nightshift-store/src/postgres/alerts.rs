@@ -1,7 +1,7 @@
 //! The alert outbox: written before sending, so no alert goes out twice or is lost.
 
 use super::{PgStore, u32_of};
-use crate::{AlertRow, NewAlert, Result};
+use crate::{AlertRow, AuditRow, NewAlert, Result};
 
 const ALERT_COLS: &str = "id, event_key, channel, kind, pipeline, run_id, task_id, try_number, payload, status, attempts, error, created_at, sent_at";
 
@@ -25,6 +25,40 @@ fn alert_row(r: &postgres::Row) -> std::result::Result<AlertRow, postgres::Error
 }
 
 impl PgStore {
+    pub fn record_audit(&self, e: &AuditRow) -> Result<i64> {
+        self.write(|tx| {
+            Ok(tx
+                .query_one(
+                    "INSERT INTO audit_log (at, actor, action, target, client, outcome) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    &[&e.at, &e.actor, &e.action, &e.target, &e.client, &e.outcome],
+                )?
+                .try_get(0)?)
+        })
+    }
+
+    pub fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
+        self.read(|c| {
+            c.query(
+                "SELECT id, at, actor, action, target, client, outcome FROM audit_log
+                 WHERE ($1::BIGINT IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+                &[&before, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    target: r.try_get(4)?,
+                    client: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                })
+            })
+            .collect()
+        })
+    }
+
     pub fn enqueue_alert(&self, a: &NewAlert<'_>) -> Result<Option<i64>> {
         self.write(|tx| {
             let row = tx.query_opt(

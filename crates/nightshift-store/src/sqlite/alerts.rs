@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::{AlertRow, NewAlert, Result};
+use crate::{AlertRow, AuditRow, NewAlert, Result};
 
 const ALERT_COLS: &str = "id, event_key, channel, kind, pipeline, run_id, task_id, try_number, payload, status, attempts, error, created_at, sent_at";
 
@@ -28,6 +28,37 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
 }
 
 impl SqliteStore {
+    pub fn record_audit(&self, e: &AuditRow) -> Result<i64> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO audit_log (at, actor, action, target, client, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.at, e.actor, e.action, e.target, e.client, e.outcome],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    pub fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT id, at, actor, action, target, client, outcome FROM audit_log
+                 WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            s.query_map(params![before, limit], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    client: r.get(5)?,
+                    outcome: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
     pub fn enqueue_alert(&self, a: &NewAlert<'_>) -> Result<Option<i64>> {
         self.write(|tx| {
             let n = tx.execute(

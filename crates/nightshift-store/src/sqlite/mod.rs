@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migration_6.sql")),
     (7, include_str!("migration_7.sql")),
     (8, include_str!("migration_8.sql")),
+    (9, include_str!("migration_9.sql")),
 ];
 
 pub struct SqliteStore {

@@ -4,16 +4,18 @@
 use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use super::*;
 use crate::WebError;
+use crate::api::act;
+use crate::auth::Action;
 
 pub fn login_page(error: Option<&str>, next: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head { meta charset="utf-8"; link rel="icon" href="data:,"; title { "Log in · nightshift" } style { (PreEscaped(CSS)) } }
+            head { meta charset="utf-8"; link rel="icon" href="data:,"; title { "Log in · nightshift" } link rel="stylesheet" href="/static/app.css"; }
             body {
                 header { a href="/" { strong { "nightshift" } } }
                 main {
@@ -70,21 +72,57 @@ pub async fn pipeline_action(
     Path((p, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let res = (|| {
-        st.require_session(&headers, f.csrf.as_deref())?;
-        let again = f.rerun.as_deref() == Some("true");
-        let v = match action.as_str() {
-            "trigger" => st.act_trigger(&p, need(&f.ds, "ds")?, again)?,
-            "backfill" => st.act_backfill(&p, need(&f.from, "from")?, need(&f.to, "to")?, again)?,
-            "pause" => st.act_pause(&p, true)?,
-            "unpause" => st.act_pause(&p, false)?,
-            "cancel-backfills" => st.act_cancel(&p, None)?,
-            other => return Err(WebError::NotFound(format!("no action `{other}`"))),
-        };
-        Ok(v)
-    })();
+    let again = f.rerun.as_deref() == Some("true");
+    let (kind, target) = match action.as_str() {
+        "trigger" if again => (
+            Action::Rerun,
+            format!("{p} ds {}", f.ds.clone().unwrap_or_default()),
+        ),
+        "trigger" => (
+            Action::Trigger,
+            format!("{p} ds {}", f.ds.clone().unwrap_or_default()),
+        ),
+        "backfill" => (
+            Action::Backfill,
+            format!(
+                "{p} {} to {}",
+                f.from.clone().unwrap_or_default(),
+                f.to.clone().unwrap_or_default()
+            ),
+        ),
+        "pause" => (Action::Pause, p.clone()),
+        "unpause" => (Action::Unpause, p.clone()),
+        "cancel-backfills" => (Action::Cancel, format!("{p} backfills")),
+        other => {
+            return error_page(
+                &st,
+                &headers,
+                WebError::NotFound(format!("no action `{other}`")),
+            );
+        }
+    };
+    let who = match st.require_form(&headers, f.csrf.as_deref(), kind, &p, &target) {
+        Ok(w) => w,
+        Err(e) => return error_page(&st, &headers, e),
+    };
+    let name = p.clone();
+    let res = act(st.clone(), &headers, &who, kind, target, move |st| {
+        Ok(match action.as_str() {
+            "trigger" => st.act_trigger(&name, need(&f.ds, "ds")?, again)?,
+            "backfill" => {
+                st.act_backfill(&name, need(&f.from, "from")?, need(&f.to, "to")?, again)?
+            }
+            "pause" => st.act_pause(&name, true)?,
+            "unpause" => st.act_pause(&name, false)?,
+            _ => st.act_cancel(&name, None)?,
+        })
+    })
+    .await;
     match res {
-        Ok(v) => done(format!("/pipelines/{p}"), &format!("{action}: {v}")),
+        Ok(v) => done(
+            format!("/pipelines/{p}"),
+            &format!("{}: {v}", kind.as_str()),
+        ),
         Err(e) => error_page(&st, &headers, e),
     }
 }
@@ -95,11 +133,22 @@ pub async fn cancel_action(
     Path((p, run_id)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let res = (|| {
-        st.require_session(&headers, f.csrf.as_deref())?;
-        st.act_cancel(&p, Some(&run_id))
-    })();
-    match res {
+    let target = format!("{p} {run_id}");
+    let who = match st.require_form(&headers, f.csrf.as_deref(), Action::Cancel, &p, &target) {
+        Ok(w) => w,
+        Err(e) => return error_page(&st, &headers, e),
+    };
+    let (name, id) = (p.clone(), run_id.clone());
+    match act(
+        st.clone(),
+        &headers,
+        &who,
+        Action::Cancel,
+        target,
+        move |st| st.act_cancel(&name, Some(&id)),
+    )
+    .await
+    {
         Ok(_) => done(format!("/pipelines/{p}/runs/{run_id}"), "cancelled"),
         Err(e) => error_page(&st, &headers, e),
     }
@@ -111,16 +160,29 @@ pub async fn clear_action(
     Path((p, run_id)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let res = (|| {
-        st.require_session(&headers, f.csrf.as_deref())?;
-        st.act_clear(
-            &p,
-            &run_id,
-            need(&f.task, "task")?,
-            f.downstream.as_deref() == Some("true"),
-        )
-    })();
-    match res {
+    let target = format!("{p} {run_id} task {}", f.task.clone().unwrap_or_default());
+    let who = match st.require_form(&headers, f.csrf.as_deref(), Action::Clear, &p, &target) {
+        Ok(w) => w,
+        Err(e) => return error_page(&st, &headers, e),
+    };
+    let (name, id) = (p.clone(), run_id.clone());
+    match act(
+        st.clone(),
+        &headers,
+        &who,
+        Action::Clear,
+        target,
+        move |st| {
+            st.act_clear(
+                &name,
+                &id,
+                need(&f.task, "task")?,
+                f.downstream.as_deref() == Some("true"),
+            )
+        },
+    )
+    .await
+    {
         Ok(v) => done(
             format!("/pipelines/{p}/runs/{run_id}"),
             &format!("cleared: {}", v["cleared"]),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use crate::api::{calendar_range, query_int};
 use crate::model::{GridPage, RunSummary};
@@ -20,7 +20,7 @@ mod status;
 
 pub use forms::{ActionForm, cancel_action, clear_action, login_form, login_page, pipeline_action};
 pub use run::{run, try_page};
-pub use status::status;
+pub use status::{audit, status};
 
 type St = State<Arc<AppState>>;
 type Q = Query<HashMap<String, String>>;
@@ -41,7 +41,66 @@ pre.log{background:#102027;color:#e0f2f1;padding:8px;overflow:auto;max-height:70
 .cal{display:grid;grid-template-rows:repeat(7,16px);grid-auto-flow:column;grid-auto-columns:16px;gap:3px}
 .cal a,.cal span{display:block;width:16px;height:16px;border:1px solid #cfd8dc;border-radius:2px}
 .legend span{display:inline-block;width:12px;height:12px;border:1px solid #90a4ae;margin:0 4px 0 12px;vertical-align:middle}
+.cal span.pad{border:none}
+.st{background:#eceff1}
 "#;
+
+/// Every state the pages color, for the stylesheet's rules (colors live in [`color`]).
+const STATES: &[&str] = &[
+    "SUCCESS",
+    "PASS",
+    "done",
+    "met",
+    "WARN",
+    "ERROR",
+    "FAIL",
+    "FAILED",
+    "failed",
+    "missed",
+    "UPSTREAM_FAILED",
+    "RUNNING",
+    "running",
+    "QUEUED",
+    "queued",
+    "UP_FOR_RETRY",
+    "at_risk",
+    "SKIPPED",
+    "CANCELLED",
+    "cancelled",
+    "PENDING",
+    "missing",
+    "paused",
+    "NONE",
+    "none",
+    "on_track",
+    "future",
+];
+
+/// The stylesheet, served at `/static/app.css`: with the Content-Security-Policy in force
+/// (`default-src 'self'`), pages carry no inline style or script.
+pub fn stylesheet() -> &'static str {
+    static SHEET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHEET.get_or_init(|| {
+        let mut css = CSS.to_owned();
+        for s in STATES {
+            let fg = if matches!(*s, "PENDING" | "NONE" | "none" | "missing" | "on_track") {
+                "#263238"
+            } else {
+                "#fff"
+            };
+            css.push_str(&format!(
+                ".st[data-state=\"{s}\"]{{background:{}}}.badge[data-state=\"{s}\"]{{color:{fg}}}\n",
+                color(s)
+            ));
+        }
+        css
+    })
+}
+
+/// The try page's live log, served at `/static/live-log.js`.
+pub fn live_log_script() -> &'static str {
+    LIVE_LOG
+}
 
 const LIVE_LOG: &str = r#"
 (function(){
@@ -63,7 +122,7 @@ const LIVE_LOG: &str = r#"
 "#;
 
 fn layout(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Markup {
-    let logged_in = st.session_csrf(headers).is_some();
+    let session = st.session_csrf(headers);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -72,18 +131,22 @@ fn layout(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Mark
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 link rel="icon" href="data:,";
                 title { (title) " · nightshift" }
-                style { (PreEscaped(CSS)) }
+                link rel="stylesheet" href="/static/app.css";
             }
             body {
                 header {
                     a href="/" { strong { "nightshift" } }
                     a href="/" { "Pipelines" }
                     a href="/status" { "Processes" }
+                    a href="/audit" { "Audit" }
                     a href="/api/v1/openapi.json" { "API" }
                     a href="/metrics" { "Metrics" }
                     span.who {
-                        @if logged_in {
-                            form.inline method="post" action="/logout" { button type="submit" { "Log out" } }
+                        @if let Some(csrf) = &session {
+                            form.inline method="post" action="/logout" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" { "Log out" }
+                            }
                         } @else {
                             a href="/login" { "Log in to act" }
                         }
@@ -96,12 +159,7 @@ fn layout(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Mark
 }
 
 fn badge(state: &str) -> Markup {
-    let fg = if matches!(state, "PENDING" | "NONE" | "none" | "missing" | "on_track") {
-        "#263238"
-    } else {
-        "#fff"
-    };
-    html! { span.badge data-state=(state) style=(format!("background:{};color:{fg}", color(state))) { (state) } }
+    html! { span.badge.st data-state=(state) { (state) } }
 }
 
 fn page(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Response {
@@ -250,7 +308,7 @@ fn grid_table(g: &GridPage) -> Markup {
             tr {
                 th { "run" }
                 @for r in &runs {
-                    td.cell data-run=(r.run.run_id) data-state=(r.run.state) style=(format!("background:{}", color(&r.run.state))) {
+                    td.cell.st data-run=(r.run.run_id) data-state=(r.run.state) {
                         a href={"/pipelines/" (g.pipeline.name) "/runs/" (r.run.run_id)} title={(r.run.run_id) ": " (r.run.state)} {}
                     }
                 }
@@ -262,7 +320,7 @@ fn grid_table(g: &GridPage) -> Markup {
                         @let cell = r.tasks.get(&t.id);
                         @let state = cell.map(|c| c.state.as_str()).unwrap_or("NONE");
                         @let tries = cell.map(|c| c.try_number).unwrap_or(0);
-                        td.cell data-task=(t.id) data-run=(r.run.run_id) data-state=(state) style=(format!("background:{}", color(state))) {
+                        td.cell.st data-task=(t.id) data-run=(r.run.run_id) data-state=(state) {
                             @if tries > 0 {
                                 a href={"/pipelines/" (g.pipeline.name) "/runs/" (r.run.run_id) "/tasks/" (t.id) "/tries/" (tries)} title={(t.id) " " (r.run.run_id) ": " (state) " (try " (tries) ")"} {}
                             } @else {
@@ -280,7 +338,7 @@ fn legend() -> Markup {
     html! {
         p.legend.muted {
             @for s in ["SUCCESS", "RUNNING", "FAILED", "UPSTREAM_FAILED", "UP_FOR_RETRY", "QUEUED", "PENDING", "SKIPPED", "CANCELLED"] {
-                span style=(format!("background:{}", color(s))) {} (s)
+                span.st data-state=(s) {} (s)
             }
         }
     }
@@ -411,18 +469,18 @@ pub async fn calendar(
                 h2 { "Partitions " (from) " to " (to) }
                 p { (missing) " missing day(s). Click a missing day to fill the backfill form with it." }
                 p.legend.muted {
-                    @for s in ["done", "failed", "running", "queued", "cancelled", "missing", "future"] { span style=(format!("background:{}", color(s))) {} (s) }
+                    @for s in ["done", "failed", "running", "queued", "cancelled", "missing", "future"] { span.st data-state=(s) {} (s) }
                 }
                 div.cal #calendar {
-                    @for _ in 0..pad { span style="border:none" {} }
+                    @for _ in 0..pad { span.pad {} }
                     @for d in &days {
                         @let title = format!("{}: {}", d.ds, d.state);
                         @if let Some(r) = &d.run_id {
-                            a data-ds=(d.ds) data-state=(d.state) title=(title) href={"/pipelines/" (p) "/runs/" (r)} style=(format!("background:{}", color(&d.state))) {}
+                            a.st data-ds=(d.ds) data-state=(d.state) title=(title) href={"/pipelines/" (p) "/runs/" (r)} {}
                         } @else if d.state == "missing" {
-                            a data-ds=(d.ds) data-state=(d.state) title=(title) href={"/pipelines/" (p) "/calendar?from=" (from) "&to=" (to) "&bf_from=" (d.ds)} style=(format!("background:{}", color(&d.state))) {}
+                            a.st data-ds=(d.ds) data-state=(d.state) title=(title) href={"/pipelines/" (p) "/calendar?from=" (from) "&to=" (to) "&bf_from=" (d.ds)} {}
                         } @else {
-                            span data-ds=(d.ds) data-state=(d.state) title=(title) style=(format!("background:{}", color(&d.state))) {}
+                            span.st data-ds=(d.ds) data-state=(d.state) title=(title) {}
                         }
                     }
                 }

@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use maud::{PreEscaped, html};
+use maud::html;
 use nightshift_core::time::to_micros;
 
 use super::*;
@@ -149,7 +149,7 @@ pub async fn try_page(
                 @if let Some(e) = &x.error { h2 { "Error" } p.err #error { (e) } }
                 h2 { "Log " span #live.muted { (if complete { "complete" } else { "live" }) } " " a href=(src) { "raw" } }
                 pre.log #log data-src=(src) data-offset=(offset) data-complete=(complete) { (String::from_utf8_lossy(&first)) }
-                script { (PreEscaped(LIVE_LOG)) }
+                script src="/static/live-log.js" {}
             },
         ))
     })

@@ -47,3 +47,41 @@ pub async fn status(State(st): St, headers: HeaderMap) -> Response {
         ))
     })
 }
+
+/// The audit log: every action through the UI and API, newest first, 100 a page.
+pub async fn audit(
+    State(st): St,
+    headers: HeaderMap,
+    axum::extract::Query(q): super::Q,
+) -> Response {
+    render(&st, &headers, || {
+        let before = crate::api::query_int(&q, "before", 1, i64::MAX)?;
+        let rows = st.store.audit(before, 100)?;
+        let tz = jiff::tz::TimeZone::UTC;
+        Ok(page(
+            &st,
+            &headers,
+            "Audit log",
+            html! {
+                h1 { "Audit log" }
+                p.muted { "Every action taken through the web UI and the API: which token, what, on which target, from where, and how it went." }
+                table #audit {
+                    tr { th { "When (UTC)" } th { "Token" } th { "Action" } th { "Target" } th { "Client" } th { "Outcome" } }
+                    @for r in &rows {
+                        tr data-action=(r.action) data-actor=(r.actor) {
+                            td { (nightshift_core::time::from_micros(r.at).to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S")) }
+                            td { (r.actor) }
+                            td { (r.action) }
+                            td { (r.target) }
+                            td { (r.client) }
+                            td { (r.outcome) }
+                        }
+                    }
+                }
+                @if let Some(last) = rows.last().filter(|_| rows.len() == 100) {
+                    p { a href={"/audit?before=" (last.id)} { "Older entries »" } }
+                }
+            },
+        ))
+    })
+}

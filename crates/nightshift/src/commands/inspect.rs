@@ -482,6 +482,47 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
     Ok(0)
 }
 
+/// `audit`: the audit log as the store has it.
+pub fn audit(dir: &Path, as_json: bool, limit: u32) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let rows = store.audit(None, limit.clamp(1, 100_000))?;
+    if as_json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|a| {
+                json!({
+                    "id": a.id, "at": iso(Some(a.at)), "token": a.actor, "action": a.action,
+                    "target": a.target, "client": a.client, "outcome": a.outcome,
+                })
+            })
+            .collect();
+        output::line(serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        output::note("the audit log is empty: no action was taken through the web UI or API");
+        return Ok(0);
+    }
+    output::table(
+        &["AT", "TOKEN", "ACTION", "TARGET", "CLIENT", "OUTCOME"],
+        &rows
+            .iter()
+            .map(|a| {
+                vec![
+                    ts(Some(a.at)),
+                    a.actor.clone(),
+                    a.action.clone(),
+                    a.target.clone(),
+                    a.client.clone(),
+                    output::inert(&a.outcome).into_owned(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(0)
+}
+
 pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
     let project = load_project(dir)?;
     let store = open_store(&project)?;

@@ -130,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             json,
             limit,
         } => inspect::alerts(&dir, pipeline.as_deref(), json, limit),
+        Command::Audit { json, limit } => inspect::audit(&dir, json, limit),
         Command::Tasks {
             run_id,
             pipeline,

@@ -78,21 +78,23 @@ pub async fn exec(
         (None, _, false) => web_settings.bind.parse().ok().map(|b| (b, false)),
     };
     if let Some((addr, explicit)) = serve_at {
-        let token = web_settings.resolve_token(crate::env::var);
-        let has_token = token.is_some();
+        let principals = principals(&web_settings)?;
+        let has_token = !principals.is_empty();
         match nightshift_web::serve(
             nightshift_web::Config {
                 bind: addr,
-                token,
+                principals,
                 clock: engine.clock(),
+                settings: web_settings.clone(),
             },
             web_project,
             metrics.clone(),
             Some(engine.stats()),
         ) {
-            Ok(bound) => {
+            Ok((bound, https)) => {
                 output::note(format!(
-                    "web UI and API at http://{bound}/ (metrics at /metrics)"
+                    "web UI and API at {}://{bound}/ (metrics at /metrics)",
+                    if https { "https" } else { "http" }
                 ));
                 if !has_token {
                     output::note(format!(
@@ -158,4 +160,42 @@ fn print_event(e: nightshift_engine::Event) {
     if let Some(line) = event_line(&e) {
         output::line(line);
     }
+}
+
+/// The tokens the web server accepts: the `admin` token (`[web] token` or `token_env`) and
+/// each `[web.tokens.NAME]` whose variable is set. A token shorter than 16 characters is
+/// refused, wherever it comes from.
+fn principals(
+    web: &nightshift_core::project::WebSettings,
+) -> Result<Vec<nightshift_web::auth::Principal>> {
+    use nightshift_core::project::Role;
+    use nightshift_web::auth::{MIN_TOKEN_LEN, Principal};
+    let short = |what: String| {
+        usage(format!(
+            "{what} is shorter than {MIN_TOKEN_LEN} characters; use a long random one (e.g. `openssl rand -hex 32`)"
+        ))
+    };
+    let mut out = vec![];
+    if let Some(t) = web.resolve_token(crate::env::var) {
+        if t.len() < MIN_TOKEN_LEN {
+            return Err(short(format!("the token in `{}`", web.token_env)));
+        }
+        out.push(Principal::new("admin", Role::Admin, None, &t));
+    }
+    for nt in &web.tokens {
+        match crate::env::var(&nt.token_env).filter(|v| !v.is_empty()) {
+            Some(t) if t.len() < MIN_TOKEN_LEN => {
+                return Err(short(format!(
+                    "token `{}` (from `{}`)",
+                    nt.name, nt.token_env
+                )));
+            }
+            Some(t) => out.push(Principal::new(&nt.name, nt.role, nt.pipelines.clone(), &t)),
+            None => output::note(format!(
+                "warning: token `{}` is not usable: `{}` is not set",
+                nt.name, nt.token_env
+            )),
+        }
+    }
+    Ok(out)
 }

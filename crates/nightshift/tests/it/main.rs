@@ -14,6 +14,7 @@ mod recover;
 mod runbook;
 mod scheduler;
 mod security;
+mod security_web;
 mod soak;
 mod sql;
 mod supervision;
