@@ -173,18 +173,26 @@ pub fn deliver_once(
                 ureq::unversioned::transport::DefaultConnector::new(),
                 crate::guard::GuardedResolver::new(*allow_private),
             );
-            agent
+            let answer = agent
                 .post(&url)
                 .header("content-type", "application/json")
                 .send(body.to_string())
-                .map(|_| ())
                 .map_err(|e| {
                     format!(
                         "{} ({})",
                         crate::guard::scrub(&e.to_string(), &url),
                         redact(&url)
                     )
-                })
+                })?;
+            // Not followed: a redirect could lead where the destination check refuses.
+            if answer.status().is_redirection() {
+                return Err(format!(
+                    "{} answered with a redirect ({}), which is not followed; configure the final URL",
+                    redact(&url),
+                    answer.status()
+                ));
+            }
+            Ok(())
         }
         Channel::Smtp {
             host,

@@ -89,8 +89,76 @@ pub fn render(path: &Path, source: &str, d: &Diagnostic) -> String {
     render_with(path, source, d, false)
 }
 
+/// Text from outside (a file being quoted, a task's log) made safe to print on a terminal:
+/// control characters other than newline and tab are shown inertly (`^[` for ESC, `^?` for
+/// DEL, `\u{9b}` for the C1 controls), so no escape sequence in it can move the cursor,
+/// retitle the window or set the clipboard (OSC 52).
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_bad) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        push_inert(&mut out, c);
+    }
+    out.into()
+}
+
+fn is_bad(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}'
+}
+
+fn push_inert(out: &mut String, c: char) {
+    match c {
+        '\u{7f}' => out.push_str("^?"),
+        c if (c as u32) < 0x20 && is_bad(c) => {
+            out.push('^');
+            out.push(char::from(b'@' + c as u8));
+        }
+        c if is_bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        c => out.push(c),
+    }
+}
+
+/// [`inert`] for a source and the spans into it: each byte offset moved past what the
+/// replacements added before it.
+fn inert_source(source: &str) -> (std::borrow::Cow<'_, str>, impl Fn(usize) -> usize) {
+    let mut shifts: Vec<(usize, usize)> = vec![];
+    let mut out = String::new();
+    if source.chars().any(is_bad) {
+        out.reserve(source.len() + 16);
+        for (i, c) in source.char_indices() {
+            let before = out.len();
+            push_inert(&mut out, c);
+            let grown = (out.len() - before) - c.len_utf8();
+            if grown > 0 {
+                let total = shifts.last().map_or(0, |s| s.1) + grown;
+                shifts.push((i + c.len_utf8(), total));
+            }
+        }
+    }
+    let map = move |pos: usize| {
+        let k = shifts.partition_point(|s| s.0 <= pos);
+        pos + if k == 0 { 0 } else { shifts[k - 1].1 }
+    };
+    let text = if out.is_empty() {
+        source.into()
+    } else {
+        out.into()
+    };
+    (text, map)
+}
+
 pub fn render_with(path: &Path, source: &str, d: &Diagnostic, color: bool) -> String {
     use annotate_snippets::{Level, Renderer, Snippet};
+    let (source, at) = inert_source(source);
+    let source: &str = &source;
+    let d = &Diagnostic {
+        span: d.span.as_ref().map(|s| at(s.start)..at(s.end)),
+        message: inert(&d.message).into_owned(),
+        help: d.help.as_deref().map(|h| inert(h).into_owned()),
+        ..d.clone()
+    };
     let level = match d.severity {
         Severity::Error => Level::Error,
         Severity::Warning => Level::Warning,
@@ -178,6 +246,18 @@ mod tests {
         assert_eq!(line_col(src, src.find('=').unwrap()), (1, 3));
         let second_eq = src.rfind('=').unwrap();
         assert_eq!(line_col(src, second_eq), (2, 4));
+    }
+
+    #[test]
+    fn quoted_escape_sequences_are_shown_not_obeyed() {
+        let src = "name = \"a\u{1b}]52;c;aGk=\u{7}b\"\nbad = 1\n";
+        let at = src.find("bad").unwrap();
+        let d = Diagnostic::error("unknown key `bad`", Some(at..at + 3));
+        let out = render(Path::new("p.toml"), src, &d);
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
+        assert!(out.contains("p.toml:2:1"), "{out}");
+        let one = Diagnostic::error("x", Some(0..4));
+        assert!(render(Path::new("q.toml"), "\u{1b}[2Jname = 1\n", &one).contains("^[[2J"));
     }
 
     #[test]

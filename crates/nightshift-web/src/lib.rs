@@ -7,13 +7,16 @@
 //! - [`openapi`]: the API's routes and the document generated from them.
 //! - [`pages`]: server-rendered HTML (maud); no build step, one small script for live logs.
 //! - [`svg`]: the DAG graph, the Gantt chart and the history charts, drawn as SVG.
-//! - [`api`]: JSON endpoints and the actions (trigger, backfill, clear, pause).
+//! - [`api`]: JSON endpoints for what the UI shows.
+//! - [`actions`]: the actions (trigger, backfill, clear, cancel, pause, mark), their roles
+//!   and their audit records.
 //! - [`auth`]: the action token, UI sessions and CSRF tokens.
 //! - [`metrics`]: the Prometheus registry and what the engine's events feed it.
 //!
 //! The server runs on its own thread and runtime with its own store connection, so a slow
 //! page never delays the scheduler.
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod metrics;

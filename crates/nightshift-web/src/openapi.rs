@@ -10,7 +10,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AppState, api};
+use crate::{AppState, actions, api};
 
 /// Every error answer: `{"error": "..."}`, saying what was wrong and what to do.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -77,19 +77,19 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::openapi))
         .routes(routes!(api::pipelines))
         .routes(routes!(api::pipeline))
-        .routes(routes!(api::runs, api::trigger))
-        .routes(routes!(api::backfill))
-        .routes(routes!(api::cancel_backfills))
-        .routes(routes!(api::pause))
-        .routes(routes!(api::unpause))
+        .routes(routes!(api::runs, actions::trigger))
+        .routes(routes!(actions::backfill))
+        .routes(routes!(actions::cancel_backfills))
+        .routes(routes!(actions::pause))
+        .routes(routes!(actions::unpause))
         .routes(routes!(api::calendar))
         .routes(routes!(api::run))
-        .routes(routes!(api::clear))
-        .routes(routes!(api::cancel_run))
+        .routes(routes!(actions::clear))
+        .routes(routes!(actions::cancel_run))
         .routes(routes!(api::log))
         .routes(routes!(api::alerts))
         .routes(routes!(api::audit))
-        .routes(routes!(api::mark))
+        .routes(routes!(actions::mark))
         .split_for_parts();
     let (router, mut doc) = (router, doc);
     document_common_errors(&mut doc);

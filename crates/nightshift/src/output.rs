@@ -20,29 +20,7 @@ pub fn raw(bytes: &[u8]) {
     let _ = out.flush();
 }
 
-/// Text from outside (a task's log, a file being quoted) made safe to print on a terminal:
-/// control characters other than newline and tab are shown inertly (`^[` for ESC, `^?`
-/// for DEL, `\u{9b}` for the C1 controls), so no escape sequence written by a task can
-/// move the cursor, retitle the window or set the clipboard (OSC 52).
-pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}';
-    if !text.chars().any(bad) {
-        return text.into();
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '\u{7f}' => out.push_str("^?"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {
-                out.push('^');
-                out.push(char::from(b'@' + c as u8));
-            }
-            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.into()
-}
+pub use nightshift_core::diag::inert;
 
 /// A note for the person at the terminal, on stderr.
 pub fn note(s: impl AsRef<str>) {

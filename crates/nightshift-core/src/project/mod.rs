@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod channels;
 mod reading;
+mod web;
 
 pub use reading::{parse_settings, url_has_password};
 

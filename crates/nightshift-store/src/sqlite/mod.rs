@@ -148,6 +148,25 @@ fn event(
     Ok(())
 }
 
+/// A store made before nightshift created its files for their owner only is tightened
+/// when opened: the file and its journals 0600 (its folder may be the project's own, which
+/// is left as it is).
+fn owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |p: &Path, mode: u32| {
+        if let Ok(m) = std::fs::metadata(p)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        }
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        tighten(Path::new(&p), 0o600);
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store file at `path` and applies pending migrations;
     /// one statement waits up to `busy` for another process's lock.
@@ -194,6 +213,7 @@ impl SqliteStore {
             path: path.to_owned(),
         };
         store.migrate()?;
+        owner_only(path);
         Ok(store)
     }
 

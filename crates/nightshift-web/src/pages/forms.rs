@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::*;
 use crate::WebError;
-use crate::api::act;
+use crate::actions::act;
 use crate::auth::Action;
 
 pub fn login_page(error: Option<&str>, next: Option<&str>) -> Markup {

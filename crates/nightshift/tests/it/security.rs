@@ -233,3 +233,58 @@ fn the_log_reader_shows_escapes_inertly_and_follows_no_link() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("never followed"), "{}", stderr(&out));
 }
+
+/// SMTP credentials never travel in cleartext unless the project says so, and a webhook's
+/// redirect is not followed (it could lead to an address the checks refuse).
+#[test]
+fn smtp_credentials_need_tls_and_webhook_redirects_are_not_followed() {
+    let p = TestProject::new();
+    p.file(
+        "nightshift.toml",
+        "[channels.mail]\nkind = \"smtp\"\nhost = \"smtp.example.com\"\nport = 25\ntls = \"none\"\nfrom = \"n@example.com\"\nto = [\"ops@example.com\"]\nusername_env = \"SMTP_USER\"\npassword_env = \"SMTP_PASSWORD\"\n",
+    );
+    let out = p.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out) + &stdout(&out);
+    assert!(
+        text.contains("cleartext") && text.contains("nightshift.toml:8:"),
+        "{text}"
+    );
+    assert!(text.contains("allow_plaintext_auth"), "{text}");
+
+    // A webhook that answers with a redirect to a second server.
+    let (target, calls) = http_server(false);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirecting = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().take(5) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    p.file(
+        "nightshift.toml",
+        &format!("[channels.hook]\nkind = \"webhook\"\nurl = \"{redirecting}\"\nallow_private = true\nretries = 0\n"),
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"notify\"\nkind = \"notify\"\nchannels = [\"hook\"]\n"),
+    );
+    let out = p.run(&["run", "p", "--date", "2024-06-01"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a redirect is a failed delivery"
+    );
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "the redirect was not followed"
+    );
+}

@@ -70,7 +70,7 @@ fn a_store_locked_for_a_minute_stalls_no_running_try() {
                [[task]]\nid = \"hang\"\ncommand = [\"sleep\", \"600\"]\ntimeout = \"3s\"\ndepends_on = [\"gate\"]\n"),
     );
     p.file("nightshift.toml", "kill_grace = \"1s\"\n");
-    let token = "lock-test-token";
+    let token = "lock-test-token-0123456789";
     let mut up = p.spawn(
         &["up", "--bind", "127.0.0.1:0"],
         &[("NIGHTSHIFT_TOKEN", token)],
@@ -98,7 +98,7 @@ fn a_store_locked_for_a_minute_stalls_no_running_try() {
         .post(format!("{url}/api/v1/pipelines/p/runs"))
         .header("Authorization", format!("Bearer {token}"))
         .header("Content-Type", "application/json")
-        .send(r#"{"ds": "2024-01-01"}"#)
+        .send(format!(r#"{{"ds": "{}"}}"#, yesterday()))
         .unwrap();
     let answered = asked.elapsed();
     let status = resp.status().as_u16();
