@@ -171,6 +171,19 @@ fn a_webhook_urls_credentials_never_show() {
     let mut shown = stdout(&out) + &stderr(&out);
     shown += &stdout(&p.run(&["alerts", "--json"]));
     shown += &stdout(&p.run(&["logs", "20240602_0000", "notify"]));
+    // The API shows the same alerts, and `up` says nothing of the URL on its stderr.
+    let mut up = p.spawn(
+        &["up", "--bind", "127.0.0.1:0"],
+        &[("NIGHTSHIFT_TOKEN", "admin-token-0123456789abcdef")],
+        "up",
+    );
+    let web = web_url(&p, "up");
+    let mut r = http().get(format!("{web}/api/v1/alerts")).call().unwrap();
+    let api = r.body_mut().read_to_string().unwrap();
+    assert!(api.contains("boom"), "the API lists the alert: {api}");
+    shown += &api;
+    sigkill(&mut up);
+    shown += &p.read("up.stderr");
     for secret in ["hookuser", "hookpass", "pathsecret", "querysecret"] {
         assert!(!shown.contains(secret), "`{secret}` shows:\n{shown}");
     }

@@ -540,3 +540,56 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     }
     sigkill(&mut up);
 }
+
+/// An action runs off the server's thread: a backfill of 1,000 runs does not hold up the
+/// requests that come while it is being created.
+#[test]
+fn a_large_backfill_holds_up_no_other_request() {
+    let p = project("");
+    p.file(
+        "pipelines/h.toml",
+        &format!(
+            "schedule = \"0 * * * *\"\ntimezone = \"UTC\"\nstart_date = \"{}\"\ncatchup = false\n\n[[task]]\nid = \"t\"\ncommand = [\"true\"]\n",
+            days_ago(60)
+        ),
+    );
+    assert!(p.run(&["pause", "h"]).status.success());
+    let (mut up, url) = serve(&p);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered_meanwhile = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let poller = {
+        let (done, seen, url) = (done.clone(), answered_meanwhile.clone(), url.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let ok = curl(&[&format!("{url}/api/v1/pipelines")]).code == 200;
+                // Counted only if the backfill was still being created when it came back.
+                if ok && !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    // 984 hourly intervals (41 days), all ended.
+    let from = days_ago(50);
+    let to = {
+        let out = Command::new("date")
+            .args(["-u", "-d", &format!("{from} + 40 days"), "+%Y-%m-%d"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let big = api(
+        &format!("{url}/api/v1/pipelines/h/backfills"),
+        ADMIN,
+        &format!(r#"{{"from": "{from}", "to": "{to}"}}"#),
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    poller.join().unwrap();
+    assert_eq!(big.code, 201, "{}", big.body);
+    assert_eq!(big.json()["created"], 984, "{}", big.body);
+    assert!(
+        answered_meanwhile.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "other requests were answered while the backfill was created"
+    );
+    sigkill(&mut up);
+}
