@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::pipeline::Pipeline;
-use crate::state::TaskState;
+use crate::state::{TaskState, Trigger};
 use crate::time::{self, DataInterval};
 
 /// A run's standing against its pipeline's deadline.
@@ -59,6 +59,21 @@ pub fn deadline_for(p: &Pipeline, iv: &DataInterval) -> Option<Timestamp> {
     }
     let next = fired.date().tomorrow().ok()?;
     Some(time::resolve(tz, next.to_datetime(at)))
+}
+
+/// Whether a run's deadline is judged at all. Only the run that stands for the latest ended
+/// interval when it was created is: a scheduled run, or a manual run of that interval.
+/// Backfills, catch-up runs of earlier intervals and manual runs of past dates are history:
+/// their deadline passed long before anyone could meet it, and alarms for them would bury
+/// the one that matters.
+pub fn judged(p: &Pipeline, trigger: Trigger, iv: &DataInterval, queued_at: Timestamp) -> bool {
+    if trigger == Trigger::Backfill || iv.end > queued_at {
+        return false;
+    }
+    // The latest ended interval at creation: the next one had not ended yet.
+    p.schedule
+        .next_fire(iv.end)
+        .is_ok_and(|next| next > queued_at)
 }
 
 /// What the forecast knows of one task.
@@ -159,6 +174,33 @@ depends_on = ["b", "c"]
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_the_latest_interval_is_judged() {
+        let p = pipeline("06:00");
+        let iv = DataInterval {
+            start: ts("2024-06-01T22:00:00Z"),
+            end: ts("2024-06-02T22:00:00Z"),
+        };
+        let on_time = ts("2024-06-02T22:00:01Z");
+        let late_same_day = ts("2024-06-03T09:00:00Z");
+        let next_day = ts("2024-06-03T23:00:00Z");
+        assert!(judged(&p, Trigger::Scheduled, &iv, on_time));
+        assert!(
+            judged(&p, Trigger::Scheduled, &iv, late_same_day),
+            "a late scheduler still misses"
+        );
+        assert!(judged(&p, Trigger::Manual, &iv, on_time));
+        assert!(!judged(&p, Trigger::Backfill, &iv, on_time));
+        assert!(
+            !judged(&p, Trigger::Scheduled, &iv, next_day),
+            "catch-up of an earlier interval"
+        );
+        assert!(
+            !judged(&p, Trigger::Manual, &iv, next_day),
+            "a manual run of a past date"
+        );
     }
 
     #[test]

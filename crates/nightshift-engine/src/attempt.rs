@@ -160,6 +160,7 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     let shipper = c.shipper.clone();
     let clock = c.clock.clone();
     let record = (c.ti.pk, c.try_number, c.owner.clone());
+    let project_dir = c.project_dir.clone();
     let crash_at = c.crash_at.clone();
     let task_id = task.id.clone();
     let concluding = Concluding {
@@ -200,7 +201,7 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
                     owner: record.2,
                     pid: sup.pid,
                     pid_start: procs::start_time(sup.pid),
-                    log_path: log_path.to_string_lossy().into_owned(),
+                    log_path: crate::project::stored_path(&project_dir, &log_path),
                     stopper: sup.stopper.clone(),
                 },
                 RECORD_PID_AFTER,
@@ -270,7 +271,7 @@ fn decide(k: &Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) -> Op
         metrics: None,
         rows_loaded: None,
         extra_tries: 0,
-        log_path: Some(log_path.to_string_lossy().into_owned()),
+        log_path: Some(crate::project::stored_path(&c.project_dir, log_path)),
         pid: spawned_pid,
         interrupted: false,
         warning: outcome.log_warning.clone(),

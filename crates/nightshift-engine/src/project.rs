@@ -286,6 +286,20 @@ pub fn stored_pipeline(
 }
 
 /// `path` resolved, if it lies inside `dir` (itself resolved): no `..` or symlink leads out.
+/// A path as the store keeps it: relative to the project folder, so a project moved or
+/// copied keeps its history (a path outside the project is kept whole).
+pub fn stored_path(project_dir: &Path, path: &Path) -> String {
+    path.strip_prefix(project_dir)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A path the store holds, on disk: a relative one is under the project folder.
+pub fn resolve_stored(project_dir: &Path, stored: &str) -> PathBuf {
+    project_dir.join(stored)
+}
+
 pub fn inside(dir: &Path, path: &Path) -> Option<PathBuf> {
     let real = path.canonicalize().ok()?;
     real.starts_with(dir).then_some(real)

@@ -250,9 +250,8 @@ impl AppState {
         let Some(path) = t.log_path else {
             return Ok((vec![], offset, complete));
         };
-        let Some(real) =
-            nightshift_engine::project::inside(&self.logs_dir, std::path::Path::new(&path))
-        else {
+        let on_disk = nightshift_engine::project::resolve_stored(&self.project_dir, &path);
+        let Some(real) = nightshift_engine::project::inside(&self.logs_dir, &on_disk) else {
             // Not in this host's log folder: on a shared store, another host wrote it and
             // shipped it there (a local file outside the folder is never read).
             if matches!(
@@ -264,7 +263,7 @@ impl AppState {
                 let done = complete && buf.is_empty();
                 return Ok((buf, next, done));
             }
-            if std::path::Path::new(&path).exists() {
+            if on_disk.exists() {
                 return Err(WebError::Forbidden(
                     "the log of this try lies outside the project's log folder; it is not served"
                         .into(),

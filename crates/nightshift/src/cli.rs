@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "nightshift",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NIGHTSHIFT_COMMIT"), ")"),
     about = "Schedules, runs and watches nightly analytics pipelines"
 )]
 pub struct Cli {
@@ -275,6 +275,18 @@ pub enum Command {
     Pause { pipeline: String },
     /// Let the scheduler create and start runs of a pipeline again (catchup applies).
     Unpause { pipeline: String },
+    /// The project's pipelines: schedule, next run, latest and latest finished run, paused.
+    Pipelines {
+        /// The same as JSON, with the API's field names.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A completion script for a shell, e.g. `nightshift completions bash >
+    /// ~/.local/share/bash-completion/completions/nightshift`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
         pipeline: String,

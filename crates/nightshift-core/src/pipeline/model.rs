@@ -99,6 +99,9 @@ impl Task {
     }
 }
 
+/// Catch-up creates at most this many runs unless a pipeline says otherwise.
+pub const DEFAULT_CATCHUP_LIMIT: u32 = 100;
+
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub name: String,
@@ -107,6 +110,9 @@ pub struct Pipeline {
     pub start_date: Date,
     pub end_date: Option<Date>,
     pub catchup: bool,
+    /// With catchup, at most this many of the latest missed intervals get runs when
+    /// scheduling (re)starts; earlier ones are left to a backfill (0: no limit).
+    pub catchup_limit: u32,
     pub max_active_runs: u32,
     pub max_active_tasks: u32,
     pub deadline: Option<Time>,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use jiff::civil::Date;
 
 use super::graph;
-use super::model::{Pipeline, valid_identifier};
+use super::model::{DEFAULT_CATCHUP_LIMIT, Pipeline, valid_identifier};
 use super::task::{COMMON_TASK_KEYS, Inheritable, read_inheritable, read_task};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::kinds;
@@ -25,6 +25,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "start_date",
     "end_date",
     "catchup",
+    "catchup_limit",
     "max_active_runs",
     "max_active_tasks",
     "deadline",
@@ -214,6 +215,10 @@ fn read_pipeline(
         ));
     }
     let catchup = root.bool("catchup", diags).map(|b| b.value).unwrap_or(true);
+    let catchup_limit = root
+        .uint("catchup_limit", 10_000_000, diags)
+        .map(|v| v.value as u32)
+        .unwrap_or(DEFAULT_CATCHUP_LIMIT);
     let max_active_runs = root
         .uint("max_active_runs", 1000, diags)
         .map(|v| v.value as u32)
@@ -349,6 +354,7 @@ fn read_pipeline(
         start_date: start_date?,
         end_date: end_date.map(|d| d.value),
         catchup,
+        catchup_limit,
         max_active_runs,
         max_active_tasks,
         deadline,

@@ -228,7 +228,7 @@ impl Engine {
             .map(from_micros);
         let from = latest_run.map_or(first_start, |l| l.max(first_start));
         if p.catchup {
-            return Ok(from);
+            return self.limited_catch_up(&p, from, latest_run.is_some(), now);
         }
         let latest = if p.schedule.next_fire_inclusive(now)? == now {
             now
@@ -274,6 +274,70 @@ impl Engine {
             self.create_scheduled(lp, &[iv], now)?;
         }
         Ok(latest)
+    }
+}
+
+impl Engine {
+    /// With catchup, where scheduling starts so that at most `catchup_limit` of the latest
+    /// ended intervals get runs; the earlier ones are said once, with the backfill command
+    /// that would fill them.
+    fn limited_catch_up(
+        &mut self,
+        p: &Pipeline,
+        from: Timestamp,
+        has_run: bool,
+        now: Timestamp,
+    ) -> Result<Timestamp, Error> {
+        if p.catchup_limit == 0 {
+            return Ok(from);
+        }
+        let mut latest = if p.schedule.next_fire_inclusive(now)? == now {
+            now
+        } else {
+            p.schedule.prev_fire(now)?
+        };
+        // Intervals after end_date never get runs: count back from the last one that does.
+        if let Some(end) = p.end_date
+            && let Ok(Some(iv)) = p.schedule.interval_for_ds(end)
+        {
+            latest = latest.min(iv.end);
+        }
+        // The first interval without a run starts at `from`, or after the latest run's.
+        let first_missing = if has_run {
+            p.schedule.next_fire(from)?
+        } else {
+            from
+        };
+        let mut start = latest;
+        for _ in 0..p.catchup_limit {
+            start = p.schedule.prev_fire(start)?;
+            if start <= first_missing {
+                return Ok(from);
+            }
+        }
+        let first = p.schedule.interval_starting_at_or_after(first_missing)?;
+        let last = p.schedule.interval_ending_at(start)?;
+        let mut skipped = 0u64;
+        let mut at = first_missing;
+        while skipped < SKIP_COUNT_LIMIT && at < start {
+            skipped += 1;
+            at = p.schedule.next_fire(at)?;
+        }
+        let more = if skipped >= SKIP_COUNT_LIMIT {
+            "more than "
+        } else {
+            ""
+        };
+        let (a, b) = (p.schedule.ds(&first), p.schedule.ds(&last));
+        info!(
+            pipeline = %p.name,
+            "catch-up limited to the latest {} interval(s) (catchup_limit): skipped {more}{skipped} from ds {a} to ds {b}; fill them with `nightshift backfill {} --from {a} --to {b}`",
+            p.catchup_limit, p.name
+        );
+        let mut map = self.stats.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(p.name.clone()).or_insert(0) += skipped;
+        // Scheduling goes on from the start of the earliest interval it keeps.
+        Ok(start)
     }
 }
 
@@ -361,6 +425,28 @@ mod tests {
     }
 
     #[test]
+    fn catch_up_creates_only_the_latest_catchup_limit_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = project(dir.path(), "0 0 * * *", "UTC", "2024-01-01", true);
+        let now: Timestamp = "2024-06-10T12:00:00Z".parse().unwrap();
+        let mut e = engine_at(dir.path(), p, now);
+        while e.schedule_due_runs(now).unwrap().more {}
+        let runs = e.store.runs("p", u32::MAX).unwrap();
+        // 161 days ended (2024-01-01 to 2024-06-09); the latest 100 get runs.
+        assert_eq!(runs.len(), 100);
+        let mut ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids[0], "20240303_0000");
+        assert_eq!(ids[99], "20240610_0000");
+        assert_eq!(e.stats.skipped.lock().unwrap()["p"], 61);
+        // A restart a day later creates the one new interval, not the skipped ones.
+        let later: Timestamp = "2024-06-11T12:00:00Z".parse().unwrap();
+        let mut e = engine_at(dir.path(), e.project.clone(), later);
+        while e.schedule_due_runs(later).unwrap().more {}
+        assert_eq!(e.store.runs("p", u32::MAX).unwrap().len(), 101);
+    }
+
+    #[test]
     fn without_catchup_only_the_latest_interval_runs() {
         let dir = tempfile::tempdir().unwrap();
         let p = project(dir.path(), "0 0 * * *", "UTC", "2024-01-01", false);
@@ -385,6 +471,14 @@ mod tests {
     fn catch_up_is_batched_and_never_holds_another_pipeline_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = project(dir.path(), "@hourly", "UTC", "2023-01-01", true);
+        // Every interval is caught up here (no limit), to see the batches.
+        let file = dir.path().join("pipelines/p.toml");
+        let src = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(
+            &file,
+            src.replace("catchup = true\n", "catchup = true\ncatchup_limit = 0\n"),
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("pipelines/m.toml"),
             "schedule = \"* * * * *\"\nstart_date = \"2024-01-01\"\ncatchup = false\n[[task]]\nid = \"t\"\ncommand = [\"true\"]\n",

@@ -14,6 +14,9 @@ impl Engine {
             start: from_micros(run.data_interval_start),
             end: from_micros(run.data_interval_end),
         };
+        if !deadline::judged(p, run.trigger, &iv, from_micros(run.queued_at)) {
+            return Ok(());
+        }
         if let Some(d) = deadline::deadline_for(p, &iv) {
             let state = if now <= d {
                 DeadlineState::Met
@@ -72,6 +75,9 @@ impl Engine {
                 start: from_micros(run.data_interval_start),
                 end: from_micros(run.data_interval_end),
             };
+            if !deadline::judged(&p, run.trigger, &iv, from_micros(run.queued_at)) {
+                continue;
+            }
             let Some(d) = deadline::deadline_for(&p, &iv) else {
                 continue;
             };
@@ -158,7 +164,8 @@ impl Engine {
         let logs = logs.canonicalize().unwrap_or(logs);
         let mut dirs = HashSet::new();
         for path in &pruned.log_paths {
-            let path = std::path::Path::new(path);
+            let path = project::resolve_stored(&self.project.dir, path);
+            let path = path.as_path();
             // Only files under the project's log folder: a store edited by hand cannot make
             // retention delete anything else.
             if let Some(real) = project::inside(&logs, path) {

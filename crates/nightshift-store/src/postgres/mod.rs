@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema.sql")),
     (2, include_str!("migration_2.sql")),
     (3, include_str!("migration_3.sql")),
+    (4, include_str!("migration_4.sql")),
 ];
 
 /// Connections one process keeps at most: the scheduler loop, the outcome writer, the web

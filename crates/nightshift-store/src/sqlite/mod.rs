@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migration_7.sql")),
     (8, include_str!("migration_8.sql")),
     (9, include_str!("migration_9.sql")),
+    (10, include_str!("migration_10.sql")),
 ];
 
 pub struct SqliteStore {

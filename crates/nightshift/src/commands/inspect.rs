@@ -283,18 +283,19 @@ pub fn logs(
     }
     // A running try's path is recorded a moment after it starts.
     let path = t.log_path.clone().unwrap_or_default();
+    let on_disk = nightshift_engine::project::resolve_stored(&project.dir, &path);
     // Only files under the project's log folder are ever read; a log written on another
     // host is read from the store, where that host ships it.
     let logs = project
         .logs_dir()
         .canonicalize()
         .unwrap_or_else(|_| project.logs_dir());
-    let here = Some(Path::new(&path))
-        .filter(|p| !p.as_os_str().is_empty())
+    let here = Some(on_disk.as_path())
+        .filter(|_| !path.is_empty())
         .and_then(Path::parent)
         .and_then(|p| p.canonicalize().ok())
         .filter(|p| p.starts_with(&logs))
-        .map(|p| p.join(Path::new(&path).file_name().unwrap_or_default()));
+        .map(|p| p.join(on_disk.file_name().unwrap_or_default()));
     let from_store = matches!(store.location(), nightshift_store::Location::Postgres(_));
     if here.is_none() && !from_store {
         return Err(usage(format!(
@@ -479,6 +480,77 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
             })
             .collect::<Vec<_>>(),
     );
+    Ok(0)
+}
+
+/// `pipelines`: each pipeline with its schedule, next run, latest and latest finished run.
+pub fn pipelines(dir: &Path, as_json: bool) -> Result<i32> {
+    let project = load_project(dir)?;
+    let store = open_store(&project)?;
+    let paused = store.paused_pipelines()?;
+    let now = nightshift_core::time::from_micros(nightshift_engine::clock::real_now_us());
+    let mut names: Vec<&String> = project.pipelines.keys().collect();
+    names.sort();
+    let run = |r: &Option<RunRow>| {
+        r.as_ref()
+            .map(|r| json!({"run_id": r.run_id, "ds": r.ds.to_string(), "state": r.status.as_str(), "trigger": r.trigger.as_str()}))
+    };
+    let mut rows = vec![];
+    let mut docs = vec![];
+    for name in names {
+        let p = &project.pipelines[name].pipeline;
+        let (last, finished) = store.last_runs(name)?;
+        let next = p.schedule.next_fire(now).ok();
+        let is_paused = paused.iter().any(|x| x == name);
+        docs.push(json!({
+            "name": name, "description": p.description, "schedule": p.schedule.expr(),
+            "timezone": p.schedule.tz_name(), "paused": is_paused,
+            "next_run_at": next.map(|t| t.to_string()),
+            "last_run": run(&last), "last_finished_run": run(&finished),
+        }));
+        let show = |r: &Option<RunRow>| {
+            r.as_ref()
+                .map(|r| format!("{} {}", r.run_id, r.status.as_str()))
+                .unwrap_or_else(|| "-".into())
+        };
+        rows.push(vec![
+            name.clone(),
+            format!("{} ({})", p.schedule.expr(), p.schedule.tz_name()),
+            next.map(|t| ts(Some(nightshift_core::time::to_micros(t))))
+                .unwrap_or_else(|| "-".into()),
+            show(&last),
+            show(&finished),
+            if is_paused { "paused" } else { "" }.to_owned(),
+        ]);
+    }
+    let invalid: Vec<String> = project
+        .problems
+        .iter()
+        .filter(|p| p.has_errors())
+        .map(|p| p.path.display().to_string())
+        .collect();
+    if as_json {
+        output::line(serde_json::to_string_pretty(
+            &json!({"pipelines": docs, "invalid_files": invalid}),
+        )?);
+        return Ok(0);
+    }
+    output::table(
+        &[
+            "PIPELINE",
+            "SCHEDULE",
+            "NEXT RUN",
+            "LATEST RUN",
+            "LATEST FINISHED",
+            "PAUSED",
+        ],
+        &rows,
+    );
+    for f in invalid {
+        output::note(format!(
+            "warning: `{f}` does not validate; run `nightshift validate` for its problems"
+        ));
+    }
     Ok(0)
 }
 

@@ -131,6 +131,19 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             limit,
         } => inspect::alerts(&dir, pipeline.as_deref(), json, limit),
         Command::Audit { json, limit } => inspect::audit(&dir, json, limit),
+        Command::Pipelines { json } => inspect::pipelines(&dir, json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut crate::cli::Cli::command(),
+                "nightshift",
+                &mut out,
+            );
+            output::raw(&out);
+            Ok(0)
+        }
         Command::Tasks {
             run_id,
             pipeline,

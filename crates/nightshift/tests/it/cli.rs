@@ -1,5 +1,7 @@
 //! End-to-end CLI behaviour: validation messages, run lines, inspection commands.
 
+use std::process::Command;
+
 use crate::support::*;
 
 #[test]
@@ -306,4 +308,160 @@ fn secrets_are_masked_in_try_logs() {
         !log.contains("s3cr3t-v4lue") && !log.contains("wh-pa55word"),
         "{log}"
     );
+}
+
+/// `pipelines` lists each pipeline with its schedule, next run and latest runs (as JSON with
+/// the API's field names), and `completions` prints a script for the shell.
+#[test]
+fn pipelines_are_listed_and_completions_are_printed() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01") + "[[task]]\nid = \"t\"\ncommand = [\"false\"]\n"),
+    );
+    p.file(
+        "pipelines/q.toml",
+        &(daily("q", "2024-06-01") + "[[task]]\nid = \"t\"\ncommand = [\"true\"]\n"),
+    );
+    assert_eq!(
+        p.run(&["run", "p", "--date", "2024-06-01"]).status.code(),
+        Some(1)
+    );
+    assert!(p.run(&["pause", "q"]).status.success());
+    let doc = p.json(&["pipelines", "--json"]);
+    let list = doc["pipelines"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "p");
+    assert_eq!(list[0]["schedule"], "0 0 * * *");
+    assert_eq!(list[0]["last_finished_run"]["state"], "FAILED");
+    assert_eq!(list[0]["last_finished_run"]["ds"], "2024-06-01");
+    assert_eq!(list[1]["paused"], true);
+    assert!(list[1]["last_run"].is_null());
+    let table = stdout(&p.run(&["pipelines"]));
+    assert!(
+        table.contains("20240602_0000 FAILED") && table.contains("paused"),
+        "{table}"
+    );
+
+    let bash = p.run(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = stdout(&bash);
+    assert!(
+        script.contains("complete -F") && script.contains("backfill"),
+        "{script}"
+    );
+    let bad = p.run(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+
+    let version = stdout(&p.run(&["--version"]));
+    assert!(
+        version.starts_with("nightshift ") && version.contains("(commit "),
+        "{version}"
+    );
+}
+
+/// A project moved with `mv` serves its old logs in the CLI and the UI: the store keeps
+/// paths relative to the project (and a store from before, with absolute paths, is
+/// migrated).
+#[test]
+fn a_moved_project_serves_its_old_logs() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01")
+            + "[[task]]\nid = \"old\"\ncommand = [\"echo\", \"hello from old\"]\n\n[[task]]\nid = \"new\"\ncommand = [\"echo\", \"hello from new\"]\n"),
+    );
+    assert!(
+        p.run(&["run", "p", "--date", "2024-06-01"])
+            .status
+            .success()
+    );
+    // As a store written before relative paths: one absolute path, migration 10 not applied.
+    {
+        let db = rusqlite::Connection::open(p.path().join(".nightshift/nightshift.db")).unwrap();
+        let rel: String = db
+            .query_row(
+                "SELECT log_path FROM task_tries WHERE task_id = 'new'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            rel.starts_with(".nightshift/logs/"),
+            "stored relative: {rel}"
+        );
+        db.execute(
+            "UPDATE task_tries SET log_path = ?1 || '/' || log_path WHERE task_id = 'old'",
+            [p.path().to_string_lossy()],
+        )
+        .unwrap();
+        db.execute("DELETE FROM schema_migrations WHERE version = 10", [])
+            .unwrap();
+    }
+    let moved = tempfile::tempdir().unwrap();
+    let to = moved.path().join("moved-project");
+    assert!(
+        Command::new("mv")
+            .arg(p.path())
+            .arg(&to)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let at = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--project")
+            .arg(&to)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for task in ["old", "new"] {
+        let out = at(&["logs", "20240602_0000", task]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("hello from {task}")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let mut up = Command::new(bin())
+        .arg("--project")
+        .arg(&to)
+        .args(["up", "--bind", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(moved.path().join("up.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut url = None;
+    for _ in 0..200 {
+        let err = std::fs::read_to_string(moved.path().join("up.stderr")).unwrap_or_default();
+        url = err
+            .lines()
+            .find_map(|l| l.split("web UI and API at ").nth(1))
+            .map(|u| {
+                u.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('/')
+                    .to_owned()
+            });
+        if url.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = url.expect("up serves");
+    for task in ["old", "new"] {
+        let mut r = http()
+            .get(format!(
+                "{url}/api/v1/pipelines/p/runs/20240602_0000/tasks/{task}/tries/1/log"
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.body_mut().read_to_string().unwrap();
+        assert!(text.contains(&format!("hello from {task}")), "{text}");
+    }
+    sigkill(&mut up);
 }
