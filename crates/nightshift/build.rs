@@ -20,7 +20,7 @@ fn main() {
         .filter(|o| o.status.success())
         .is_some_and(|o| !o.stdout.is_empty());
     println!(
-        "cargo:rustc-env=NIGHTSHIFT_COMMIT={commit}{}",
+        "cargo:rustc-env=NS_GIT_COMMIT={commit}{}",
         if dirty { "-modified" } else { "" }
     );
     // Rebuilt when HEAD moves (a commit, a checkout); the index changes with staging.

@@ -26,6 +26,10 @@ pub enum Event {
         try_number: u32,
         at: Timestamp,
         tz: TimeZone,
+        /// How long its last try ran, when it ran.
+        duration_ms: Option<i64>,
+        /// Why its last try failed, when it did.
+        error: Option<String>,
     },
     TaskRetrying {
         pipeline: String,

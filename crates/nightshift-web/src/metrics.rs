@@ -140,30 +140,23 @@ impl Metrics {
         }
     }
 
-    /// Counts an engine event. Reads the try's duration from the store.
+    /// Counts an engine event (a run's duration is read from the store).
     pub fn observe(&self, store: &Store, e: &Event) {
         match e {
             Event::TaskEnded {
                 pipeline,
-                ti_pk,
                 task_id,
                 state,
-                try_number,
+                duration_ms,
                 ..
             } => {
                 self.task_transitions
                     .with_label_values(&[pipeline.as_str(), task_id, state.as_str()])
                     .inc();
-                // The one try, not the run's: a wide run ends a thousand tasks.
-                let dur = store
-                    .try_of(*ti_pk, *try_number)
-                    .ok()
-                    .flatten()
-                    .and_then(|t| t.duration_ms);
-                if let Some(ms) = dur {
+                if let Some(ms) = duration_ms {
                     self.task_duration
                         .with_label_values(&[pipeline.as_str(), task_id, state.as_str()])
-                        .observe(ms as f64 / 1000.0);
+                        .observe(*ms as f64 / 1000.0);
                 }
             }
             Event::TaskRetrying {

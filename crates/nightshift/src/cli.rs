@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "nightshift",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NIGHTSHIFT_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("NS_GIT_COMMIT"), ")"),
     about = "Schedules, runs and watches nightly analytics pipelines"
 )]
 pub struct Cli {

@@ -29,11 +29,28 @@ pub fn note(s: impl AsRef<str>) {
 }
 
 /// The seed's run-log line: `Task extract_data: SUCCESS (2024-06-02 00:01)`.
-pub fn task_line(task: &str, state: TaskState, at: Timestamp, tz: &TimeZone) -> String {
-    format!(
+/// With the try's duration (` in 4.2s`) and, on failure, the last line of its error.
+pub fn task_line(
+    task: &str,
+    state: TaskState,
+    at: Timestamp,
+    tz: &TimeZone,
+    took_ms: Option<i64>,
+    error: Option<&str>,
+) -> String {
+    let mut line = format!(
         "Task {task}: {state} ({})",
         at.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M")
-    )
+    );
+    if let Some(ms) = took_ms {
+        line.push_str(&format!(" in {}", duration_ms(Some(ms))));
+    }
+    if state.is_failure()
+        && let Some(last) = error.and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty()))
+    {
+        line.push_str(&format!(" — {}", inert(last.trim())));
+    }
+    line
 }
 
 pub fn ts(us: Option<i64>) -> String {

@@ -208,6 +208,8 @@ impl Engine {
         }
         self.seen.insert(ti.pk, key);
         if ti.state.is_terminal() {
+            // One point read: the try's duration and error for the line people read.
+            let last = self.store.try_of(ti.pk, ti.try_number).ok().flatten();
             self.emit(Event::TaskEnded {
                 pipeline: run.pipeline.clone(),
                 run_id: run.run_id.clone(),
@@ -217,6 +219,8 @@ impl Engine {
                 try_number: ti.try_number,
                 at: now,
                 tz: p.schedule.tz().clone(),
+                duration_ms: last.as_ref().and_then(|t| t.duration_ms),
+                error: last.and_then(|t| t.error),
             });
         } else if ti.state == TaskState::UpForRetry {
             self.emit(Event::TaskRetrying {

@@ -10,8 +10,8 @@ use nightshift_engine::engine::create_run;
 use nightshift_engine::{Clock, Event, Mode, SystemClock};
 
 use crate::commands::{
-    cancel, drive_until, event_line, load_project, new_engine, open_store, parse_date_flag,
-    require_pipeline, shutdown_signal, usage,
+    cancel, drive_until, load_project, new_engine, open_store, parse_date_flag, require_pipeline,
+    shutdown_signal, usage,
 };
 use crate::output;
 
@@ -195,6 +195,7 @@ pub async fn exec(
         // A later signal changes nothing more; keep the sender for the engine.
         std::future::pending::<()>().await;
     });
+    let mut lines = crate::commands::Lines::default();
     drive_until(
         engine,
         None,
@@ -203,7 +204,7 @@ pub async fn exec(
                 failed += usize::from(*state != RunState::Success && *state != RunState::Cancelled);
                 bar.inc(1);
             }
-            if let Some(line) = event_line(&e) {
+            if let Some(line) = lines.line(&e) {
                 bar.suspend(|| output::line(line));
             }
         },

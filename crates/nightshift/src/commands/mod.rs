@@ -360,42 +360,71 @@ pub fn engine_options() -> Result<Options> {
 /// The run log's line for an event: the seed's `Task extract_data: SUCCESS (2024-06-02 00:01)`
 /// for a task, and `Run nightly 20240602_0000 (ds 2024-06-01): SUCCESS rows_loaded=12417`.
 pub fn event_line(e: &Event) -> Option<String> {
-    match e {
-        Event::TaskEnded {
-            task_id,
-            state,
-            at,
-            tz,
-            ..
-        } => Some(output::task_line(task_id, *state, *at, tz)),
-        Event::RunEnded {
-            pipeline,
-            run_id,
-            ds,
-            state,
-            rows_loaded,
-            ..
-        } => Some(format!(
-            "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
-        )),
-        Event::Deadline {
-            pipeline,
-            run_id,
-            state,
-            deadline,
-            forecast,
-            ..
-        } => match state {
-            nightshift_core::deadline::DeadlineState::AtRisk => Some(format!(
-                "Deadline {pipeline} {run_id}: at risk (deadline {deadline}, forecast {})",
-                forecast.map(|f| f.to_string()).unwrap_or_default()
-            )),
-            nightshift_core::deadline::DeadlineState::Missed => Some(format!(
-                "Deadline {pipeline} {run_id}: missed (deadline {deadline})"
-            )),
-            _ => None,
-        },
-        Event::TaskRetrying { .. } => None,
+    Lines::default().line(e)
+}
+
+/// The lines people read as runs go: with more than one run active, each task line is
+/// prefixed with its run_id, so lines of parallel runs can be told apart.
+#[derive(Default)]
+pub struct Lines {
+    active: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Lines {
+    pub fn line(&mut self, e: &Event) -> Option<String> {
+        match e {
+            Event::TaskEnded {
+                pipeline,
+                run_id,
+                task_id,
+                state,
+                at,
+                tz,
+                duration_ms,
+                error,
+                ..
+            } => {
+                self.active.insert((pipeline.clone(), run_id.clone()));
+                let line =
+                    output::task_line(task_id, *state, *at, tz, *duration_ms, error.as_deref());
+                Some(if self.active.len() > 1 {
+                    format!("{run_id} {line}")
+                } else {
+                    line
+                })
+            }
+            Event::RunEnded {
+                pipeline,
+                run_id,
+                ds,
+                state,
+                rows_loaded,
+                ..
+            } => {
+                self.active.remove(&(pipeline.clone(), run_id.clone()));
+                Some(format!(
+                    "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
+                ))
+            }
+            Event::Deadline {
+                pipeline,
+                run_id,
+                state,
+                deadline,
+                forecast,
+                ..
+            } => match state {
+                nightshift_core::deadline::DeadlineState::AtRisk => Some(format!(
+                    "Deadline {pipeline} {run_id}: at risk (deadline {deadline}, forecast {})",
+                    forecast.map(|f| f.to_string()).unwrap_or_default()
+                )),
+                nightshift_core::deadline::DeadlineState::Missed => Some(format!(
+                    "Deadline {pipeline} {run_id}: missed (deadline {deadline})"
+                )),
+                _ => None,
+            },
+            Event::TaskRetrying { .. } => None,
+        }
     }
 }
 
@@ -492,4 +521,63 @@ pub fn containment() -> &'static nightshift_engine::contain::Containment {
     static C: std::sync::OnceLock<nightshift_engine::contain::Containment> =
         std::sync::OnceLock::new();
     C.get_or_init(nightshift_engine::contain::Containment::detect)
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+    use nightshift_core::{RunState, TaskState};
+
+    fn ended(run_id: &str, task: &str, state: TaskState, error: Option<&str>) -> Event {
+        Event::TaskEnded {
+            pipeline: "p".into(),
+            run_id: run_id.into(),
+            ti_pk: 1,
+            task_id: task.into(),
+            state,
+            try_number: 1,
+            at: "2024-06-02T00:01:00Z".parse().unwrap(),
+            tz: jiff::tz::TimeZone::UTC,
+            duration_ms: Some(4200),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn task_lines_say_how_long_why_and_which_run_when_several_are_active() {
+        let mut lines = Lines::default();
+        assert_eq!(
+            lines
+                .line(&ended("r1", "a", TaskState::Success, None))
+                .unwrap(),
+            "Task a: SUCCESS (2024-06-02 00:01) in 4.2s"
+        );
+        assert_eq!(
+            lines
+                .line(&ended(
+                    "r2",
+                    "b",
+                    TaskState::Failed,
+                    Some("boom\nexited with code 4\n")
+                ))
+                .unwrap(),
+            "r2 Task b: FAILED (2024-06-02 00:01) in 4.2s — exited with code 4"
+        );
+        lines.line(&Event::RunEnded {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            ds: jiff::civil::date(2024, 6, 1),
+            state: RunState::Success,
+            rows_loaded: 0,
+            at: "2024-06-02T00:02:00Z".parse().unwrap(),
+            trigger: nightshift_core::Trigger::Backfill,
+        });
+        assert!(
+            lines
+                .line(&ended("r2", "c", TaskState::Success, None))
+                .unwrap()
+                .starts_with("Task c:"),
+            "one run active again"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 use nightshift_store::Location;
 
 use crate::commands::{
-    drive_until, event_line, load_project, new_engine, new_engine_with, open_store, parse_ts_flag,
+    Lines, drive_until, load_project, new_engine, new_engine_with, open_store, parse_ts_flag,
     shutdown_signal, usage,
 };
 use crate::output;
@@ -109,7 +109,7 @@ pub async fn exec(
             )),
         }
     }
-    drive_until(engine, Some(metrics), print_event, shutdown).await?;
+    drive_until(engine, Some(metrics), print_events(), shutdown).await?;
     Ok(0)
 }
 
@@ -151,14 +151,17 @@ pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> R
         },
         crate::commands::containment().describe()
     ));
-    drive_until(engine, None, print_event, shutdown).await?;
+    drive_until(engine, None, print_events(), shutdown).await?;
     Ok(0)
 }
 
 /// The run log on stdout: a line per task and per run as they end.
-fn print_event(e: nightshift_engine::Event) {
-    if let Some(line) = event_line(&e) {
-        output::line(line);
+fn print_events() -> impl FnMut(nightshift_engine::Event) {
+    let mut lines = Lines::default();
+    move |e| {
+        if let Some(line) = lines.line(&e) {
+            output::line(line);
+        }
     }
 }
 

@@ -128,8 +128,11 @@ fn run_prints_the_seed_lines_and_records_the_run() {
         ]
     );
     for l in stdout(&out).lines() {
-        let t = &l[l.find(" (").unwrap() + 2..l.len() - 1];
+        let t = &l[l.find(" (").unwrap() + 2..l.find(')').unwrap()];
         assert_eq!(t.len(), 16, "time as YYYY-MM-DD HH:MM in {l}");
+        // Then how long the try took: ` in 4.2s`.
+        let took = l.split(") in ").nth(1).unwrap_or_default();
+        assert!(took.ends_with('s'), "a duration in {l}");
     }
     let runs = p.runs("nightly");
     assert_eq!(runs.len(), 1);

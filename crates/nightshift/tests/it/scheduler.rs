@@ -166,6 +166,12 @@ fn a_timeout_kills_the_whole_process_group() {
         stdout(&out).trim_end().rsplit_once(" (").unwrap().0,
         "Task slow: FAILED"
     );
+    // The line says how long it ran and why it failed.
+    assert!(
+        stdout(&out).contains(" in 1.") && stdout(&out).contains("— timed out after 1s"),
+        "{}",
+        stdout(&out)
+    );
     let doc = p.tasks("20240602_0000");
     assert_eq!(
         task(&doc, "slow")["tries"][0]["error"],
