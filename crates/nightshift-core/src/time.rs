@@ -253,12 +253,40 @@ fn parse_cron(expr: &str) -> Result<Cron, Error> {
             "unknown nickname; use @hourly, @daily, @weekly, @monthly or @yearly".into(),
         ));
     }
-    CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .year(Year::Disallowed)
-        .build()
-        .parse(trimmed)
-        .map_err(|e| err(e.to_string()))
+    let parse = |text: &str| {
+        CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build()
+            .parse(text)
+    };
+    parse(trimmed).map_err(|e| {
+        // Name the field at fault: each is tried alone, the others `*`.
+        const FIELDS: [(&str, &str); 5] = [
+            ("minute", "0-59"),
+            ("hour", "0-23"),
+            ("day-of-month", "1-31"),
+            ("month", "1-12 or JAN-DEC"),
+            ("day-of-week", "0-7 (0 and 7 are Sunday) or SUN-SAT"),
+        ];
+        let parts: Vec<&str> = trimmed.split_whitespace().collect();
+        let culprit = (!trimmed.starts_with('@'))
+            .then(|| {
+                (0..5).find(|&i| {
+                    let mut alone = ["*"; 5];
+                    alone[i] = parts[i];
+                    parse(&alone.join(" ")).is_err()
+                })
+            })
+            .flatten();
+        match culprit {
+            Some(i) => err(format!(
+                "the {} field `{}` is not valid: it takes {}, with lists (`1,15`), ranges (`1-5`) and steps (`*/10`)",
+                FIELDS[i].0, parts[i], FIELDS[i].1
+            )),
+            None => err(e.to_string()),
+        }
+    })
 }
 
 /// Resolves a civil time to an instant by the DST rule in the module docs.
@@ -366,6 +394,21 @@ mod tests {
             out.push(s.local(t).strftime("%Y-%m-%d %H:%M %Z").to_string() + " = " + &t.to_string());
         }
         out
+    }
+
+    #[test]
+    fn a_bad_cron_field_is_named_with_its_range() {
+        let e = Schedule::parse("0 25 * * *", "UTC")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the hour field `25`") && e.contains("0-23"),
+            "{e}"
+        );
+        let e = Schedule::parse("0 0 * 13 *", "UTC")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the month field `13`"), "{e}");
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub enum Command {
         postgres: Option<String>,
     },
     /// Check nightshift.toml and every pipeline file; report every problem with its location.
-    Validate,
+    Validate {
+        /// Every problem as JSON: file, line, column, severity, message, help.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one pipeline for one ds in the foreground.
     Run {
         pipeline: String,
@@ -226,7 +230,7 @@ pub enum Command {
     },
     /// Generate days of the demo shop source database (the reference pipeline's source).
     Shop {
-        /// The SQLite file to fill.
+        /// The SQLite file to fill (a relative path is under the project folder).
         #[arg(
             long,
             required_unless_present = "postgres",
@@ -292,6 +296,9 @@ pub enum Command {
         pipeline: String,
         #[arg(short = 'n', default_value_t = 5)]
         n: u32,
+        /// As JSON: fire time (UTC and local), run_id, ds, data interval, DST note.
+        #[arg(long)]
+        json: bool,
         /// Start from this instant (RFC 3339) instead of now.
         #[arg(long, value_name = "TS")]
         after: Option<String>,

@@ -136,14 +136,21 @@ fn read_pipeline(
     let zone_ok = match time::parse_zone(&tz_text) {
         Ok(_) => true,
         Err(_) => {
+            let zones = jiff::tz::db().available();
+            let names: Vec<String> = zones.map(|n| n.as_str().to_owned()).collect();
+            let help = match did_you_mean(&tz_text, names.iter().map(String::as_str)) {
+                Some(z) => format!("did you mean `{z}`?"),
+                None => {
+                    "use an IANA zone name such as `UTC`, `Europe/Berlin` or `America/New_York`"
+                        .to_owned()
+                }
+            };
             diags.push(
                 Diagnostic::error(
                     format!("unknown time zone `{tz_text}`"),
                     tz_name.as_ref().map(|t| t.span.clone()),
                 )
-                .with_help(
-                    "use an IANA zone name such as `UTC`, `Europe/Berlin` or `America/New_York`",
-                ),
+                .with_help(help),
             );
             false
         }

@@ -53,7 +53,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             dir: target,
             postgres,
         } => demo::exec(&target, postgres).await,
-        Command::Validate => validate::exec(&dir),
+        Command::Validate { json } => validate::exec(&dir, json),
         Command::Run {
             pipeline,
             date,
@@ -181,7 +181,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             bad_row,
             release,
         } => shop::exec(
-            match (&db, postgres) {
+            match (db.map(|d| dir.join(d)).as_deref(), postgres) {
+                // Relative to the project, like every other path of a project.
                 (Some(db), _) => shop::Target::Sqlite(db),
                 (None, Some(url)) => shop::Target::Postgres(url),
                 (None, None) => return Err(usage("give --db FILE or --postgres URL")),
@@ -207,7 +208,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::InternalLoad { request } => internal::load(&internal::request_text(&request)?),
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
-        Command::Next { pipeline, n, after } => next::exec(&dir, &pipeline, n, after.as_deref()),
+        Command::Next {
+            pipeline,
+            n,
+            after,
+            json,
+        } => next::exec(&dir, &pipeline, n, after.as_deref(), json),
     }
 }
 

@@ -468,3 +468,51 @@ fn a_moved_project_serves_its_old_logs() {
     }
     sigkill(&mut up);
 }
+
+/// `validate --json` and `next --json` for tools; a bad cron field is named with its range,
+/// and a mistyped zone gets a did-you-mean.
+#[test]
+fn validate_and_next_speak_json_and_name_what_is_wrong() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        "schedule = \"0 25 * * *\"\ntimezone = \"Europe/Berln\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
+    );
+    let out = p.run(&["validate", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    let problems = doc["problems"].as_array().unwrap();
+    let zone = problems.iter().find(|d| d["line"] == 2).unwrap();
+    assert_eq!(zone["help"], "did you mean `Europe/Berlin`?");
+    assert_eq!(
+        (zone["file"].as_str(), zone["column"].as_u64()),
+        (Some("pipelines/p.toml"), Some(12))
+    );
+    let cron = problems.iter().find(|d| d["line"] == 1).unwrap();
+    assert!(
+        cron["message"]
+            .as_str()
+            .unwrap()
+            .contains("the hour field `25`"),
+        "{cron}"
+    );
+
+    p.file(
+        "pipelines/p.toml",
+        "schedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
+    );
+    assert_eq!(p.json(&["validate", "--json"])["ok"], true);
+    let next = p.json(&[
+        "next",
+        "p",
+        "-n",
+        "2",
+        "--after",
+        "2024-03-30T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(next[0]["ds"], "2024-03-29");
+    assert_eq!(next[1]["dst_note"], "skipped", "{next}");
+    assert_eq!(next[1]["fire_at"], "2024-03-31T01:00:00Z");
+}

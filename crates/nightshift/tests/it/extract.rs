@@ -24,10 +24,11 @@ fn shop_project(day: &str) -> TestProject {
         "nightshift.toml",
         "[connections.shop]\nkind = \"sqlite\"\npath = \"source/shop.db\"\n",
     );
+    // Relative to the project (the test runs from elsewhere), like every project path.
     let out = p.run(&[
         "shop",
         "--db",
-        p.path().join("source/shop.db").to_str().unwrap(),
+        "source/shop.db",
         "--from",
         day,
         "--to",
