@@ -15,6 +15,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = ".", value_name = "DIR")]
     pub project: PathBuf,
 
+    /// `json`: every line on stdout and stderr is one JSON object (also
+    /// NIGHTSHIFT_LOG_FORMAT=json), for log collectors.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

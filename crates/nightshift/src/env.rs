@@ -15,6 +15,11 @@ pub fn log_filter() -> Option<String> {
     var("NIGHTSHIFT_LOG")
 }
 
+/// `NIGHTSHIFT_LOG_FORMAT` (`text` or `json`), when `--log-format` is not given.
+pub fn log_format() -> Option<String> {
+    var("NIGHTSHIFT_LOG_FORMAT")
+}
+
 /// The crash point a recovery test asks for (`NIGHTSHIFT_CRASH_AT`).
 pub fn crash_at() -> Option<String> {
     var("NIGHTSHIFT_CRASH_AT")

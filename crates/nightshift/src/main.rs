@@ -17,7 +17,9 @@ fn main() {
     // its output sets its own umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = cli::Cli::parse();
-    init_tracing(&cli.command);
+    let json = cli.log_format.as_deref().or(env::log_format().as_deref()) == Some("json");
+    output::set_json(json);
+    init_tracing(&cli.command, json);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,7 +44,7 @@ fn main() {
 }
 
 /// Logs go to stderr; `NIGHTSHIFT_LOG` takes tracing filter directives.
-fn init_tracing(cmd: &cli::Command) {
+fn init_tracing(cmd: &cli::Command, json: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match cmd {
         cli::Command::Up { .. } | cli::Command::Worker { .. } => "info",
@@ -51,10 +53,18 @@ fn init_tracing(cmd: &cli::Command) {
     let filter = env::log_filter()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }

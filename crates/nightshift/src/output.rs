@@ -4,12 +4,28 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use nightshift_core::TaskState;
 
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--log-format json`: every line this process writes is one JSON object.
+pub fn set_json(on: bool) {
+    JSON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A line of the command's result on stdout.
 pub fn line(s: impl AsRef<str>) {
     use std::io::Write;
+    let s = s.as_ref();
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = writeln!(out, "{}", s.as_ref());
+    if json() && !s.starts_with(['{', '[']) {
+        let _ = writeln!(out, "{}", serde_json::json!({ "message": s }));
+    } else {
+        let _ = writeln!(out, "{s}");
+    }
 }
 
 /// Bytes as they are (a log followed live), flushed at once.
@@ -25,7 +41,25 @@ pub use nightshift_core::diag::inert;
 /// A note for the person at the terminal, on stderr.
 pub fn note(s: impl AsRef<str>) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{}", s.as_ref());
+    let s = s.as_ref();
+    if json() {
+        let level = if s.starts_with("error") {
+            "ERROR"
+        } else if s.starts_with("warning") {
+            "WARN"
+        } else {
+            "INFO"
+        };
+        for l in s.lines() {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}",
+                serde_json::json!({ "level": level, "message": l })
+            );
+        }
+        return;
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{s}");
 }
 
 /// The seed's run-log line: `Task extract_data: SUCCESS (2024-06-02 00:01)`.

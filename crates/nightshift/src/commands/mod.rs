@@ -378,6 +378,14 @@ pub struct Lines {
 
 impl Lines {
     pub fn line(&mut self, e: &Event) -> Option<String> {
+        let text = self.text(e)?;
+        if !output::json() {
+            return Some(text);
+        }
+        Some(event_json(e, &text).to_string())
+    }
+
+    fn text(&mut self, e: &Event) -> Option<String> {
         match e {
             Event::TaskEnded {
                 pipeline,
@@ -431,6 +439,54 @@ impl Lines {
             },
             Event::TaskRetrying { .. } => None,
         }
+    }
+}
+
+/// An event as one JSON object (`--log-format json`), with the line people read.
+fn event_json(e: &Event, text: &str) -> serde_json::Value {
+    use serde_json::json;
+    match e {
+        Event::TaskEnded {
+            pipeline,
+            run_id,
+            task_id,
+            state,
+            try_number,
+            at,
+            duration_ms,
+            error,
+            ..
+        } => json!({
+            "event": "task_ended", "pipeline": pipeline, "run_id": run_id, "task_id": task_id,
+            "state": state.as_str(), "try_number": try_number, "at": at.to_string(),
+            "duration_ms": duration_ms, "error": error, "message": text,
+        }),
+        Event::RunEnded {
+            pipeline,
+            run_id,
+            ds,
+            state,
+            rows_loaded,
+            at,
+            trigger,
+        } => json!({
+            "event": "run_ended", "pipeline": pipeline, "run_id": run_id, "ds": ds.to_string(),
+            "state": state.as_str(), "rows_loaded": rows_loaded, "at": at.to_string(),
+            "trigger": trigger.as_str(), "message": text,
+        }),
+        Event::Deadline {
+            pipeline,
+            run_id,
+            state,
+            deadline,
+            forecast,
+            ..
+        } => json!({
+            "event": "deadline", "pipeline": pipeline, "run_id": run_id, "state": state.as_str(),
+            "deadline": deadline.to_string(), "forecast": forecast.map(|f| f.to_string()),
+            "message": text,
+        }),
+        Event::TaskRetrying { .. } => json!({ "message": text }),
     }
 }
 

@@ -516,3 +516,39 @@ fn validate_and_next_speak_json_and_name_what_is_wrong() {
     assert_eq!(next[1]["dst_note"], "skipped", "{next}");
     assert_eq!(next[1]["fire_at"], "2024-03-31T01:00:00Z");
 }
+
+/// `up --log-format json` (or NIGHTSHIFT_LOG_FORMAT=json) writes one JSON object per line,
+/// on stdout and on stderr.
+#[test]
+fn up_with_json_logs_writes_one_json_object_per_line() {
+    for (args, env) in [(vec!["--log-format", "json"], None), (vec![], Some("json"))] {
+        let p = TestProject::example();
+        let mut cmd = p.cmd(
+            &[
+                &[
+                    "up",
+                    "--simulate-from",
+                    "2024-06-01T23:00:00Z",
+                    "--simulate-until",
+                    "2024-06-02T01:00:00Z",
+                ][..],
+                &args[..],
+            ]
+            .concat(),
+        );
+        if let Some(v) = env {
+            cmd.env("NIGHTSHIFT_LOG_FORMAT", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (so, se) = (stdout(&out), stderr(&out));
+        let mut events = 0;
+        for l in so.lines().chain(se.lines()) {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            events += usize::from(v["event"] == "task_ended");
+        }
+        assert!(events >= 4, "{so}");
+        assert!(so.contains(r#""event":"run_ended""#), "{so}");
+    }
+}
