@@ -52,7 +52,11 @@ pub enum Command {
         json: bool,
     },
     /// Run one pipeline for one ds in the foreground.
+    #[command(
+        after_help = "Examples:\n  nightshift run nightly --date 2024-06-01             run one day in the foreground\n  nightshift run nightly --date 2024-06-01 --rerun     run a finished day again"
+    )]
     Run {
+        /// The pipeline's name (its file in pipelines/, or its `name` key).
         pipeline: String,
         /// The ds (data interval start date) to run, YYYY-MM-DD.
         #[arg(long, value_name = "YYYY-MM-DD")]
@@ -62,6 +66,9 @@ pub enum Command {
         rerun: bool,
     },
     /// The long-running scheduler.
+    #[command(
+        after_help = "Examples:\n  nightshift up                                  schedule, run and serve the UI at 127.0.0.1:8080\n  NIGHTSHIFT_TOKEN=$(openssl rand -hex 32) nightshift up   with actions enabled in the UI and API\n  nightshift up --no-web --log-format json       headless, JSON lines for a log collector\n  nightshift up --simulate-from 2024-06-01T00:00:00Z --simulate-until 2024-06-08T00:00:00Z"
+    )]
     Up {
         /// Run on a simulated clock starting here (RFC 3339), skipping idle time.
         #[arg(long, value_name = "TS", requires = "simulate_until")]
@@ -89,10 +96,16 @@ pub enum Command {
         max_tasks: Option<u32>,
     },
     /// One run per interval whose ds is in [--from, --to].
+    #[command(
+        after_help = "Examples:\n  nightshift backfill nightly --from 2024-06-01 --to 2024-06-30\n  nightshift backfill nightly --from 2024-06-01 --to 2024-06-30 --dry-run   show the plan\n  nightshift backfill nightly --from 2024-06-01 --to 2024-06-30 --detach    leave them to `up`"
+    )]
     Backfill {
+        /// The pipeline's name (its file in pipelines/, or its `name` key).
         pipeline: String,
+        /// The first ds (YYYY-MM-DD).
         #[arg(long, value_name = "YYYY-MM-DD")]
         from: String,
+        /// The last ds (YYYY-MM-DD), included.
         #[arg(long, value_name = "YYYY-MM-DD")]
         to: String,
         /// Run again intervals whose run already succeeded.
@@ -107,15 +120,22 @@ pub enum Command {
     },
     /// A pipeline's runs.
     Runs {
+        /// The pipeline's name (its file in pipelines/, or its `name` key).
         pipeline: String,
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
         /// Show at most this many of the newest runs.
+        /// Show at most this many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Put finished tasks of a run back to run again (new try numbers; history kept).
+    #[command(
+        after_help = "Examples:\n  nightshift clear 20240602_0000 --task dbt_test --downstream   the task and what follows it\n  nightshift clear 20240602_0000 --failed                        every failed task of the run"
+    )]
     Clear {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
         /// The task to clear.
         #[arg(long)]
@@ -126,12 +146,14 @@ pub enum Command {
         /// Only tasks that failed (FAILED or UPSTREAM_FAILED); without --task, all of them.
         #[arg(long)]
         failed: bool,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
     },
     /// Stop unfinished runs on purpose: queued work and running tries become CANCELLED.
     /// The schedule goes on (use `pause` to stop it).
     Cancel {
+        /// The pipeline's name (its file in pipelines/, or its `name` key).
         pipeline: String,
         /// Runs to cancel, by run id.
         run_ids: Vec<String>,
@@ -141,13 +163,17 @@ pub enum Command {
     },
     /// Run a whole finished run again in place, on the current pipeline file.
     Rerun {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
     },
     /// Set a task's state by hand after fixing things outside nightshift (recorded).
     Mark {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
+        /// The task's id.
         #[arg(long)]
         task: String,
         /// success or failed.
@@ -156,15 +182,20 @@ pub enum Command {
         /// What was done, for the run's history.
         #[arg(long)]
         reason: String,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
     },
     /// Why a run (or one of its tasks) is where it is, in words.
     Explain {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
+        /// Only this task (its id).
         task: Option<String>,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
     },
@@ -176,6 +207,7 @@ pub enum Command {
     /// The processes that execute tries on this project's store (schedulers, standbys,
     /// workers): host, pid, role, pools, last heartbeat and running tries.
     Status {
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
     },
@@ -183,46 +215,58 @@ pub enum Command {
     Alerts {
         /// Only this pipeline's alerts.
         pipeline: Option<String>,
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
+        /// Show at most this many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Who did what through the web UI and API (every action, allowed or refused), newest
     /// first.
     Audit {
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
+        /// Show at most this many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// The tasks and tries of one run.
     Tasks {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
         /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
     },
     /// The dbt models and tests of one run, with status, time, failures and rows.
     DbtResults {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
         /// Only this task.
         #[arg(long)]
         task: Option<String>,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
+        /// As JSON, with stable field names (see the README).
         #[arg(long)]
         json: bool,
     },
     /// The log of one try of a task.
     Logs {
+        /// The run's id, e.g. 20240602_0000 (`nightshift runs PIPELINE` lists them).
         run_id: String,
+        /// The task's id.
         task: String,
         /// Try number (default: the latest).
         #[arg(long = "try", value_name = "N")]
         try_number: Option<u32>,
+        /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
         /// Keep printing what the try writes until it ends (from any host of a shared store).
@@ -245,8 +289,10 @@ pub enum Command {
         /// Fill a PostgreSQL database instead (same rows; the password from PGPASSWORD).
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// The first ds (YYYY-MM-DD).
         #[arg(long, value_name = "YYYY-MM-DD")]
         from: String,
+        /// The last ds (YYYY-MM-DD), included.
         #[arg(long, value_name = "YYYY-MM-DD")]
         to: String,
         /// Average orders per day.
@@ -264,26 +310,50 @@ pub enum Command {
     },
     /// Runs an extract try (started by the engine, not by people).
     #[command(name = "__extract", hide = true)]
-    InternalExtract { request: String },
+    InternalExtract {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Runs one sensor poke (started by the engine, not by people).
     #[command(name = "__sensor", hide = true)]
-    InternalSensor { request: String },
+    InternalSensor {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Runs a publish try (started by the engine, not by people).
     #[command(name = "__publish", hide = true)]
-    InternalPublish { request: String },
+    InternalPublish {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Runs a notify try (started by the engine, not by people).
     #[command(name = "__notify", hide = true)]
-    InternalNotify { request: String },
+    InternalNotify {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Runs a load try (started by the engine, not by people).
     #[command(name = "__load", hide = true)]
-    InternalLoad { request: String },
+    InternalLoad {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Runs a sql try (started by the engine, not by people).
     #[command(name = "__sql", hide = true)]
-    InternalSql { request: String },
+    InternalSql {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+    },
     /// Stop the scheduler from creating and starting runs of a pipeline (running tasks finish).
-    Pause { pipeline: String },
+    Pause {
+        /// The pipeline's name.
+        pipeline: String,
+    },
     /// Let the scheduler create and start runs of a pipeline again (catchup applies).
-    Unpause { pipeline: String },
+    Unpause {
+        /// The pipeline's name.
+        pipeline: String,
+    },
     /// The project's pipelines: schedule, next run, latest and latest finished run, paused.
     Pipelines {
         /// The same as JSON, with the API's field names.
@@ -298,7 +368,9 @@ pub enum Command {
     },
     /// The next fire times of a pipeline and the data intervals they close.
     Next {
+        /// The pipeline's name (its file in pipelines/, or its `name` key).
         pipeline: String,
+        /// How many fire times.
         #[arg(short = 'n', default_value_t = 5)]
         n: u32,
         /// As JSON: fire time (UTC and local), run_id, ds, data interval, DST note.
@@ -322,4 +394,42 @@ pub enum StoreAction {
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is, and the everyday commands show
+    /// examples in their help.
+    #[test]
+    fn every_argument_has_a_description_and_examples_are_shown() {
+        let root = super::Cli::command();
+        let mut missing = vec![];
+        for cmd in root.get_subcommands() {
+            let mut all = vec![cmd];
+            all.extend(cmd.get_subcommands());
+            for c in all {
+                for a in c.get_arguments() {
+                    let id = a.get_id().as_str();
+                    if id != "help" && id != "version" && a.get_help().is_none() {
+                        missing.push(format!("{} {id}", c.get_name()));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "arguments without a description: {missing:?}"
+        );
+        for name in ["run", "backfill", "clear", "up"] {
+            let help = root
+                .clone()
+                .find_subcommand_mut(name)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(help.contains("Examples:\n  nightshift "), "{name}: {help}");
+        }
+    }
 }
