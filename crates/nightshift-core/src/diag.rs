@@ -64,6 +64,14 @@ impl FileDiagnostics {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
+
+    /// Every diagnostic rendered, with cargo's colours when `color`.
+    pub fn render(&self, color: bool) -> String {
+        self.diagnostics
+            .iter()
+            .map(|d| render_with(&self.path, &self.source, d, color))
+            .collect()
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.

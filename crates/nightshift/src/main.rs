@@ -64,7 +64,6 @@ fn init_tracing(cmd: &cli::Command, json: bool) {
             .with_span_list(false)
             .try_init()
     } else {
-        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+        fmt.with_ansi(output::color()).try_init()
     };
 }

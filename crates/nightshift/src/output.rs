@@ -38,6 +38,18 @@ pub fn raw(bytes: &[u8]) {
 
 pub use nightshift_core::diag::inert;
 
+/// Whether stderr gets colours: a terminal, `NO_COLOR` unset, and not JSON lines.
+pub fn color() -> bool {
+    !json()
+        && crate::env::var("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// Diagnostics of a file on stderr, coloured like cargo's on a terminal.
+pub fn diagnostics(d: &nightshift_core::diag::FileDiagnostics) {
+    note(d.render(color()).trim_end());
+}
+
 /// A note for the person at the terminal, on stderr.
 pub fn note(s: impl AsRef<str>) {
     use std::io::Write;

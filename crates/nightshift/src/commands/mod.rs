@@ -236,7 +236,7 @@ fn pause(dir: &Path, name: &str, paused: bool) -> Result<i32> {
 pub fn load_project(dir: &Path) -> Result<Project> {
     let project = project::load(dir).map_err(|e| usage(format!("{e:#}")))?;
     for p in &project.problems {
-        output::note(p.to_string().trim_end());
+        output::diagnostics(p);
     }
     if project
         .problems

@@ -40,7 +40,7 @@ pub fn exec(dir: &Path, as_json: bool) -> Result<i32> {
         return Ok(if errors > 0 { 2 } else { 0 });
     }
     for p in &project.problems {
-        output::note(p.to_string().trim_end());
+        output::diagnostics(p);
     }
     if errors > 0 {
         output::note(format!(

@@ -552,3 +552,42 @@ fn up_with_json_logs_writes_one_json_object_per_line() {
         assert!(so.contains(r#""event":"run_ended""#), "{so}");
     }
 }
+
+/// On a terminal, diagnostics are coloured like cargo's, unless NO_COLOR is set; in a pipe
+/// they are plain.
+#[test]
+fn diagnostics_are_coloured_on_a_terminal_unless_no_color() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        "schedule = \"0 25 * * *\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
+    );
+    // `script` gives the command a pseudo-terminal.
+    let on_tty = |no_color: Option<&str>| {
+        let mut c = Command::new("script");
+        c.args(["-qec"])
+            .arg(format!(
+                "{} --project {} validate",
+                bin().display(),
+                p.path().display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        stdout(&c.output().unwrap())
+    };
+    let coloured = on_tty(None);
+    assert!(
+        coloured.contains("\u{1b}[") && coloured.contains("the hour field"),
+        "{coloured:?}"
+    );
+    let plain = on_tty(Some("1"));
+    assert!(
+        !plain.contains("\u{1b}[") && plain.contains("the hour field"),
+        "{plain:?}"
+    );
+    let piped = p.run(&["validate"]);
+    assert!(!stderr(&piped).contains('\u{1b}'));
+}
