@@ -62,24 +62,97 @@ fn ensure_dbt(dir: &Path) -> Result<()> {
             venv.display()
         );
     }
-    // pip's progress goes to stderr: stdout stays the run log.
-    let status = Command::new(venv.join("bin/pip"))
+    pip_install(dir, &venv)
+}
+
+/// Runs pip with its output folded: kept whole in `.nightshift/pip-install.log`, shown as
+/// one line that follows what pip is doing (on a terminal), then one summary line. A
+/// failure shows the end of pip's output.
+fn pip_install(dir: &Path, venv: &Path) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let started = std::time::Instant::now();
+    let log_path = dir.join(".nightshift/pip-install.log");
+    if let Some(d) = log_path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating `{}`", log_path.display()))?;
+    let mut child = Command::new(venv.join("bin/pip"))
         .args([
             "install",
             "--disable-pip-version-check",
             "--progress-bar",
-            "on",
+            "off",
             "-r",
         ])
         .arg(dir.join("requirements-dbt.txt"))
-        .stdout(std::io::stderr())
-        .status()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .context("running pip")?;
+    // stderr is read on a thread of its own and joined into the log at the end.
+    let err = child.stderr.take();
+    let errs = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = err {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    });
+    let bar = indicatif::ProgressBar::new_spinner();
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) || output::json() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let mut installed: Vec<String> = vec![];
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+            if let Some(pkg) = line.strip_prefix("Collecting ") {
+                bar.set_message(format!(
+                    "pip: collecting {}",
+                    pkg.split_whitespace().next().unwrap_or(pkg)
+                ));
+            } else if let Some(list) = line.strip_prefix("Successfully installed ") {
+                installed = list.split_whitespace().map(str::to_owned).collect();
+            }
+            tail.push_back(line);
+            if tail.len() > 20 {
+                tail.pop_front();
+            }
+        }
+    }
+    let status = child.wait().context("waiting for pip")?;
+    let errors = errs.join().unwrap_or_default();
+    let _ = log.write_all(errors.as_bytes());
+    bar.finish_and_clear();
     if !status.success() {
+        let err_lines: Vec<&str> = errors.lines().collect();
+        let err_tail = &err_lines[err_lines.len().saturating_sub(20)..];
+        for l in tail
+            .iter()
+            .map(String::as_str)
+            .chain(err_tail.iter().copied())
+        {
+            output::note(format!("  {l}"));
+        }
         anyhow::bail!(
-            "installing dbt failed (see pip's output above); the package index must be reachable"
+            "installing dbt failed (the end of pip's output is above; all of it in `{}`); the package index must be reachable",
+            log_path.display()
         );
     }
+    let dbt: Vec<&String> = installed.iter().filter(|p| p.starts_with("dbt-")).collect();
+    output::note(format!(
+        "installed {} packages in {:.0} s ({}); pip's output is in {}",
+        installed.len(),
+        started.elapsed().as_secs_f64(),
+        dbt.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        log_path.display()
+    ));
     Ok(())
 }
 
@@ -276,4 +349,36 @@ pub async fn exec(dir: &Path, postgres: Option<String>) -> Result<i32> {
         "\nPublished outputs: {d}/published/<output>/dt=<ds>/ (part-0.parquet + _manifest.json)\nRaw partitions:    {d}/data/raw/<table>/dt=<ds>/\nWarehouse:         {warehouse}\nTry logs:          {d}/.nightshift/logs/nightly/<run_id>/<task>.try-<n>.log\n\nLook further:\n  {exe} --project {d} runs nightly\n  {exe} --project {d} tasks 20240602_0000\n  {exe} --project {d} dbt-results 20240602_0000\n  {exe} --project {d} logs 20240602_0000 dbt_run"
     ));
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pip's output goes to a log file whole, with one summary line; a failure names the
+    /// log. (A small real package, from the same index the demo's dbt comes from.)
+    #[test]
+    fn pip_output_is_folded_into_a_log_and_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join(".venv");
+        assert!(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::write(dir.path().join("requirements-dbt.txt"), "six==1.17.0\n").unwrap();
+        pip_install(dir.path(), &venv).unwrap();
+        let log = std::fs::read_to_string(dir.path().join(".nightshift/pip-install.log")).unwrap();
+        assert!(log.contains("Successfully installed six-1.17.0"), "{log}");
+        std::fs::write(
+            dir.path().join("requirements-dbt.txt"),
+            "nightshift-there-is-no-such-package==0.0.1\n",
+        )
+        .unwrap();
+        let e = pip_install(dir.path(), &venv).unwrap_err().to_string();
+        assert!(e.contains("pip-install.log"), "{e}");
+    }
 }
