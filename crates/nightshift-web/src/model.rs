@@ -24,10 +24,16 @@ pub struct PipelineSummary {
     pub timezone: String,
     pub paused: bool,
     pub next_run_at: Option<String>,
+    /// The newest run, whatever its state (queued ones included).
     pub last_run: Option<RunSummary>,
+    /// The newest finished run: where a failure shows.
+    pub last_finished_run: Option<RunSummary>,
     pub deadline: Option<String>,
-    /// met, on_track, at_risk or missed, for the newest run with a deadline.
+    /// met, on_track, at_risk or missed: the latest scheduled run's standing (the only
+    /// runs judged are the latest interval's).
     pub deadline_state: Option<String>,
+    /// Runs of intervals that started in the last 7 days and failed.
+    pub failures_7d: u32,
     pub tasks: Vec<TaskInfo>,
 }
 
@@ -202,12 +208,33 @@ impl AppState {
         let p = self.pipeline(name)?;
         let paused = self.store.paused_pipelines()?.iter().any(|x| x == name);
         let now = self.now();
-        let (last, _) = self.store.last_runs(name)?;
-        let deadlines = match &last {
-            Some(r) => self.store.deadlines_of(&[r.pk])?,
-            None => HashMap::new(),
+        let (last, finished) = self.store.last_runs(name)?;
+        let scheduled = match self
+            .store
+            .latest_interval_start(name, Some(nightshift_core::Trigger::Scheduled))?
+        {
+            Some(start) => self.store.find_run_by_interval(name, start)?,
+            None => None,
         };
+        let pks: Vec<i64> = [&last, &finished, &scheduled]
+            .into_iter()
+            .flatten()
+            .map(|r| r.pk)
+            .collect();
+        let deadlines = self.store.deadlines_of(&pks)?;
+        let deadline_state = scheduled
+            .as_ref()
+            .and_then(|r| deadlines.get(&r.pk))
+            .and_then(|d| d.state.clone());
+        let week_ago = nightshift_core::time::to_micros(now) - 7 * 86_400 * 1_000_000;
+        let failures_7d = self
+            .store
+            .runs_between(name, week_ago, i64::MAX)?
+            .iter()
+            .filter(|r| r.status == nightshift_core::RunState::Failed)
+            .count() as u32;
         let last = last.map(|r| RunSummary::from_row(&r, deadlines.get(&r.pk)));
+        let last_finished_run = finished.map(|r| RunSummary::from_row(&r, deadlines.get(&r.pk)));
         Ok(PipelineSummary {
             name: p.name.clone(),
             description: p.description.clone(),
@@ -215,8 +242,10 @@ impl AppState {
             timezone: p.schedule.tz_name().to_owned(),
             paused,
             next_run_at: p.schedule.next_fire(now).ok().map(|t| t.to_string()),
-            deadline_state: last.as_ref().and_then(|r| r.deadline_state.clone()),
+            deadline_state,
             last_run: last,
+            last_finished_run,
+            failures_7d,
             deadline: p.deadline.map(|d| d.to_string()),
             tasks: p
                 .tasks

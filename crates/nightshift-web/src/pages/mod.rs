@@ -233,13 +233,15 @@ pub async fn index(State(st): St, headers: HeaderMap, Query(q): Q) -> Response {
                     div.err role="alert" { "This file has errors; the last valid version keeps running:\n" (p.to_string()) }
                 }
                 table #pipelines {
-                    tr { th { "Pipeline" } th { "Schedule" } th { "Next run" } th { "Last run" } th { "Deadline" } th { "Paused" } th { "" } }
+                    tr { th { "Pipeline" } th { "Schedule" } th { "Next run" } th { "Last run" } th { "Last finished" } th { "Failed (7 days)" } th { "Deadline" } th { "Paused" } th { "" } }
                     @for p in &rows {
                         tr data-pipeline=(p.name) {
                             td { a href={"/pipelines/" (p.name)} { (p.name) } @if let Some(d) = &p.description { br; span.muted { (d) } } }
                             td { code { (p.schedule) } " " span.muted { (p.timezone) } }
                             td { (p.next_run_at.clone().unwrap_or_default()) }
                             td { @if let Some(r) = &p.last_run { a href={"/pipelines/" (p.name) "/runs/" (r.run_id)} { (r.run_id) } " " (badge(&r.state)) } @else { span.muted { "no runs yet" } } }
+                            td.finished { @if let Some(r) = &p.last_finished_run { a href={"/pipelines/" (p.name) "/runs/" (r.run_id)} { (r.run_id) } " " (badge(&r.state)) } @else { span.muted { "–" } } }
+                            td.failures { @if p.failures_7d > 0 { span.err { (p.failures_7d) } } @else { span.muted { "0" } } }
                             td { @if let Some(d) = &p.deadline { (d) " " @if let Some(s) = &p.deadline_state { (badge(s)) } } @else { span.muted { "–" } } }
                             td { @if p.paused { (badge("paused")) } @else { "no" } }
                             td {

@@ -362,3 +362,38 @@ fn the_calendar_follows_a_simulated_clock() {
     let first_run = days.iter().find(|d| d["ds"] == "2024-06-01").unwrap();
     assert_ne!(first_run["state"], "missing", "{body}");
 }
+
+/// The pipelines page and API show the latest finished run (where a failure shows) and the
+/// failures of the last 7 days, beside the newest run.
+#[test]
+fn pipelines_show_the_latest_finished_run_and_recent_failures() {
+    let p = TestProject::new();
+    let day = days_ago(2);
+    p.file(
+        "pipelines/p.toml",
+        &format!(
+            "schedule = \"0 0 * * *\"\ntimezone = \"UTC\"\nstart_date = \"{}\"\ncatchup = false\ndeadline = \"06:00\"\n\n[[task]]\nid = \"t\"\ncommand = [\"false\"]\n",
+            days_ago(5)
+        ),
+    );
+    assert_eq!(p.run(&["run", "p", "--date", &day]).status.code(), Some(1));
+    assert!(p.run(&["pause", "p"]).status.success());
+    let mut up = p.spawn(&["up", "--bind", "127.0.0.1:0"], &[], "up");
+    let url = web_url(&p, "up");
+    let (code, body) = get(&format!("{url}/api/v1/pipelines"));
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let pl = &doc["pipelines"][0];
+    assert_eq!(pl["last_finished_run"]["state"], "FAILED", "{pl}");
+    assert_eq!(pl["failures_7d"], 1, "{pl}");
+    assert!(
+        pl["deadline_state"].is_null(),
+        "a manual run of a past date is not judged: {pl}"
+    );
+    let (_, page) = get(&format!("{url}/"));
+    assert!(
+        page.contains("Failed (7 days)") && page.contains("Last finished"),
+        "{page}"
+    );
+    sigkill(&mut up);
+}
