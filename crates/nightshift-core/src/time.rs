@@ -328,6 +328,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, Error> {
 }
 
 /// Formats a duration the way [`parse_duration`] reads it (largest units first).
+/// A duration in milliseconds as people read it: `840ms`, `4.2s`, `21m18s`, `1h2m`.
+pub fn human_ms(ms: i64) -> String {
+    match ms.max(0) {
+        ms if ms < 1_000 => format!("{ms}ms"),
+        ms if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ms => format_duration(std::time::Duration::from_millis(ms as u64)),
+    }
+}
+
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {

@@ -433,6 +433,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .route(
+            "/static/refresh.js",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/javascript; charset=utf-8",
+                    )],
+                    pages::REFRESH,
+                )
+            }),
+        )
+        .route(
             "/static/live-log.js",
             get(|| async {
                 (

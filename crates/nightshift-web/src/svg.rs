@@ -16,7 +16,9 @@ pub fn color(state: &str) -> &'static str {
         "ERROR" | "FAIL" => "#c62828",
         "FAILED" | "failed" | "missed" => "#c62828",
         "UPSTREAM_FAILED" => "#ef6c00",
-        "RUNNING" | "running" => "#43a047",
+        // Blue, not a second green: running must not read as done (the stylesheet adds
+        // stripes, for colour-blind eyes).
+        "RUNNING" | "running" => "#1e88e5",
         "QUEUED" | "queued" => "#8d8d8d",
         "UP_FOR_RETRY" | "at_risk" => "#f9a825",
         "SKIPPED" => "#f48fb1",
@@ -180,7 +182,7 @@ pub fn gantt(d: &RunDetail, now_us: i64, link: impl Fn(&str, u32) -> String) -> 
             let bw = ((x.end_us.unwrap_or(now_us) - x.start_us) as f64 * scale).max(2.0);
             let dur = x
                 .duration_ms
-                .map(|m| format!("{:.1}s", m as f64 / 1000.0))
+                .map(nightshift_core::time::human_ms)
                 .unwrap_or_else(|| "running".into());
             let _ = write!(
                 s,
@@ -237,14 +239,14 @@ pub fn history(runs: &[&RunSummary]) -> Markup {
             let bh = d as f64 / max_d * h;
             let _ = write!(
                 s,
-                r#"<rect x="{}" y="{}" width="{}" height="{bh}" fill="{}" opacity="0.75"><title>{} ds {}: {:.1}s, {} rows</title></rect>"#,
+                r#"<rect x="{}" y="{}" width="{}" height="{bh}" fill="{}" opacity="0.75"><title>{} ds {}: {}, {} rows</title></rect>"#,
                 x + 1.0,
                 h - bh,
                 bw - 2.0,
                 color(&r.state),
                 esc(&r.run_id),
                 esc(&r.ds),
-                d as f64 / 1000.0,
+                nightshift_core::time::human_ms(d),
                 r.rows_loaded
             );
         }
@@ -261,9 +263,9 @@ pub fn history(runs: &[&RunSummary]) -> Markup {
     );
     let _ = write!(
         s,
-        r##"<text x="0" y="{}" font-size="11" font-family="sans-serif" fill="#546e7a">bars: duration (max {:.1}s) · line: rows_loaded (max {})</text>"##,
+        r##"<text x="0" y="{}" font-size="11" font-family="sans-serif" fill="#546e7a">bars: duration (max {}) · line: rows_loaded (max {})</text>"##,
         h + 16.0,
-        max_d / 1000.0,
+        nightshift_core::time::human_ms(max_d as i64),
         max_r as i64
     );
     s.push_str("</svg>");

@@ -109,14 +109,7 @@ pub fn ts(us: Option<i64>) -> String {
 }
 
 pub fn duration_ms(ms: Option<i64>) -> String {
-    match ms {
-        None => "-".into(),
-        Some(ms) if ms < 1000 => format!("{ms}ms"),
-        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        Some(ms) => {
-            nightshift_core::time::format_duration(std::time::Duration::from_millis(ms as u64))
-        }
-    }
+    ms.map_or_else(|| "-".into(), nightshift_core::time::human_ms)
 }
 
 /// Left-aligned columns.

@@ -42,7 +42,17 @@ pre.log{background:#102027;color:#e0f2f1;padding:8px;overflow:auto;max-height:70
 .cal a,.cal span{display:block;width:16px;height:16px;border:1px solid #cfd8dc;border-radius:2px}
 .legend span{display:inline-block;width:12px;height:12px;border:1px solid #90a4ae;margin:0 4px 0 12px;vertical-align:middle}
 .cal span.pad{border:none}
-.st{background:#eceff1}
+.st{background-color:#eceff1}
+.st[data-state="RUNNING"],.st[data-state="running"]{background-image:repeating-linear-gradient(45deg,rgba(255,255,255,.45) 0 3px,transparent 3px 7px)}
+td.cell[data-trigger="backfill"] a::after,td.cell[data-trigger="manual"] a::after{display:block;text-align:center;font:bold 10px/18px sans-serif;color:#fff}
+td.cell[data-trigger="backfill"] a::after{content:"B"}td.cell[data-trigger="manual"] a::after{content:"M"}
+.calwrap{display:flex;gap:6px}.cal-days{display:grid;grid-template-rows:repeat(7,16px);gap:3px;font-size:10px;color:#78909c}
+.cal-months{display:grid;grid-auto-flow:column;grid-auto-columns:16px;gap:3px;font-size:10px;color:#78909c;margin-left:34px;height:14px}
+@media (prefers-color-scheme:dark){
+body{background:#121417;color:#e0e0e0}table{background:#1c1f23}td,th{border-color:#333a40}
+header{background:#000}a{color:#90caf9}header a{color:#fff}.muted{color:#9aa5ad}
+pre.log{background:#000}.err{color:#ef9a9a}.ok{color:#a5d6a7}.cal a,.cal span{border-color:#333a40}
+}
 "#;
 
 /// Every state the pages color, for the stylesheet's rules (colors live in [`color`]).
@@ -89,7 +99,7 @@ pub fn stylesheet() -> &'static str {
                 "#fff"
             };
             css.push_str(&format!(
-                ".st[data-state=\"{s}\"]{{background:{}}}.badge[data-state=\"{s}\"]{{color:{fg}}}\n",
+                ".st[data-state=\"{s}\"]{{background-color:{}}}.badge[data-state=\"{s}\"]{{color:{fg}}}\n",
                 color(s)
             ));
         }
@@ -101,6 +111,26 @@ pub fn stylesheet() -> &'static str {
 pub fn live_log_script() -> &'static str {
     LIVE_LOG
 }
+
+/// Every page that shows running or queued work refreshes its content every 5 s in place
+/// (no flicker: `main` is swapped), unless someone is typing in a form. Served at
+/// `/static/refresh.js`.
+pub const REFRESH: &str = r#"
+(function(){
+  var active='[data-state=RUNNING],[data-state=QUEUED],[data-state=running],[data-state=queued],[data-state=UP_FOR_RETRY]';
+  function busy(){var a=document.activeElement;return a&&(a.tagName==='INPUT'||a.tagName==='SELECT'||a.tagName==='TEXTAREA');}
+  function tick(){
+    if(!document.querySelector(active)||document.getElementById('log')){return;}
+    if(busy()){setTimeout(tick,5000);return;}
+    fetch(location.href,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null;}).then(function(t){
+      if(t){var doc=new DOMParser().parseFromString(t,'text/html');var m=doc.querySelector('main');
+        if(m&&!busy()){document.querySelector('main').innerHTML=m.innerHTML;document.body.dataset.refreshed=String(Date.now());}}
+      setTimeout(tick,5000);
+    }).catch(function(){setTimeout(tick,10000);});
+  }
+  setTimeout(tick,5000);
+})();
+"#;
 
 const LIVE_LOG: &str = r#"
 (function(){
@@ -132,6 +162,7 @@ fn layout(st: &AppState, headers: &HeaderMap, title: &str, body: Markup) -> Mark
                 link rel="icon" href="data:,";
                 title { (title) " · nightshift" }
                 link rel="stylesheet" href="/static/app.css";
+                script src="/static/refresh.js" defer {}
             }
             body {
                 header {
@@ -208,7 +239,7 @@ fn csrf_field(csrf: &str) -> Markup {
 }
 
 fn fmt_ms(ms: Option<i64>) -> String {
-    ms.map(|m| format!("{:.1}s", m as f64 / 1000.0))
+    ms.map(nightshift_core::time::human_ms)
         .unwrap_or_else(|| "–".into())
 }
 
@@ -310,7 +341,7 @@ fn grid_table(g: &GridPage) -> Markup {
             tr {
                 th { "run" }
                 @for r in &runs {
-                    td.cell.st data-run=(r.run.run_id) data-state=(r.run.state) {
+                    td.cell.st data-run=(r.run.run_id) data-state=(r.run.state) data-trigger=(r.run.trigger) {
                         a href={"/pipelines/" (g.pipeline.name) "/runs/" (r.run.run_id)} title={(r.run.run_id) ": " (r.run.state)} {}
                     }
                 }
@@ -342,6 +373,7 @@ fn legend() -> Markup {
             @for s in ["SUCCESS", "RUNNING", "FAILED", "UPSTREAM_FAILED", "UP_FOR_RETRY", "QUEUED", "PENDING", "SKIPPED", "CANCELLED"] {
                 span.st data-state=(s) {} (s)
             }
+            " · run row: B backfill, M manual"
         }
     }
 }
@@ -432,6 +464,11 @@ pub async fn graph(
                 (pipeline_header(&g.pipeline))
                 form method="get" {
                     label { "Run " select name="run" {
+                        // The run drawn is always the one selected, even when it is older
+                        // than the newest page of runs.
+                        @if let Some(d) = chosen.as_ref().filter(|d| !g.runs.iter().any(|r| r.run.run_id == d.run.run_id)) {
+                            option value=(d.run.run_id) selected { (d.run.run_id) " (ds " (d.run.ds) ") " (d.run.state) }
+                        }
                         @for r in &g.runs {
                             option value=(r.run.run_id) selected[run_id.as_deref() == Some(r.run.run_id.as_str())] { (r.run.run_id) " (ds " (r.run.ds) ") " (r.run.state) }
                         }
@@ -469,10 +506,32 @@ pub async fn calendar(
             html! {
                 (pipeline_header(&summary))
                 h2 { "Partitions " (from) " to " (to) }
+                @let span_days = (to - from).get_days().max(1) as i64;
+                @let prev_to = from.yesterday().unwrap_or(from);
+                @let prev_from = prev_to.checked_sub(jiff::Span::new().days(span_days)).unwrap_or(prev_to);
+                @let next_from = to.tomorrow().unwrap_or(to);
+                @let next_to = next_from.checked_add(jiff::Span::new().days(span_days)).unwrap_or(next_from);
+                p #cal-nav {
+                    a rel="prev" href={"/pipelines/" (p) "/calendar?from=" (prev_from) "&to=" (prev_to)} { "« earlier" }
+                    " · "
+                    a href={"/pipelines/" (p) "/calendar"} { "today" }
+                    " · "
+                    a rel="next" href={"/pipelines/" (p) "/calendar?from=" (next_from) "&to=" (next_to)} { "later »" }
+                }
                 p { (missing) " missing day(s). Click a missing day to fill the backfill form with it." }
                 p.legend.muted {
                     @for s in ["done", "failed", "running", "queued", "cancelled", "missing", "future"] { span.st data-state=(s) {} (s) }
                 }
+                @let weeks = (pad + days.len()).div_ceil(7);
+                div.cal-months #cal-months {
+                    @for w in 0..weeks {
+                        @let first = from.checked_add(jiff::Span::new().days((w * 7) as i64 - pad as i64)).unwrap_or(from);
+                        @let label = (first.day() <= 7 || w == 0).then(|| first.strftime("%b").to_string());
+                        span { (label.unwrap_or_default()) }
+                    }
+                }
+                div.calwrap {
+                div.cal-days { @for d in ["Mon", "", "Wed", "", "Fri", "", "Sun"] { span { (d) } } }
                 div.cal #calendar {
                     @for _ in 0..pad { span.pad {} }
                     @for d in &days {
@@ -485,6 +544,7 @@ pub async fn calendar(
                             span.st data-ds=(d.ds) data-state=(d.state) title=(title) {}
                         }
                     }
+                }
                 }
                 h2 { "Backfill" }
                 (action_forms(&p, summary.paused, csrf.as_deref(), (&bf_from, &bf_to)))

@@ -26,8 +26,15 @@ pub async fn run(
         let gantt = svg::gantt(&d, now_us, |task, n| {
             format!("/pipelines/{pname}/runs/{rid}/tasks/{task}/tries/{n}")
         });
-        let tests: Vec<&crate::model::DbtResult> =
+        let mut tests: Vec<&crate::model::DbtResult> =
             d.dbt.iter().filter(|x| x.resource_type == "test").collect();
+        // What needs attention first: failing and erroring tests, then warnings, then passes.
+        let rank = |status: &str| match status {
+            "fail" | "error" => 0,
+            "warn" => 1,
+            _ => 2,
+        };
+        tests.sort_by_key(|x| rank(&x.status));
         Ok(page(
             &st,
             &headers,
@@ -87,7 +94,7 @@ pub async fn run(
                 @if !tests.is_empty() {
                     h2 { "dbt tests" }
                     table #dbt-tests { tr { th { "test" } th { "status" } th { "failures" } th { "try" } }
-                        @for x in &tests { tr { td { (x.unique_id) } td { (badge(&x.status.to_uppercase())) } td { (x.failures.map(|f| f.to_string()).unwrap_or_default()) } td { (x.task_id) " #" (x.try_number) } } } }
+                        @for x in &tests { tr data-status=(x.status) { td { (x.unique_id) } td { (badge(&x.status.to_uppercase())) } td { (x.failures.map(|f| f.to_string()).unwrap_or_default()) } td { (x.task_id) " #" (x.try_number) } } } }
                 }
                 @let models: Vec<&crate::model::DbtResult> = d.dbt.iter().filter(|x| x.resource_type != "test").collect();
                 @if !models.is_empty() {

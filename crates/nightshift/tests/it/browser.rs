@@ -261,10 +261,30 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 assert!(states.iter().all(|s| s == "SUCCESS"), "{states:?}");
                 let chart = b.eval("document.querySelectorAll('svg.history rect').length");
                 assert_eq!(chart, 4);
+                // The demo's backfill run is marked B in the run row.
+                let mark = b.eval("getComputedStyle(document.querySelector('td.cell[data-trigger=backfill] a'), '::after').content");
+                assert_eq!(mark, "\"B\"");
+                let scheduled =
+                    b.eval("document.querySelectorAll('td.cell[data-trigger=scheduled]').length");
+                assert_eq!(scheduled, 3);
+                // RUNNING is not a second green: another colour, and stripes.
+                let look = b.eval("(() => { const t = document.createElement('td'); t.className = 'st'; document.body.appendChild(t); const look = s => { t.dataset.state = s; const c = getComputedStyle(t); return [c.backgroundColor, c.backgroundImage]; }; return [look('RUNNING'), look('SUCCESS')]; })()");
+                assert_ne!(look[0][0], look[1][0], "{look}");
+                assert!(
+                    look[0][1]
+                        .as_str()
+                        .unwrap()
+                        .contains("repeating-linear-gradient"),
+                    "{look}"
+                );
+                assert_eq!(look[1][1], "none");
             }
             "graph" => {
                 let nodes = b.eval("Array.from(document.querySelectorAll('svg.dag g.node')).map(n => n.dataset.state)");
                 assert_eq!(nodes.as_array().unwrap().len(), 7, "{nodes}");
+                // The picker shows the run that is drawn.
+                let picked = b.eval("document.querySelector('select[name=run]').value");
+                assert_eq!(picked, run_id);
             }
             "calendar" => {
                 let done =
@@ -273,6 +293,17 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 let missing =
                     b.eval("document.querySelectorAll('#calendar [data-state=missing]').length");
                 assert!(missing.as_u64().unwrap() > 0);
+                // Month and weekday labels, and the way to earlier and later weeks.
+                let months = b.eval("document.getElementById('cal-months').textContent");
+                assert!(months.as_str().unwrap().contains("Jun"), "{months}");
+                let days = b.eval("document.querySelector('.cal-days').textContent");
+                assert!(days.as_str().unwrap().contains("Mon"), "{days}");
+                let earlier =
+                    b.eval("document.querySelector('#cal-nav a[rel=prev]').getAttribute('href')");
+                assert!(
+                    earlier.as_str().unwrap().contains("to=2024-05-19"),
+                    "{earlier}"
+                );
             }
             "run" => {
                 let bars = b.eval("document.querySelectorAll('svg.gantt rect.try').length");
@@ -347,7 +378,23 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
     assert_eq!(new["trigger"], "manual");
     b.open(&format!("{url}/pipelines/nightly"));
     assert!(b.errors.is_empty(), "{:?}", b.errors);
+    // The queued run (the pipeline is paused) keeps the page refreshing itself in place.
+    p.wait_for("the grid to refresh itself", || {
+        b.eval("document.body.dataset.refreshed !== undefined") == Value::Bool(true)
+    });
+    let marked = b.eval("document.querySelectorAll('td.cell[data-trigger=manual]').length");
+    assert_eq!(marked, 1, "the manual run is marked M");
     b.screenshot(&shots.join("grid-after-trigger.png"));
+    // A dark theme for people whose system asks for one.
+    b.call(
+        Some(()),
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    );
+    b.open(&format!("{url}/pipelines/nightly"));
+    let bg = b.eval("getComputedStyle(document.body).backgroundColor");
+    assert_eq!(bg, "rgb(18, 20, 23)");
+    b.screenshot(&shots.join("grid-dark.png"));
 
     sigterm(&up);
     up.wait().unwrap();
