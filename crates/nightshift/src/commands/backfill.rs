@@ -163,9 +163,48 @@ pub async fn exec(
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs · {elapsed} elapsed · about {eta} left · {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The bar counts from the store, so runs that a running `up` finishes count too; and it
+    // names the ds being worked on.
+    let span = {
+        let mut starts = vec![];
+        for pk in &pks {
+            if let Some(r) = store.run(*pk)? {
+                starts.push(r.data_interval_start);
+            }
+        }
+        (
+            starts.iter().copied().min().unwrap_or(0),
+            starts.iter().copied().max().unwrap_or(0) + 1,
+        )
+    };
+    let progress = {
+        let (store, bar, pks, name) = (store.clone(), bar.clone(), pks.clone(), name.to_owned());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(runs) = store.runs_between(&name, span.0, span.1) {
+                    let mine: Vec<_> = runs.iter().filter(|r| pks.contains(&r.pk)).collect();
+                    let done = mine.iter().filter(|r| r.status.is_terminal()).count();
+                    let failed = mine.iter().filter(|r| r.status == RunState::Failed).count();
+                    let current = mine
+                        .iter()
+                        .filter(|r| r.status == RunState::Running)
+                        .map(|r| r.ds)
+                        .min();
+                    bar.set_position(done as u64);
+                    bar.set_message(match current {
+                        Some(ds) => format!("ds {ds} running, {failed} failed"),
+                        None => format!("{failed} failed"),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        })
+    };
     let engine = new_engine(project, store.clone(), clock, Mode::Runs(pks.clone()))?;
     let mut failed = 0;
     // Ctrl-C (or SIGTERM) stops the backfill: its unfinished runs are cancelled, so a
@@ -202,7 +241,6 @@ pub async fn exec(
         |e| {
             if let Event::RunEnded { state, .. } = &e {
                 failed += usize::from(*state != RunState::Success && *state != RunState::Cancelled);
-                bar.inc(1);
             }
             if let Some(line) = lines.line(&e) {
                 bar.suspend(|| output::line(line));
@@ -212,6 +250,7 @@ pub async fn exec(
     )
     .await?;
     watcher.abort();
+    progress.abort();
     bar.finish_and_clear();
     let cancelled = cancelled.load(std::sync::atomic::Ordering::Relaxed);
     if cancelled > 0 {
@@ -221,11 +260,16 @@ pub async fn exec(
         return Ok(1);
     }
     let mut unfinished = 0;
+    let mut failed_total = 0;
     for pk in &pks {
-        if store.run(*pk)?.is_some_and(|r| !r.status.is_terminal()) {
-            unfinished += 1;
+        match store.run(*pk)? {
+            Some(r) if !r.status.is_terminal() => unfinished += 1,
+            Some(r) if r.status == RunState::Failed => failed_total += 1,
+            _ => {}
         }
     }
+    // Runs a scheduler beside this command finished count as well as its own.
+    let failed = failed.max(failed_total);
     output::note(format!(
         "backfill of `{name}` {from}..{to}: {total} run(s), {failed} failed, {unfinished} unfinished"
     ));

@@ -35,7 +35,9 @@ pub fn run_json(r: &RunRow) -> Value {
     })
 }
 
-fn try_json(t: &TryRow) -> Value {
+/// A try as JSON; its log path as a usable path (the store keeps it relative to the
+/// project).
+fn try_json(t: &TryRow, project_dir: &Path) -> Value {
     json!({
         "try_number": t.try_number,
         "state": t.state.as_str(),
@@ -46,7 +48,7 @@ fn try_json(t: &TryRow) -> Value {
         "signal": t.signal,
         "pid": t.pid,
         "host": t.host,
-        "log_path": t.log_path,
+        "log_path": t.log_path.as_deref().map(|p| nightshift_engine::project::resolve_stored(project_dir, p)),
         "error": t.error,
         "warning": t.warning,
         "rows_loaded": t.rows_loaded,
@@ -132,7 +134,7 @@ pub fn find_run(store: &Store, run_id: &str, pipeline: Option<&str>) -> Result<R
 }
 
 pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) -> Result<i32> {
-    let (_, store, run) = open_run(dir, run_id, pipeline)?;
+    let (project, store, run) = open_run(dir, run_id, pipeline)?;
     let tis = store.task_instances(run.pk)?;
     let tries = store.tries(run.pk)?;
     if as_json {
@@ -142,7 +144,7 @@ pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) ->
                 let mine: Vec<Value> = tries
                     .iter()
                     .filter(|t| t.ti_pk == ti.pk)
-                    .map(try_json)
+                    .map(|t| try_json(t, &project.dir))
                     .collect();
                 json!({
                     "task_id": ti.task_id,

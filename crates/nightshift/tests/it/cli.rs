@@ -591,3 +591,38 @@ fn diagnostics_are_coloured_on_a_terminal_unless_no_color() {
     let piped = p.run(&["validate"]);
     assert!(!stderr(&piped).contains('\u{1b}'));
 }
+
+/// On a terminal the backfill bar shows elapsed time, the time left and the ds being run,
+/// counting from the store.
+#[test]
+fn the_backfill_bar_shows_elapsed_eta_and_the_current_ds() {
+    let p = TestProject::new();
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", "2024-06-01") + "[[task]]\nid = \"t\"\ncommand = [\"sleep\", \"1.5\"]\n"),
+    );
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --project {} backfill p --from 2024-06-01 --to 2024-06-03",
+            bin().display(),
+            p.path().display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("elapsed") && text.contains("left"),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("ds 2024-06-0") && text.contains("running"),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("3 run(s), 0 failed, 0 unfinished"),
+        "{text:?}"
+    );
+}

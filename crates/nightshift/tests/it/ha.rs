@@ -469,10 +469,7 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     let tried = &doc["tasks"][0]["tries"][0];
     assert_eq!(tried["host"], "host-w");
     assert!(
-        !tried["log_path"]
-            .as_str()
-            .unwrap()
-            .starts_with(here.path().to_str().unwrap()),
+        !std::path::Path::new(tried["log_path"].as_str().unwrap()).exists(),
         "the log file is on the other host: {tried}"
     );
     // Read again once finished: the same text.
