@@ -403,16 +403,7 @@ impl AppState {
                 dbt,
                 quality,
                 published,
-                events: events
-                    .into_iter()
-                    .map(|e| EventRow {
-                        at: from_micros(e.at).to_string(),
-                        task_id: e.task_id,
-                        try_number: e.try_number,
-                        state: e.state,
-                        detail: e.detail,
-                    })
-                    .collect(),
+                events: history(events, &tries),
             },
             p,
         ))
@@ -546,4 +537,56 @@ fn task_detail(
         next_try_at: ti.and_then(|t| ts(t.next_try_at)),
         tries: mine,
     }
+}
+
+/// A run's whole history in time order: the recorded state changes (the run's, and each
+/// task's queueing, clearing and marking) with every try's start and end between them.
+fn history(
+    events: Vec<nightshift_store::EventRecord>,
+    tries: &[nightshift_store::TryRow],
+) -> Vec<EventRow> {
+    let mut all: Vec<(i64, u8, EventRow)> = events
+        .into_iter()
+        .map(|e| {
+            (
+                e.at,
+                0,
+                EventRow {
+                    at: from_micros(e.at).to_string(),
+                    task_id: e.task_id,
+                    try_number: e.try_number,
+                    state: e.state,
+                    detail: e.detail,
+                },
+            )
+        })
+        .collect();
+    for t in tries {
+        all.push((
+            t.start_time,
+            1,
+            EventRow {
+                at: from_micros(t.start_time).to_string(),
+                task_id: Some(t.task_id.clone()),
+                try_number: Some(t.try_number),
+                state: "RUNNING".into(),
+                detail: Some(format!("on {}", t.host)),
+            },
+        ));
+        if let Some(end) = t.end_time {
+            all.push((
+                end,
+                2,
+                EventRow {
+                    at: from_micros(end).to_string(),
+                    task_id: Some(t.task_id.clone()),
+                    try_number: Some(t.try_number),
+                    state: t.state.as_str().to_owned(),
+                    detail: t.error.clone(),
+                },
+            ));
+        }
+    }
+    all.sort_by_key(|(at, order, _)| (*at, *order));
+    all.into_iter().map(|(_, _, e)| e).collect()
 }

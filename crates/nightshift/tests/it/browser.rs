@@ -317,6 +317,17 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 let why =
                     b.eval("document.querySelector('tr[data-task=dbt_test] td.why').textContent");
                 assert_eq!(why, "succeeded on try 1 of 1");
+                // The history has every transition: queued, each try's start and its end.
+                let history = b.eval("Array.from(document.querySelectorAll('#events tr')).map(r => r.textContent).filter(t => t.includes('dbt_test'))");
+                let rows: Vec<&str> = history
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                assert!(rows.iter().any(|r| r.contains("QUEUED")), "{rows:?}");
+                assert!(rows.iter().any(|r| r.contains("RUNNING")), "{rows:?}");
+                assert!(rows.iter().any(|r| r.contains("SUCCESS")), "{rows:?}");
             }
             "try" => {
                 let log = b.eval("document.getElementById('log').textContent");
