@@ -408,15 +408,7 @@ pub async fn pause(
     headers: HeaderMap,
     Path(p): Path<String>,
 ) -> Result<Json<Value>, WebError> {
-    checked(
-        st,
-        &headers,
-        Action::Pause,
-        &p.clone(),
-        p.clone(),
-        move |st| st.act_pause(&p, true),
-    )
-    .await
+    set_paused(st, &headers, p, true).await
 }
 
 /// Unpause
@@ -426,14 +418,23 @@ pub async fn unpause(
     headers: HeaderMap,
     Path(p): Path<String>,
 ) -> Result<Json<Value>, WebError> {
-    checked(
-        st,
-        &headers,
-        Action::Unpause,
-        &p.clone(),
-        p.clone(),
-        move |st| st.act_pause(&p, false),
-    )
+    set_paused(st, &headers, p, false).await
+}
+
+async fn set_paused(
+    st: Arc<AppState>,
+    headers: &HeaderMap,
+    p: String,
+    paused: bool,
+) -> Result<Json<Value>, WebError> {
+    let action = if paused {
+        Action::Pause
+    } else {
+        Action::Unpause
+    };
+    checked(st, headers, action, &p.clone(), p.clone(), move |st| {
+        st.act_pause(&p, paused)
+    })
     .await
 }
 

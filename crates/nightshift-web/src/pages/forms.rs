@@ -101,22 +101,27 @@ pub async fn pipeline_action(
             );
         }
     };
-    let who = match st.require_form(&headers, f.csrf.as_deref(), kind, &p, &target) {
-        Ok(w) => w,
-        Err(e) => return error_page(&st, &headers, e),
-    };
     let name = p.clone();
-    let res = act(st.clone(), &headers, &who, kind, target, move |st| {
-        Ok(match action.as_str() {
-            "trigger" => st.act_trigger(&name, need(&f.ds, "ds")?, again)?,
-            "backfill" => {
-                st.act_backfill(&name, need(&f.from, "from")?, need(&f.to, "to")?, again)?
-            }
-            "pause" => st.act_pause(&name, true)?,
-            "unpause" => st.act_pause(&name, false)?,
-            _ => st.act_cancel(&name, None)?,
-        })
-    })
+    let csrf = f.csrf.clone();
+    let res = form_act(
+        &st,
+        &headers,
+        csrf.as_deref(),
+        kind,
+        &p,
+        target,
+        move |st| {
+            Ok(match action.as_str() {
+                "trigger" => st.act_trigger(&name, need(&f.ds, "ds")?, again)?,
+                "backfill" => {
+                    st.act_backfill(&name, need(&f.from, "from")?, need(&f.to, "to")?, again)?
+                }
+                "pause" => st.act_pause(&name, true)?,
+                "unpause" => st.act_pause(&name, false)?,
+                _ => st.act_cancel(&name, None)?,
+            })
+        },
+    )
     .await;
     match res {
         Ok(v) => done(
@@ -127,6 +132,21 @@ pub async fn pipeline_action(
     }
 }
 
+/// A UI action: the session, its CSRF token and the role checked, then run as [`act`]
+/// runs it (off the server's thread, recorded in the audit log).
+async fn form_act(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+    action: Action,
+    pipeline: &str,
+    target: String,
+    f: impl FnOnce(&AppState) -> Result<serde_json::Value, WebError> + Send + 'static,
+) -> Result<serde_json::Value, WebError> {
+    let who = st.require_form(headers, csrf, action, pipeline, &target)?;
+    act(st.clone(), headers, &who, action, target, f).await
+}
+
 pub async fn cancel_action(
     State(st): St,
     headers: HeaderMap,
@@ -134,16 +154,13 @@ pub async fn cancel_action(
     Form(f): Form<ActionForm>,
 ) -> Response {
     let target = format!("{p} {run_id}");
-    let who = match st.require_form(&headers, f.csrf.as_deref(), Action::Cancel, &p, &target) {
-        Ok(w) => w,
-        Err(e) => return error_page(&st, &headers, e),
-    };
     let (name, id) = (p.clone(), run_id.clone());
-    match act(
-        st.clone(),
+    match form_act(
+        &st,
         &headers,
-        &who,
+        f.csrf.as_deref(),
         Action::Cancel,
+        &p,
         target,
         move |st| st.act_cancel(&name, Some(&id)),
     )
@@ -161,16 +178,14 @@ pub async fn clear_action(
     Form(f): Form<ActionForm>,
 ) -> Response {
     let target = format!("{p} {run_id} task {}", f.task.clone().unwrap_or_default());
-    let who = match st.require_form(&headers, f.csrf.as_deref(), Action::Clear, &p, &target) {
-        Ok(w) => w,
-        Err(e) => return error_page(&st, &headers, e),
-    };
     let (name, id) = (p.clone(), run_id.clone());
-    match act(
-        st.clone(),
+    let csrf = f.csrf.clone();
+    match form_act(
+        &st,
         &headers,
-        &who,
+        csrf.as_deref(),
         Action::Clear,
+        &p,
         target,
         move |st| {
             st.act_clear(

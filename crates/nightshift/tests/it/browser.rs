@@ -212,19 +212,7 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
         .stderr(std::fs::File::create(&up_err).unwrap())
         .spawn()
         .unwrap();
-    let mut url = String::new();
-    p.wait_for("the web server", || {
-        let t = std::fs::read_to_string(&up_err).unwrap_or_default();
-        if let Some(u) = t.lines().find_map(|l| l.split("web UI and API at ").nth(1)) {
-            url = u
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches('/')
-                .to_owned();
-        }
-        !url.is_empty()
-    });
+    let url = served_url(&up_err);
     let shots = screenshots();
     let mut b = Browser::start();
 

@@ -436,25 +436,7 @@ fn a_moved_project_serves_its_old_logs() {
         .stderr(std::fs::File::create(moved.path().join("up.stderr")).unwrap())
         .spawn()
         .unwrap();
-    let mut url = None;
-    for _ in 0..200 {
-        let err = std::fs::read_to_string(moved.path().join("up.stderr")).unwrap_or_default();
-        url = err
-            .lines()
-            .find_map(|l| l.split("web UI and API at ").nth(1))
-            .map(|u| {
-                u.split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches('/')
-                    .to_owned()
-            });
-        if url.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let url = url.expect("up serves");
+    let url = served_url(&moved.path().join("up.stderr"));
     for task in ["old", "new"] {
         let mut r = http()
             .get(format!(

@@ -333,22 +333,32 @@ pub fn http() -> ureq::Agent {
 
 /// Waits for `up` (spawned with `tag`) to print where it serves, and returns the base URL.
 pub fn web_url(p: &TestProject, tag: &str) -> String {
-    let mut url = None;
-    p.wait_for("the web server to start", || {
-        let err = p.read(&format!("{tag}.stderr"));
-        url = err
+    served_url(&p.path().join(format!("{tag}.stderr")))
+}
+
+/// Waits (up to two minutes, a hang guard) until the `up` writing `stderr` prints where it serves, and
+/// returns the base URL.
+pub fn served_url(stderr: &Path) -> String {
+    let t0 = Instant::now();
+    loop {
+        let err = std::fs::read_to_string(stderr).unwrap_or_default();
+        if let Some(u) = err
             .lines()
             .find_map(|l| l.split("web UI and API at ").nth(1))
-            .map(|u| {
-                u.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches('/')
-                    .to_owned()
-            });
-        url.is_some()
-    });
-    url.unwrap()
+        {
+            return u
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_owned();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "timed out waiting for the web server to start: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Rows of a partition folder's `part-0.parquet`.
