@@ -10,7 +10,7 @@ use nightshift_core::{Pipeline, RunState, TaskState, Trigger};
 use nightshift_store::{RunRow, Store, TiRow};
 
 /// One finding: what it is about (`None`: the run) and why.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Reason {
     pub task_id: Option<String>,
     pub state: String,

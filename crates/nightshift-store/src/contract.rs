@@ -421,8 +421,15 @@ fn catch_up_skips_taken_intervals_and_pages_read_history(s: &Fixture) {
     let starts =
         |runs: Vec<RunRow>| -> Vec<i64> { runs.iter().map(|r| r.data_interval_start).collect() };
     assert_eq!(starts(s.runs("nightly", 2).unwrap()), [20, 30]);
-    assert_eq!(starts(s.runs_page("nightly", None, 2).unwrap()), [30, 20]);
-    assert_eq!(starts(s.runs_page("nightly", Some(20), 9).unwrap()), [10]);
+    let all = RunFilter::default();
+    assert_eq!(
+        starts(s.runs_page("nightly", None, 2, all).unwrap()),
+        [30, 20]
+    );
+    assert_eq!(
+        starts(s.runs_page("nightly", Some(20), 9, all).unwrap()),
+        [10]
+    );
     assert_eq!(starts(s.runs_between("nightly", 15, 31).unwrap()), [20, 30]);
     assert_eq!(s.latest_interval_start("nightly", None).unwrap(), Some(30));
     assert_eq!(
@@ -459,6 +466,37 @@ fn catch_up_skips_taken_intervals_and_pages_read_history(s: &Fixture) {
     let ev = s.events(first).unwrap();
     assert_eq!(ev[0].state, "QUEUED");
     assert_eq!(ev[0].detail.as_deref(), Some("scheduled"));
+    // The grid's filter: by state and by trigger, with paging.
+    s.cancel_runs(&[first], 11, "test").unwrap();
+    let cancelled = RunFilter {
+        state: Some(RunState::Cancelled),
+        trigger: None,
+    };
+    assert_eq!(
+        starts(s.runs_page("nightly", None, 9, cancelled).unwrap()),
+        [10]
+    );
+    assert_eq!(
+        starts(s.runs_page("nightly", Some(10), 9, cancelled).unwrap()),
+        [0i64; 0]
+    );
+    let backfills = RunFilter {
+        state: None,
+        trigger: Some(Trigger::Backfill),
+    };
+    assert!(
+        s.runs_page("nightly", None, 9, backfills)
+            .unwrap()
+            .is_empty()
+    );
+    let scheduled = RunFilter {
+        state: Some(RunState::Queued),
+        trigger: Some(Trigger::Scheduled),
+    };
+    assert_eq!(
+        starts(s.runs_page("nightly", None, 9, scheduled).unwrap()),
+        [30, 20]
+    );
 }
 
 fn run_concurrency_and_outcomes(s: &Fixture) {

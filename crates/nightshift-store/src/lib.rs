@@ -234,8 +234,8 @@ interface! {
     /// Running runs of a pipeline, by trigger class (backfill or not), for `explain`.
     fn running_runs(&self, pipeline: &str) -> Result<Vec<crate::RunRow>>;
     /// One page of a pipeline's runs, newest interval first, starting before `before`
-    /// (a data_interval_start; `None` for the newest).
-    fn runs_page(&self, pipeline: &str, before: Option<i64>, limit: u32) -> Result<Vec<RunRow>>;
+    /// (a data_interval_start; `None` for the newest), only runs that `filter` matches.
+    fn runs_page(&self, pipeline: &str, before: Option<i64>, limit: u32, filter: RunFilter) -> Result<Vec<RunRow>>;
     /// A pipeline's runs whose interval starts in [from, to).
     fn runs_between(&self, pipeline: &str, from: i64, to: i64) -> Result<Vec<RunRow>>;
     /// Task instances of several runs at once (a grid page).

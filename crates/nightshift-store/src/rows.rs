@@ -2,6 +2,13 @@
 
 use nightshift_core::{RunState, TaskState, Trigger};
 
+/// Which runs a page of history shows (the grid's filter); `None` matches every run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub trigger: Option<Trigger>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
     pub pk: i64,

@@ -9,10 +9,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use nightshift_core::time::parse_date;
-use serde_json::{Value, json};
 
+use crate::model::{CalendarDay, GridPage, PipelineSummary, RunDetail};
 use crate::openapi::ErrorBody;
 use crate::{AppState, WebError};
+use nightshift_engine::view::{Alert, AuditEntry, PipelineList, Status};
 
 type St = State<Arc<AppState>>;
 type Q = Query<HashMap<String, String>>;
@@ -74,8 +75,8 @@ pub async fn openapi() -> Response {
 }
 
 /// Pipelines with schedule, next run, last run, deadline state, paused; and files with errors
-#[utoipa::path(get, path = "/api/v1/pipelines", responses((status = 200, description = "Pipelines", body = Object)))]
-pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<Value>, WebError> {
+#[utoipa::path(get, path = "/api/v1/pipelines", responses((status = 200, description = "Pipelines", body = PipelineList)))]
+pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<PipelineList>, WebError> {
     st.require_read(&headers)?;
     let project = st.project();
     let mut names: Vec<&String> = project.pipelines.keys().collect();
@@ -90,63 +91,60 @@ pub async fn pipelines(State(st): St, headers: HeaderMap) -> Result<Json<Value>,
         .filter(|p| p.has_errors())
         .map(|p| p.to_string())
         .collect();
-    Ok(Json(json!({"pipelines": out, "problems": problems})))
+    Ok(Json(PipelineList {
+        pipelines: out,
+        problems,
+    }))
 }
 
 /// One pipeline
-#[utoipa::path(get, path = "/api/v1/pipelines/{p}", params(("p" = String, Path, description = "Pipeline name")), responses((status = 200, description = "Pipeline", body = Object), (status = 404, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}", params(("p" = String, Path, description = "Pipeline name")), responses((status = 200, description = "Pipeline", body = PipelineSummary), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn pipeline(
     State(st): St,
     headers: HeaderMap,
     Path(p): Path<String>,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<PipelineSummary>, WebError> {
     st.require_read(&headers)?;
-    Ok(Json(
-        serde_json::to_value(st.summary(&p)?).unwrap_or_default(),
-    ))
+    Ok(Json(st.summary(&p)?))
 }
 
 /// A page of the grid: runs newest first with each task's state
-#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Runs per page (default 25)"), ("before" = Option<i64>, Query, description = "next_before of the previous page")), responses((status = 200, description = "Grid page", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs", params(("p" = String, Path, description = "Pipeline name"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Runs per page (default 25)"), ("before" = Option<i64>, Query, description = "next_before of the previous page"), ("state" = Option<String>, Query, description = "Only runs in this state: QUEUED, RUNNING, SUCCESS, FAILED or CANCELLED"), ("trigger" = Option<String>, Query, description = "Only runs of this trigger: scheduled, manual or backfill"), ("date" = Option<String>, Query, format = Date, description = "Jump: runs whose ds is on or before this day")), responses((status = 200, description = "Grid page", body = GridPage), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn runs(
     State(st): St,
     headers: HeaderMap,
     Path(p): Path<String>,
     Query(q): Q,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<GridPage>, WebError> {
     st.require_read(&headers)?;
-    let limit = query_int(&q, "limit", 1, 500)?.unwrap_or(25) as u32;
-    let before = query_int(&q, "before", i64::MIN, i64::MAX)?;
-    Ok(Json(
-        serde_json::to_value(st.grid(&p, before, limit)?).unwrap_or_default(),
-    ))
+    let g = st.grid_query(&p, &q, 500)?;
+    Ok(Json(st.grid(&p, &g)?))
 }
 
 /// A run: tasks and tries, dbt results, data-quality figures, published manifests, history
-#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs/{run_id}", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), responses((status = 200, description = "Run", body = Object), (status = 404, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/runs/{run_id}", params(("p" = String, Path, description = "Pipeline name"), ("run_id" = String, Path, description = "Run id")), responses((status = 200, description = "Run", body = RunDetail), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn run(
     State(st): St,
     headers: HeaderMap,
     Path((p, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<RunDetail>, WebError> {
     st.require_read(&headers)?;
     let (d, _) = st.run_detail(&p, &run_id)?;
-    Ok(Json(serde_json::to_value(d).unwrap_or_default()))
+    Ok(Json(d))
 }
 
 /// Partitions by day: done, failed, running, queued, missing, future
-#[utoipa::path(get, path = "/api/v1/pipelines/{p}/calendar", params(("p" = String, Path, description = "Pipeline name"), ("from" = Option<String>, Query, format = Date, description = "First day (default: 16 weeks before `to`)"), ("to" = Option<String>, Query, format = Date, description = "Last day (default: today)")), responses((status = 200, description = "Days", body = Object), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/pipelines/{p}/calendar", params(("p" = String, Path, description = "Pipeline name"), ("from" = Option<String>, Query, format = Date, description = "First day (default: 16 weeks before `to`)"), ("to" = Option<String>, Query, format = Date, description = "Last day (default: today)")), responses((status = 200, description = "Days", body = CalendarPage), (status = 400, description = "Error", body = ErrorBody), (status = 404, description = "Error", body = ErrorBody)))]
 pub async fn calendar(
     State(st): St,
     headers: HeaderMap,
     Path(p): Path<String>,
     Query(q): Q,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<CalendarPage>, WebError> {
     st.require_read(&headers)?;
     let (from, to) = calendar_range(&q, st.today())?;
-    Ok(Json(
-        json!({"pipeline": p, "days": st.calendar(&p, from, to)?}),
-    ))
+    let days = st.calendar(&p, from, to)?;
+    Ok(Json(CalendarPage { pipeline: p, days }))
 }
 
 /// `from`/`to` of a calendar, by default the last 16 weeks; at most two years.
@@ -171,18 +169,20 @@ pub fn calendar_range(
 }
 
 /// Alerts sent or failed, newest first
-#[utoipa::path(get, path = "/api/v1/alerts", params(("pipeline" = Option<String>, Query, description = "Only this pipeline's alerts"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Alerts", body = Object), (status = 400, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/alerts", params(("pipeline" = Option<String>, Query, description = "Only this pipeline's alerts"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Alerts", body = AlertList), (status = 400, description = "Error", body = ErrorBody)))]
 pub async fn alerts(
     State(st): St,
     headers: HeaderMap,
     Query(q): Q,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<AlertList>, WebError> {
     st.require_read(&headers)?;
     let limit = query_int(&q, "limit", 1, 1000)?.unwrap_or(100) as u32;
     let rows = st
         .store
         .alerts(q.get("pipeline").map(String::as_str), limit)?;
-    Ok(Json(json!({"alerts": rows})))
+    Ok(Json(AlertList {
+        alerts: rows.iter().map(Alert::from_row).collect(),
+    }))
 }
 
 /// A chunk of a try's log from `offset`; `X-Next-Offset` says where to continue and
@@ -220,6 +220,25 @@ pub async fn log(
             .expect("static header"),
     );
     Ok(res)
+}
+
+/// The days of a pipeline's calendar.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CalendarPage {
+    pub pipeline: String,
+    pub days: Vec<CalendarDay>,
+}
+
+/// Alerts, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<Alert>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
 }
 
 impl AppState {
@@ -288,15 +307,24 @@ impl AppState {
 }
 
 /// The audit log: every action through the UI and API, newest first
-#[utoipa::path(get, path = "/api/v1/audit", params(("before" = Option<i64>, Query, description = "Only entries with a smaller id (the next page)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Entries", body = Object), (status = 400, description = "Error", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/audit", params(("before" = Option<i64>, Query, description = "Only entries with a smaller id (the next page)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")), responses((status = 200, description = "Entries", body = AuditPage), (status = 400, description = "Error", body = ErrorBody)))]
 pub async fn audit(
     State(st): St,
     headers: HeaderMap,
     Query(q): Q,
-) -> Result<Json<Value>, WebError> {
+) -> Result<Json<AuditPage>, WebError> {
     st.require_read(&headers)?;
     let before = query_int(&q, "before", 1, i64::MAX)?;
     let limit = query_int(&q, "limit", 1, 1000)?.unwrap_or(100) as u32;
     let rows = st.store.audit(before, limit)?;
-    Ok(Json(json!({ "entries": rows })))
+    Ok(Json(AuditPage {
+        entries: rows.iter().map(AuditEntry::from_row).collect(),
+    }))
+}
+
+/// Who holds the scheduler role, and every process executing tries on this store
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "Processes", body = Status)))]
+pub async fn status(State(st): St, headers: HeaderMap) -> Result<Json<Status>, WebError> {
+    st.require_read(&headers)?;
+    Ok(Json(Status::read(&st.store)?))
 }

@@ -6,90 +6,48 @@ use std::sync::Arc;
 
 use nightshift_core::time::{from_micros, to_micros};
 use nightshift_core::{Pipeline, TaskKind};
-use nightshift_store::{DbtNode, RunRow, TiRow, TryRow};
+pub use nightshift_engine::view::{DbtResult, PipelineSummary, Run, TaskInfo, TaskInstance, Try};
+use nightshift_store::{RunFilter, RunRow};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::{AppState, WebError};
 
-fn ts(us: Option<i64>) -> Option<String> {
-    us.map(|u| from_micros(u).to_string())
+/// An optional query value that names one of a few choices (`None` when absent or empty).
+fn query_choice<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    key: &str,
+    case: fn(&str) -> String,
+    choices: &str,
+) -> Result<Option<T>, WebError> {
+    match q.get(key).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => case(v).parse().map(Some).map_err(|_| {
+            WebError::BadRequest(format!("`{key}` must be one of {choices}, not `{v}`"))
+        }),
+    }
 }
 
-#[derive(Serialize, Clone)]
-pub struct PipelineSummary {
-    pub name: String,
-    pub description: Option<String>,
-    pub schedule: String,
-    pub timezone: String,
-    pub paused: bool,
-    pub next_run_at: Option<String>,
-    /// The newest run, whatever its state (queued ones included).
-    pub last_run: Option<RunSummary>,
-    /// The newest finished run: where a failure shows.
-    pub last_finished_run: Option<RunSummary>,
-    pub deadline: Option<String>,
-    /// met, on_track, at_risk or missed: the latest scheduled run's standing (the only
-    /// runs judged are the latest interval's).
-    pub deadline_state: Option<String>,
-    /// Runs of intervals that started in the last 7 days and failed.
-    pub failures_7d: u32,
-    pub tasks: Vec<TaskInfo>,
+/// Which page of the grid to show, and which runs.
+#[derive(Debug, Clone, Copy)]
+pub struct GridQuery {
+    pub before: Option<i64>,
+    pub limit: u32,
+    pub filter: RunFilter,
 }
 
-#[derive(Serialize, Clone)]
-pub struct TaskInfo {
-    pub id: String,
-    pub kind: String,
-    pub depends_on: Vec<String>,
-}
-
-#[derive(Serialize, Clone)]
-pub struct RunSummary {
-    pub run_id: String,
-    pub ds: String,
-    pub state: String,
-    pub trigger: String,
-    pub data_interval_start: String,
-    pub data_interval_end: String,
-    pub queued_at: Option<String>,
-    pub start_time: Option<String>,
-    pub end_time: Option<String>,
-    pub duration_ms: Option<i64>,
-    pub rows_loaded: i64,
-    pub deadline_at: Option<String>,
-    pub deadline_state: Option<String>,
-    pub forecast_at: Option<String>,
-    #[serde(skip)]
-    pub interval_start_us: i64,
-}
-
-impl RunSummary {
-    pub fn from_row(r: &RunRow, d: Option<&nightshift_store::DeadlineRow>) -> RunSummary {
-        RunSummary {
-            run_id: r.run_id.clone(),
-            ds: r.ds.to_string(),
-            state: r.status.as_str().to_owned(),
-            trigger: r.trigger.as_str().to_owned(),
-            data_interval_start: from_micros(r.data_interval_start).to_string(),
-            data_interval_end: from_micros(r.data_interval_end).to_string(),
-            queued_at: ts(Some(r.queued_at)),
-            start_time: ts(r.start_time),
-            end_time: ts(r.end_time),
-            duration_ms: match (r.start_time, r.end_time) {
-                (Some(s), Some(e)) => Some((e - s) / 1000),
-                _ => None,
-            },
-            rows_loaded: r.rows_loaded,
-            deadline_at: d.and_then(|d| ts(d.deadline_at)),
-            deadline_state: d.and_then(|d| d.state.clone()),
-            forecast_at: d.and_then(|d| ts(d.forecast_at)),
-            interval_start_us: r.data_interval_start,
+impl GridQuery {
+    pub fn newest(limit: u32) -> GridQuery {
+        GridQuery {
+            before: None,
+            limit,
+            filter: RunFilter::default(),
         }
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GridPage {
     pub pipeline: PipelineSummary,
     /// Newest first.
@@ -98,24 +56,24 @@ pub struct GridPage {
     pub next_before: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GridRun {
-    pub run: RunSummary,
+    pub run: Run,
     /// Task id → state and try number.
     pub tasks: BTreeMap<String, CellState>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct CellState {
     pub state: String,
     pub try_number: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RunDetail {
     pub pipeline: String,
-    pub run: RunSummary,
-    pub tasks: Vec<TaskDetail>,
+    pub run: Run,
+    pub tasks: Vec<TaskInstance>,
     pub dbt: Vec<DbtResult>,
     /// Completeness and check figures the extract tasks reported.
     pub quality: Vec<QualityFigure>,
@@ -125,68 +83,21 @@ pub struct RunDetail {
     pub reasons: Vec<nightshift_engine::explain::Reason>,
 }
 
-#[derive(Serialize)]
-pub struct TaskDetail {
-    pub task_id: String,
-    pub kind: String,
-    pub depends_on: Vec<String>,
-    pub state: String,
-    pub try_number: u32,
-    pub max_tries: u32,
-    pub next_try_at: Option<String>,
-    pub tries: Vec<TryDetail>,
-}
-
-#[derive(Serialize, Clone)]
-pub struct TryDetail {
-    pub try_number: u32,
-    pub state: String,
-    pub start_time: String,
-    pub end_time: Option<String>,
-    pub duration_ms: Option<i64>,
-    pub exit_code: Option<i64>,
-    pub signal: Option<i64>,
-    pub host: String,
-    pub pid: Option<i64>,
-    pub error: Option<String>,
-    pub rows_loaded: Option<i64>,
-    pub has_log: bool,
-    #[serde(skip)]
-    pub start_us: i64,
-    #[serde(skip)]
-    pub end_us: Option<i64>,
-    /// When the try became ready to run (its queued time), if known.
-    #[serde(skip)]
-    pub queued_us: Option<i64>,
-}
-
-#[derive(Serialize)]
-pub struct DbtResult {
-    pub task_id: String,
-    pub try_number: u32,
-    pub unique_id: String,
-    pub resource_type: String,
-    pub status: String,
-    pub execution_time: Option<f64>,
-    pub failures: Option<i64>,
-    pub message: Option<String>,
-}
-
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QualityFigure {
     pub task_id: String,
     pub name: String,
     pub value: Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Published {
     pub output: String,
     pub path: String,
     pub manifest: Option<Value>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventRow {
     pub at: String,
     pub task_id: Option<String>,
@@ -195,7 +106,7 @@ pub struct EventRow {
     pub detail: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CalendarDay {
     pub ds: String,
     /// done, failed, running, queued, missing, or future.
@@ -207,61 +118,58 @@ impl AppState {
     pub fn summary(&self, name: &str) -> Result<PipelineSummary, WebError> {
         let p = self.pipeline(name)?;
         let paused = self.store.paused_pipelines()?.iter().any(|x| x == name);
-        let now = self.now();
-        let (last, finished) = self.store.last_runs(name)?;
-        let scheduled = match self
-            .store
-            .latest_interval_start(name, Some(nightshift_core::Trigger::Scheduled))?
-        {
-            Some(start) => self.store.find_run_by_interval(name, start)?,
-            None => None,
+        Ok(PipelineSummary::build(&self.store, &p, paused, self.now())?)
+    }
+
+    /// The grid's page and filter from a query: `limit` (at most `max_limit`), `before`
+    /// (the previous page's `next_before`), `state` and `trigger` (only such runs), and
+    /// `date` (jump: runs whose ds is on or before that day). A wrong value is a 400 that
+    /// names it.
+    pub fn grid_query(
+        &self,
+        name: &str,
+        q: &HashMap<String, String>,
+        max_limit: i64,
+    ) -> Result<GridQuery, WebError> {
+        let limit = crate::api::query_int(q, "limit", 1, max_limit)?.unwrap_or(25) as u32;
+        let mut before = crate::api::query_int(q, "before", i64::MIN, i64::MAX)?;
+        let filter = RunFilter {
+            state: query_choice(
+                q,
+                "state",
+                str::to_uppercase,
+                "QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED",
+            )?,
+            trigger: query_choice(
+                q,
+                "trigger",
+                str::to_lowercase,
+                "scheduled, manual, backfill",
+            )?,
         };
-        let pks: Vec<i64> = [&last, &finished, &scheduled]
-            .into_iter()
-            .flatten()
-            .map(|r| r.pk)
-            .collect();
-        let deadlines = self.store.deadlines_of(&pks)?;
-        let deadline_state = scheduled
-            .as_ref()
-            .and_then(|r| deadlines.get(&r.pk))
-            .and_then(|d| d.state.clone());
-        let week_ago = nightshift_core::time::to_micros(now) - 7 * 86_400 * 1_000_000;
-        let failures_7d = self
-            .store
-            .runs_between(name, week_ago, i64::MAX)?
-            .iter()
-            .filter(|r| r.status == nightshift_core::RunState::Failed)
-            .count() as u32;
-        let last = last.map(|r| RunSummary::from_row(&r, deadlines.get(&r.pk)));
-        let last_finished_run = finished.map(|r| RunSummary::from_row(&r, deadlines.get(&r.pk)));
-        Ok(PipelineSummary {
-            name: p.name.clone(),
-            description: p.description.clone(),
-            schedule: p.schedule.expr().to_owned(),
-            timezone: p.schedule.tz_name().to_owned(),
-            paused,
-            next_run_at: p.schedule.next_fire(now).ok().map(|t| t.to_string()),
-            deadline_state,
-            last_run: last,
-            last_finished_run,
-            failures_7d,
-            deadline: p.deadline.map(|d| d.to_string()),
-            tasks: p
-                .tasks
-                .iter()
-                .map(|t| TaskInfo {
-                    id: t.id.clone(),
-                    kind: t.kind.name().to_owned(),
-                    depends_on: t.depends_on.clone(),
-                })
-                .collect(),
+        if let Some(day) = q.get("date").filter(|s| !s.trim().is_empty()) {
+            let day = crate::api::date_field(day.trim(), "date")?;
+            let p = self.pipeline(name)?;
+            // ds is the local date of an interval's start: runs on or before `day` start
+            // before the next local midnight.
+            let next = day.tomorrow().unwrap_or(day);
+            let edge = nightshift_core::time::resolve(
+                p.schedule.tz(),
+                next.to_datetime(jiff::civil::Time::midnight()),
+            );
+            before = Some(before.map_or(to_micros(edge), |b| b.min(to_micros(edge))));
+        }
+        Ok(GridQuery {
+            before,
+            limit,
+            filter,
         })
     }
 
-    pub fn grid(&self, name: &str, before: Option<i64>, limit: u32) -> Result<GridPage, WebError> {
+    pub fn grid(&self, name: &str, g: &GridQuery) -> Result<GridPage, WebError> {
+        let (before, limit, filter) = (g.before, g.limit, g.filter);
         let pipeline = self.summary(name)?;
-        let mut runs = self.store.runs_page(name, before, limit + 1)?;
+        let mut runs = self.store.runs_page(name, before, limit + 1, filter)?;
         let next_before = if runs.len() > limit as usize {
             runs.truncate(limit as usize);
             runs.last().map(|r| r.data_interval_start)
@@ -285,7 +193,7 @@ impl AppState {
             runs: runs
                 .iter()
                 .map(|r| GridRun {
-                    run: RunSummary::from_row(r, deadlines.get(&r.pk)),
+                    run: Run::from_row(r, deadlines.get(&r.pk)),
                     tasks: cells.remove(&r.pk).unwrap_or_default(),
                 })
                 .collect(),
@@ -312,45 +220,12 @@ impl AppState {
         let tis = self.store.task_instances(run.pk)?;
         let tries = self.store.tries(run.pk)?;
         let events = self.store.events(run.pk)?;
-        let mut tasks = vec![];
-        for t in p.topological_order() {
-            let ti = tis.iter().find(|x| x.task_id == t.id);
-            tasks.push(task_detail(
-                t.id.clone(),
-                t.kind.name(),
-                &t.depends_on,
-                ti,
-                &tries,
-                &events,
-            ));
-        }
-        // Tasks of the run that this version no longer has.
-        for ti in tis.iter().filter(|x| p.task(&x.task_id).is_none()) {
-            tasks.push(task_detail(
-                ti.task_id.clone(),
-                "removed",
-                &[],
-                Some(ti),
-                &tries,
-                &events,
-            ));
-        }
+        let tasks = TaskInstance::all_of(&p, &tis, &tries, &events);
         let dbt = self
             .store
             .dbt_nodes(run.pk)?
             .into_iter()
-            .map(
-                |(task_id, try_number, n): (String, u32, DbtNode)| DbtResult {
-                    task_id,
-                    try_number,
-                    unique_id: n.unique_id,
-                    resource_type: n.resource_type,
-                    status: n.status,
-                    execution_time: n.execution_time,
-                    failures: n.failures,
-                    message: n.message,
-                },
-            )
+            .map(|(task_id, try_number, n)| DbtResult::from_row(task_id, try_number, n))
             .collect();
         let mut quality = vec![];
         for t in tries
@@ -398,7 +273,7 @@ impl AppState {
             RunDetail {
                 reasons,
                 pipeline: name.to_owned(),
-                run: RunSummary::from_row(&run, Some(&deadline)),
+                run: Run::from_row(&run, Some(&deadline)),
                 tasks,
                 dbt,
                 quality,
@@ -485,57 +360,6 @@ impl AppState {
             };
         }
         Ok(out)
-    }
-}
-
-fn task_detail(
-    id: String,
-    kind: &str,
-    deps: &[String],
-    ti: Option<&TiRow>,
-    tries: &[TryRow],
-    events: &[nightshift_store::EventRecord],
-) -> TaskDetail {
-    let mut mine: Vec<TryDetail> = vec![];
-    for t in tries.iter().filter(|t| t.task_id == id) {
-        // The try was ready from the last time its task was queued (or set up for retry)
-        // before it started.
-        let queued_us = events
-            .iter()
-            .filter(|e| {
-                e.task_id.as_deref() == Some(id.as_str())
-                    && (e.state == "QUEUED" || e.state == "UP_FOR_RETRY")
-                    && e.at <= t.start_time
-            })
-            .map(|e| e.at)
-            .max();
-        mine.push(TryDetail {
-            try_number: t.try_number,
-            state: t.state.as_str().to_owned(),
-            start_time: from_micros(t.start_time).to_string(),
-            end_time: ts(t.end_time),
-            duration_ms: t.duration_ms,
-            exit_code: t.exit_code,
-            signal: t.signal,
-            host: t.host.clone(),
-            pid: t.pid,
-            error: t.error.clone(),
-            rows_loaded: t.rows_loaded,
-            has_log: t.log_path.is_some(),
-            start_us: t.start_time,
-            end_us: t.end_time,
-            queued_us,
-        });
-    }
-    TaskDetail {
-        task_id: id,
-        kind: kind.to_owned(),
-        depends_on: deps.to_vec(),
-        state: ti.map(|t| t.state.as_str()).unwrap_or("NONE").to_owned(),
-        try_number: ti.map(|t| t.try_number).unwrap_or(0),
-        max_tries: ti.map(|t| t.max_tries).unwrap_or(0),
-        next_try_at: ti.and_then(|t| ts(t.next_try_at)),
-        tries: mine,
     }
 }
 

@@ -89,6 +89,7 @@ pub fn api_router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::log))
         .routes(routes!(api::alerts))
         .routes(routes!(api::audit))
+        .routes(routes!(api::status))
         .routes(routes!(actions::mark))
         .split_for_parts();
     let (router, mut doc) = (router, doc);
@@ -147,6 +148,7 @@ mod tests {
                 "GET /api/v1/pipelines/{p}/runs",
                 "GET /api/v1/pipelines/{p}/runs/{run_id}",
                 "GET /api/v1/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}/log",
+                "GET /api/v1/status",
                 "POST /api/v1/pipelines/{p}/backfills",
                 "POST /api/v1/pipelines/{p}/backfills/cancel",
                 "POST /api/v1/pipelines/{p}/pause",
@@ -168,6 +170,36 @@ mod tests {
             trigger["responses"]["409"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/Error"
         );
+        // Reads answer with the shared types of `nightshift_engine::view`, one schema each.
+        let runs = &doc["paths"]["/api/v1/pipelines/{p}/runs"]["get"];
+        assert_eq!(
+            runs["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/GridPage"
+        );
+        let run = &doc["components"]["schemas"]["Run"]["properties"];
+        for field in [
+            "run_id",
+            "ds",
+            "state",
+            "trigger",
+            "duration_ms",
+            "rows_loaded",
+        ] {
+            assert!(run.get(field).is_some(), "Run lacks {field}: {run}");
+        }
+        for schema in [
+            "Try",
+            "TaskInstance",
+            "PipelineSummary",
+            "Alert",
+            "AuditEntry",
+            "Status",
+        ] {
+            assert!(
+                doc["components"]["schemas"].get(schema).is_some(),
+                "{schema}"
+            );
+        }
         let body = &doc["components"]["schemas"]["TriggerRequest"];
         assert_eq!(body["properties"]["ds"]["format"], "date");
         assert_eq!(body["required"], serde_json::json!(["ds"]));

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use maud::{Markup, PreEscaped, html};
 
-use crate::model::{RunDetail, RunSummary, TaskInfo};
+use crate::model::{Run, RunDetail, TaskInfo};
 
 /// The colour of a state, as Airflow users know them.
 pub fn color(state: &str) -> &'static str {
@@ -211,7 +211,7 @@ pub fn gantt(d: &RunDetail, now_us: i64, link: impl Fn(&str, u32) -> String) -> 
 }
 
 /// Bars of run duration and a line of rows_loaded over the runs shown (oldest left).
-pub fn history(runs: &[&RunSummary]) -> Markup {
+pub fn history(runs: &[&Run]) -> Markup {
     if runs.is_empty() {
         return html! { p.muted { "No runs yet." } };
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{PgStore, RUN_COLS, TI_COLS, rows, run_row, ti_row, u32_of};
-use crate::{DeadlineRow, EventRecord, Pruned, Result, RunRow, TiRow};
+use crate::{DeadlineRow, EventRecord, Pruned, Result, RunFilter, RunRow, TiRow};
 
 fn deadline_row(
     r: &postgres::Row,
@@ -23,15 +23,19 @@ impl PgStore {
         pipeline: &str,
         before: Option<i64>,
         limit: u32,
+        filter: RunFilter,
     ) -> Result<Vec<RunRow>> {
+        let state = filter.state.map(|s| s.as_str());
+        let trigger = filter.trigger.map(|t| t.as_str());
         self.read(|c| {
             rows(
                 c.query(
                     &format!(
                         "SELECT {RUN_COLS} FROM pipeline_runs WHERE pipeline = $1 AND data_interval_start < $2
+                           AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR \"trigger\" = $5)
                          ORDER BY data_interval_start DESC LIMIT $3"
                     ),
-                    &[&pipeline, &before.unwrap_or(i64::MAX), &i64::from(limit)],
+                    &[&pipeline, &before.unwrap_or(i64::MAX), &i64::from(limit), &state, &trigger],
                 )?,
                 run_row,
             )

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{OptionalExtension, params};
 
 use super::{RUN_COLS, SqliteStore, TI_COLS, run_row, ti_row};
-use crate::{DeadlineRow, EventRecord, Pruned, Result, RunRow, TiRow};
+use crate::{DeadlineRow, EventRecord, Pruned, Result, RunFilter, RunRow, TiRow};
 
 impl SqliteStore {
     pub fn runs_page(
@@ -14,13 +14,21 @@ impl SqliteStore {
         pipeline: &str,
         before: Option<i64>,
         limit: u32,
+        filter: RunFilter,
     ) -> Result<Vec<RunRow>> {
         self.read(|c| {
             let mut s = c.prepare_cached(&format!(
                 "SELECT {RUN_COLS} FROM pipeline_runs WHERE pipeline = ?1 AND data_interval_start < ?2
+                   AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR \"trigger\" = ?5)
                  ORDER BY data_interval_start DESC LIMIT ?3"
             ))?;
-            s.query_map(params![pipeline, before.unwrap_or(i64::MAX), limit], run_row)?.collect()
+            let state = filter.state.map(|s| s.as_str());
+            let trigger = filter.trigger.map(|t| t.as_str());
+            s.query_map(
+                params![pipeline, before.unwrap_or(i64::MAX), limit, state, trigger],
+                run_row,
+            )?
+            .collect()
         })
     }
 

@@ -9,8 +9,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::api::{calendar_range, query_int};
-use crate::model::{GridPage, RunSummary};
+use crate::api::calendar_range;
+use crate::model::{GridPage, Run};
 use crate::svg::{self, color};
 use crate::{AppState, WebError};
 
@@ -385,11 +385,15 @@ pub async fn pipeline(
     Query(q): Q,
 ) -> Response {
     render(&st, &headers, || {
-        let limit = query_int(&q, "limit", 1, 200)?.unwrap_or(25) as u32;
-        let before = query_int(&q, "before", i64::MIN, i64::MAX)?;
-        let g = st.grid(&p, before, limit)?;
+        let gq = st.grid_query(&p, &q, 200)?;
+        let (before, limit) = (gq.before, gq.limit);
+        let g = st.grid(&p, &gq)?;
+        let state = gq.filter.state.map(|s| s.as_str()).unwrap_or("");
+        let trigger = gq.filter.trigger.map(|t| t.as_str()).unwrap_or("");
+        // The filter carries over to the other pages (the validated names need no escaping).
+        let keep = format!("&state={state}&trigger={trigger}");
         let csrf = st.session_csrf(&headers);
-        let chart_runs: Vec<&RunSummary> = g.runs.iter().rev().map(|r| &r.run).collect();
+        let chart_runs: Vec<&Run> = g.runs.iter().rev().map(|r| &r.run).collect();
         Ok(page(
             &st,
             &headers,
@@ -402,10 +406,32 @@ pub async fn pipeline(
                 (svg::history(&chart_runs))
                 h2 { "Grid" }
                 (legend())
-                @if g.runs.is_empty() { p.muted { "No runs yet." } } @else { (grid_table(&g)) }
+                form #grid-filter method="get" action={"/pipelines/" (p)} {
+                    input type="hidden" name="limit" value=(limit);
+                    label { "State " select name="state" {
+                        option value="" selected[state.is_empty()] { "all" }
+                        @for s in ["QUEUED", "RUNNING", "SUCCESS", "FAILED", "CANCELLED"] {
+                            option value=(s) selected[state == s] { (s) }
+                        }
+                    } } " "
+                    label { "Trigger " select name="trigger" {
+                        option value="" selected[trigger.is_empty()] { "all" }
+                        @for t in ["scheduled", "manual", "backfill"] {
+                            option value=(t) selected[trigger == t] { (t) }
+                        }
+                    } } " "
+                    label { "Up to ds " input type="date" name="date" value=(q.get("date").map(String::as_str).unwrap_or("")); } " "
+                    button type="submit" { "Show" }
+                    @if !state.is_empty() || !trigger.is_empty() || before.is_some() {
+                        " " a #clear-filter href={"/pipelines/" (p) "?limit=" (limit)} { "clear" }
+                    }
+                }
+                @if g.runs.is_empty() {
+                    p.muted { @if state.is_empty() && trigger.is_empty() && before.is_none() { "No runs yet." } @else { "No runs match." } }
+                } @else { (grid_table(&g)) }
                 p {
-                    @if before.is_some() { a href={"/pipelines/" (p) "?limit=" (limit)} { "« newest" } " " }
-                    @if let Some(nb) = g.next_before { a #older href={"/pipelines/" (p) "?limit=" (limit) "&before=" (nb)} { "older »" } }
+                    @if before.is_some() { a href={"/pipelines/" (p) "?limit=" (limit) (keep)} { "« newest" } " " }
+                    @if let Some(nb) = g.next_before { a #older href={"/pipelines/" (p) "?limit=" (limit) "&before=" (nb) (keep)} { "older »" } }
                 }
             },
         ))
@@ -419,7 +445,7 @@ pub async fn graph(
     Query(q): Q,
 ) -> Response {
     render(&st, &headers, || {
-        let g = st.grid(&p, None, 25)?;
+        let g = st.grid(&p, &crate::model::GridQuery::newest(25))?;
         let chosen = match q.get("run") {
             Some(id) => Some(st.run_detail(&p, id)?.0),
             None => match g.runs.first() {

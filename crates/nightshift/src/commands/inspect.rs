@@ -6,54 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use nightshift_engine::project::Project;
+use nightshift_engine::view;
 use nightshift_store::{RunRow, Store, TryRow};
-use serde_json::{Value, json};
 
 use crate::commands::{load_project, open_store, require_pipeline, usage};
 use crate::output::{self, duration_ms, ts};
 
-/// RFC 3339 in UTC; the fraction is printed only when there is one (microseconds at most).
-fn iso(us: Option<i64>) -> Value {
-    us.map(|u| Value::String(nightshift_core::time::from_micros(u).to_string()))
-        .unwrap_or(Value::Null)
-}
-
-/// The stable JSON shape of a run (documented in the README).
-pub fn run_json(r: &RunRow) -> Value {
-    json!({
-        "run_id": r.run_id,
-        "pipeline": r.pipeline,
-        "logical_date": r.ds,
-        "data_interval_start": iso(Some(r.data_interval_start)),
-        "data_interval_end": iso(Some(r.data_interval_end)),
-        "start_time": iso(r.start_time),
-        "end_time": iso(r.end_time),
-        "duration_seconds": match (r.start_time, r.end_time) { (Some(s), Some(e)) => json!((e - s) as f64 / 1e6), _ => Value::Null },
-        "status": r.status.as_str(),
-        "rows_loaded": r.rows_loaded,
-        "trigger": r.trigger.as_str(),
-    })
-}
-
-/// A try as JSON; its log path as a usable path (the store keeps it relative to the
-/// project).
-fn try_json(t: &TryRow, project_dir: &Path) -> Value {
-    json!({
-        "try_number": t.try_number,
-        "state": t.state.as_str(),
-        "start_time": iso(Some(t.start_time)),
-        "end_time": iso(t.end_time),
-        "duration_ms": t.duration_ms,
-        "exit_code": t.exit_code,
-        "signal": t.signal,
-        "pid": t.pid,
-        "host": t.host,
-        "log_path": t.log_path.as_deref().map(|p| nightshift_engine::project::resolve_stored(project_dir, p)),
-        "error": t.error,
-        "warning": t.warning,
-        "rows_loaded": t.rows_loaded,
-        "metrics": t.metrics.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
-    })
+fn pretty<T: serde::Serialize>(v: &T) -> Result<()> {
+    output::line(serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
@@ -64,9 +25,12 @@ pub fn runs(dir: &Path, name: &str, as_json: bool, limit: u32) -> Result<i32> {
         require_pipeline(&project, name)?;
     }
     if as_json {
-        output::line(serde_json::to_string_pretty(&Value::Array(
-            runs.iter().map(run_json).collect(),
-        ))?);
+        let deadlines = store.deadlines_of(&runs.iter().map(|r| r.pk).collect::<Vec<_>>())?;
+        let shown: Vec<view::Run> = runs
+            .iter()
+            .map(|r| view::Run::from_row(r, deadlines.get(&r.pk)))
+            .collect();
+        pretty(&shown)?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = runs
@@ -138,26 +102,39 @@ pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) ->
     let tis = store.task_instances(run.pk)?;
     let tries = store.tries(run.pk)?;
     if as_json {
-        let tasks: Vec<Value> = tis
-            .iter()
-            .map(|ti| {
-                let mine: Vec<Value> = tries
-                    .iter()
-                    .filter(|t| t.ti_pk == ti.pk)
-                    .map(|t| try_json(t, &project.dir))
-                    .collect();
-                json!({
-                    "task_id": ti.task_id,
-                    "state": ti.state.as_str(),
-                    "try_number": ti.try_number,
-                    "max_tries": ti.max_tries,
-                    "tries": mine,
+        // The tasks as the run's own pipeline version has them (the current file when
+        // that version is gone).
+        let version =
+            nightshift_engine::project::stored_pipeline(&store, &run.version, &project.settings)?
+                .and_then(|(_, p)| p.ok())
+                .or_else(|| {
+                    project
+                        .pipelines
+                        .get(&run.pipeline)
+                        .map(|l| (*l.pipeline).clone())
+                });
+        let events = store.events(run.pk)?;
+        let tasks = match &version {
+            Some(p) => view::TaskInstance::all_of(p, &tis, &tries, &events),
+            None => tis
+                .iter()
+                .map(|ti| {
+                    view::TaskInstance::build(
+                        &ti.task_id,
+                        "removed",
+                        &[],
+                        Some(ti),
+                        &tries,
+                        &events,
+                    )
                 })
-            })
-            .collect();
-        output::line(serde_json::to_string_pretty(
-            &json!({ "run": run_json(&run), "tasks": tasks }),
-        )?);
+                .collect(),
+        };
+        let deadline = store.deadline(run.pk)?;
+        pretty(&view::RunTasks {
+            run: view::Run::from_row(&run, Some(&deadline)),
+            tasks,
+        })?;
         return Ok(0);
     }
     output::line(format!(
@@ -388,17 +365,11 @@ pub fn dbt_results(
         .filter(|(t, _, _)| task.is_none_or(|x| x == t))
         .collect();
     if as_json {
-        let v: Vec<Value> = nodes
+        let v: Vec<view::DbtResult> = nodes
             .iter()
-            .map(|(t, n, d)| {
-                json!({
-                    "task_id": t, "try_number": n, "unique_id": d.unique_id, "resource_type": d.resource_type,
-                    "status": d.status, "execution_time": d.execution_time, "failures": d.failures,
-                    "rows_affected": d.rows_affected, "message": d.message, "invocation_id": d.invocation_id,
-                })
-            })
+            .map(|(t, n, d)| view::DbtResult::from_row(t.clone(), *n, d.clone()))
             .collect();
-        output::line(serde_json::to_string_pretty(&Value::Array(v))?);
+        pretty(&v)?;
         return Ok(0);
     }
     if nodes.is_empty() {
@@ -447,19 +418,7 @@ pub fn alerts(dir: &Path, pipeline: Option<&str>, as_json: bool, limit: u32) -> 
     let store = open_store(&project)?;
     let rows = store.alerts(pipeline, limit)?;
     if as_json {
-        let v: Vec<Value> = rows
-            .iter()
-            .map(|a| {
-                json!({
-                    "channel": a.channel, "kind": a.kind, "pipeline": a.pipeline, "run_id": a.run_id,
-                    "task_id": a.task_id, "try_number": a.try_number, "status": a.status,
-                    "attempts": a.attempts, "error": a.error, "created_at": iso(Some(a.created_at)),
-                    "finished_at": iso(a.sent_at),
-                    "message": serde_json::from_str::<Value>(&a.payload).unwrap_or(Value::Null),
-                })
-            })
-            .collect();
-        output::line(serde_json::to_string_pretty(&v)?);
+        pretty(&rows.iter().map(view::Alert::from_row).collect::<Vec<_>>())?;
         return Ok(0);
     }
     output::table(
@@ -493,50 +452,41 @@ pub fn pipelines(dir: &Path, as_json: bool) -> Result<i32> {
     let now = nightshift_core::time::from_micros(nightshift_engine::clock::real_now_us());
     let mut names: Vec<&String> = project.pipelines.keys().collect();
     names.sort();
-    let run = |r: &Option<RunRow>| {
-        r.as_ref()
-            .map(|r| json!({"run_id": r.run_id, "ds": r.ds.to_string(), "state": r.status.as_str(), "trigger": r.trigger.as_str()}))
+    let mut list = view::PipelineList {
+        pipelines: vec![],
+        problems: vec![],
     };
-    let mut rows = vec![];
-    let mut docs = vec![];
     for name in names {
         let p = &project.pipelines[name].pipeline;
-        let (last, finished) = store.last_runs(name)?;
-        let next = p.schedule.next_fire(now).ok();
         let is_paused = paused.iter().any(|x| x == name);
-        docs.push(json!({
-            "name": name, "description": p.description, "schedule": p.schedule.expr(),
-            "timezone": p.schedule.tz_name(), "paused": is_paused,
-            "next_run_at": next.map(|t| t.to_string()),
-            "last_run": run(&last), "last_finished_run": run(&finished),
-        }));
-        let show = |r: &Option<RunRow>| {
-            r.as_ref()
-                .map(|r| format!("{} {}", r.run_id, r.status.as_str()))
-                .unwrap_or_else(|| "-".into())
-        };
-        rows.push(vec![
-            name.clone(),
-            format!("{} ({})", p.schedule.expr(), p.schedule.tz_name()),
-            next.map(|t| ts(Some(nightshift_core::time::to_micros(t))))
-                .unwrap_or_else(|| "-".into()),
-            show(&last),
-            show(&finished),
-            if is_paused { "paused" } else { "" }.to_owned(),
-        ]);
+        list.pipelines
+            .push(view::PipelineSummary::build(&store, p, is_paused, now)?);
     }
-    let invalid: Vec<String> = project
-        .problems
-        .iter()
-        .filter(|p| p.has_errors())
-        .map(|p| p.path.display().to_string())
-        .collect();
+    let invalid: Vec<_> = project.problems.iter().filter(|p| p.has_errors()).collect();
     if as_json {
-        output::line(serde_json::to_string_pretty(
-            &json!({"pipelines": docs, "invalid_files": invalid}),
-        )?);
+        list.problems = invalid.iter().map(|p| p.to_string()).collect();
+        pretty(&list)?;
         return Ok(0);
     }
+    let show = |r: &Option<view::Run>| {
+        r.as_ref()
+            .map(|r| format!("{} {}", r.run_id, r.state))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = list
+        .pipelines
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{} ({})", s.schedule, s.timezone),
+                s.next_run_at.clone().unwrap_or_else(|| "-".into()),
+                show(&s.last_run),
+                show(&s.last_finished_run),
+                if s.paused { "paused" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
     output::table(
         &[
             "PIPELINE",
@@ -550,7 +500,8 @@ pub fn pipelines(dir: &Path, as_json: bool) -> Result<i32> {
     );
     for f in invalid {
         output::note(format!(
-            "warning: `{f}` does not validate; run `nightshift validate` for its problems"
+            "warning: `{}` does not validate; run `nightshift validate` for its problems",
+            f.path.display()
         ));
     }
     Ok(0)
@@ -562,16 +513,12 @@ pub fn audit(dir: &Path, as_json: bool, limit: u32) -> Result<i32> {
     let store = open_store(&project)?;
     let rows = store.audit(None, limit.clamp(1, 100_000))?;
     if as_json {
-        let v: Vec<Value> = rows
-            .iter()
-            .map(|a| {
-                json!({
-                    "id": a.id, "at": iso(Some(a.at)), "token": a.actor, "action": a.action,
-                    "target": a.target, "client": a.client, "outcome": a.outcome,
-                })
-            })
-            .collect();
-        output::line(serde_json::to_string_pretty(&v)?);
+        pretty(
+            &rows
+                .iter()
+                .map(view::AuditEntry::from_row)
+                .collect::<Vec<_>>(),
+        )?;
         return Ok(0);
     }
     if rows.is_empty() {
@@ -600,30 +547,14 @@ pub fn audit(dir: &Path, as_json: bool, limit: u32) -> Result<i32> {
 pub fn status(dir: &Path, as_json: bool) -> Result<i32> {
     let project = load_project(dir)?;
     let store = open_store(&project)?;
+    if as_json {
+        pretty(&view::Status::read(&store)?)?;
+        return Ok(0);
+    }
     let now = store.now_us()?;
     let engines = store.engines()?;
     let lease = store.scheduler_lease()?.filter(|l| l.expires_at > now);
     let age = |at: i64| (now - at).max(0) / 1_000_000;
-    if as_json {
-        let v = json!({
-            "store": store.location().to_string(),
-            "scheduler": lease.as_ref().map(|l| json!({
-                "host": l.host, "pid": l.pid, "last_heartbeat": iso(Some(l.heartbeat_at)),
-                "expires_at": iso(Some(l.expires_at)),
-            })),
-            "processes": engines.iter().map(|e| json!({
-                "host": e.host, "pid": e.pid, "role": e.role,
-                "pools": e.pools.as_ref().map(|p| p.split(',').collect::<Vec<_>>()),
-                "started_at": iso(Some(e.started_at)),
-                "last_heartbeat": iso(Some(e.heartbeat_at)),
-                "heartbeat_age_seconds": age(e.heartbeat_at),
-                "alive": e.alive(now),
-                "running_tries": e.running,
-            })).collect::<Vec<_>>(),
-        });
-        output::line(serde_json::to_string_pretty(&v)?);
-        return Ok(0);
-    }
     output::line(format!("store: {}", store.location()));
     match &lease {
         Some(l) => output::line(format!(

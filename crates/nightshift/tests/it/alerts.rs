@@ -82,7 +82,7 @@ base_url = "http://nightshift.example:8080"
     // The independent task ran and the run finished: the hung channel held nothing up.
     assert!(p.path().join("other.done").exists());
     let run = &p.runs("p")[0];
-    assert_eq!(run["status"], "FAILED");
+    assert_eq!(run["state"], "FAILED");
 
     let mails = smtp.messages();
     assert_eq!(mails.len(), 1, "{mails:#?}");
@@ -259,7 +259,7 @@ fn a_run_forecast_to_miss_its_deadline_is_at_risk_before_it_and_missed_at_it() {
     assert!(t(&missed1, "raised_at") >= "2024-06-03T00:00:02Z".parse().unwrap());
     // Each alert once; the runs themselves succeeded.
     assert_eq!(rows.len(), 3, "{rows:#?}");
-    assert!(p.runs("p").iter().all(|r| r["status"] == "SUCCESS"));
+    assert!(p.runs("p").iter().all(|r| r["state"] == "SUCCESS"));
     // The API shows the state too: the run finished after its deadline.
     let detail = p.json(&["runs", "p", "--json"]);
     assert_eq!(detail.as_array().unwrap().len(), 2);

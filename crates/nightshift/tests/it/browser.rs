@@ -266,6 +266,28 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                     "{look}"
                 );
                 assert_eq!(look[1][1], "none");
+                // The filter, from its form: only the backfill run is left.
+                b.eval("const f = document.getElementById('grid-filter'); f.querySelector('select[name=trigger]').value = 'backfill'; f.submit(); true");
+                p.wait_for("the filtered grid", || {
+                    b.eval("document.readyState === 'complete' && location.search.includes('trigger=backfill')")
+                        == Value::Bool(true)
+                });
+                let shown = b.eval("Array.from(document.querySelectorAll('#grid td.cell[data-trigger]')).map(c => c.dataset.trigger)");
+                assert_eq!(shown, json!(["backfill"]));
+                let kept =
+                    b.eval("document.querySelector('#grid-filter select[name=trigger]').value");
+                assert_eq!(kept, "backfill");
+                b.screenshot(&shots.join("grid-filtered.png"));
+                // By state: every run succeeded, so none failed.
+                b.open(&format!("{url}/pipelines/nightly?state=FAILED"));
+                let none = b.eval("document.querySelectorAll('#grid').length === 0 && document.body.textContent.includes('No runs match.')");
+                assert_eq!(none, Value::Bool(true));
+                // A jump to a date shows the runs up to that ds.
+                b.open(&format!("{url}/pipelines/nightly?date=2024-06-02"));
+                let ds = b.eval("Array.from(document.querySelectorAll('#grid th.run a')).map(a => a.textContent)");
+                assert_eq!(ds, json!(["2024-05-31", "2024-06-01", "2024-06-02"]));
+                assert!(b.errors.is_empty(), "console errors {:?}", b.errors);
+                b.screenshot(&shots.join("grid-jump.png"));
             }
             "graph" => {
                 let nodes = b.eval("Array.from(document.querySelectorAll('svg.dag g.node')).map(n => n.dataset.state)");
@@ -372,7 +394,7 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["logical_date"] == "2024-06-05")
+        .find(|r| r["ds"] == "2024-06-05")
         .unwrap();
     assert_eq!(new["trigger"], "manual");
     b.open(&format!("{url}/pipelines/nightly"));

@@ -138,8 +138,8 @@ fn run_prints_the_seed_lines_and_records_the_run() {
     assert_eq!(runs.len(), 1);
     let r = &runs[0];
     assert_eq!(r["run_id"], "20240602_0000");
-    assert_eq!(r["logical_date"], "2024-06-01");
-    assert_eq!(r["status"], "SUCCESS");
+    assert_eq!(r["ds"], "2024-06-01");
+    assert_eq!(r["state"], "SUCCESS");
     assert_eq!(r["trigger"], "manual");
     assert_eq!(r["data_interval_start"], "2024-06-01T00:00:00Z");
     assert_eq!(r["data_interval_end"], "2024-06-02T00:00:00Z");

@@ -46,7 +46,7 @@ fn up_until_done(p: &TestProject, tag: &str) {
     p.wait_for("the run to finish", || {
         p.runs("p")
             .first()
-            .is_some_and(|r| r["status"] == "SUCCESS" || r["status"] == "FAILED")
+            .is_some_and(|r| r["state"] == "SUCCESS" || r["state"] == "FAILED")
     });
     sigterm(&up);
     let status = up.wait().unwrap();
@@ -61,7 +61,7 @@ fn up_until_done(p: &TestProject, tag: &str) {
 fn assert_nothing_lost(p: &TestProject, marker: &str) {
     let runs = p.runs("p");
     assert_eq!(runs.len(), 1, "exactly one run per interval: {runs:?}");
-    assert_eq!(runs[0]["status"], "SUCCESS", "{runs:?}");
+    assert_eq!(runs[0]["state"], "SUCCESS", "{runs:?}");
     let doc = p.tasks(runs[0]["run_id"].as_str().unwrap());
     for t in doc["tasks"].as_array().unwrap() {
         assert_eq!(t["state"], "SUCCESS", "{t}");
@@ -212,7 +212,7 @@ fn a_second_scheduler_refuses_and_a_dead_ones_lease_is_taken_over() {
     );
     let mut first = p.spawn(&["up"], &[], "first");
     p.wait_for("the first scheduler", || {
-        p.runs("p").iter().any(|r| r["status"] == "SUCCESS")
+        p.runs("p").iter().any(|r| r["state"] == "SUCCESS")
     });
     let out = p.run(&["up"]);
     assert_eq!(out.status.code(), Some(2));

@@ -205,7 +205,7 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
         "SUCCESS",
         "notify runs after the failure"
     );
-    assert_eq!(doc["run"]["status"], "FAILED");
+    assert_eq!(doc["run"]["state"], "FAILED");
     let notes: Vec<serde_json::Value> = p
         .read(".nightshift/notifications.jsonl")
         .lines()
@@ -301,7 +301,7 @@ fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
     .unwrap();
     let c = rusqlite::Connection::open(demo.join("source/shop.db")).unwrap();
     for r in runs.as_array().unwrap() {
-        let ds = r["logical_date"].as_str().unwrap();
+        let ds = r["ds"].as_str().unwrap();
         let end = r["data_interval_end"].as_str().unwrap();
         let start = r["data_interval_start"].as_str().unwrap();
         let n: i64 = c

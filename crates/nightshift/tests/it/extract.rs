@@ -95,7 +95,7 @@ fn a_retried_extract_and_a_rerun_never_double_a_partition() {
     p.wait_for("the run", || {
         p.runs("nightly")
             .first()
-            .is_some_and(|r| r["status"] == "SUCCESS")
+            .is_some_and(|r| r["state"] == "SUCCESS")
     });
     sigterm(&up);
     assert!(up.wait().unwrap().success());
@@ -203,7 +203,7 @@ fn a_sensor_that_times_out_fails_the_run_and_writes_no_partition() {
         "{err}"
     );
     assert_eq!(task(&doc, "extract_data")["state"], "UPSTREAM_FAILED");
-    assert_eq!(doc["run"]["status"], "FAILED");
+    assert_eq!(doc["run"]["state"], "FAILED");
     assert!(
         !p.path().join("data/raw/orders").exists(),
         "no empty partition was written"
@@ -351,7 +351,7 @@ depends_on = ["extract_data"]
         .unwrap();
     assert!(!out.status.success());
     let run = &p.runs("nightly")[1];
-    assert_eq!(run["status"], "FAILED");
+    assert_eq!(run["state"], "FAILED");
     let tasks = p.tasks(run["run_id"].as_str().unwrap());
     let error = task(&tasks, "wait_for_batch")["tries"][0]["error"].to_string();
     assert!(error.contains("SHOP_URL"), "{error}");

@@ -129,7 +129,7 @@ fn sigkill_of_the_scheduler_during_extract_dbt_run_and_publish_then_restart_comp
         assert_eq!(m["run_id"], run_id);
     }
     assert_eq!(p.runs("nightly").len(), 3);
-    assert!(p.runs("nightly").iter().all(|r| r["status"] == "SUCCESS"));
+    assert!(p.runs("nightly").iter().all(|r| r["state"] == "SUCCESS"));
     assert_eq!(
         visible(&p.path().join("published/fct_orders")),
         ["dt=2024-06-01", "dt=2024-06-02", "dt=2024-06-03"]
@@ -260,9 +260,7 @@ fn a_locked_store_makes_the_scheduler_wait_then_continue() {
         "up",
     );
     p.wait_for("task a to start", || {
-        p.runs("p")
-            .first()
-            .is_some_and(|r| r["status"] == "RUNNING")
+        p.runs("p").first().is_some_and(|r| r["state"] == "RUNNING")
     });
     {
         let c = rusqlite::Connection::open(p.path().join(".nightshift/nightshift.db")).unwrap();
@@ -270,9 +268,7 @@ fn a_locked_store_makes_the_scheduler_wait_then_continue() {
         std::thread::sleep(Duration::from_secs(5));
         c.execute_batch("COMMIT").unwrap();
     }
-    p.wait_for("the run to finish", || {
-        p.runs("p")[0]["status"] == "SUCCESS"
-    });
+    p.wait_for("the run to finish", || p.runs("p")[0]["state"] == "SUCCESS");
     let err = p.read("up.stderr");
     assert!(err.contains("the metadata store is unavailable"), "{err}");
     assert!(
@@ -305,7 +301,7 @@ fn an_invalid_edit_while_up_runs_keeps_the_last_valid_version_until_fixed() {
     let url = web_url(&p, "up");
     p.wait_for("catch-up runs", || {
         let runs = p.runs("p");
-        runs.len() == 3 && runs.iter().all(|r| r["status"] == "SUCCESS")
+        runs.len() == 3 && runs.iter().all(|r| r["state"] == "SUCCESS")
     });
 
     // An invalid edit: reported by `up` with its place in the file, by `validate`, and by
@@ -352,7 +348,7 @@ fn an_invalid_edit_while_up_runs_keeps_the_last_valid_version_until_fixed() {
     assert_eq!(code, 201, "{body}");
     p.wait_for("the rerun on the last valid version", || {
         let doc = p.tasks(&run_id);
-        doc["run"]["status"] == "SUCCESS"
+        doc["run"]["state"] == "SUCCESS"
             && doc["run"]["trigger"] == "manual"
             && doc["tasks"].as_array().unwrap().len() == 1
     });
@@ -367,7 +363,7 @@ fn an_invalid_edit_while_up_runs_keeps_the_last_valid_version_until_fixed() {
     assert_eq!(code, 201, "{body}");
     p.wait_for("the rerun on the fixed version", || {
         let doc = p.tasks(&run_id);
-        doc["tasks"].as_array().unwrap().len() == 2 && doc["run"]["status"] == "SUCCESS"
+        doc["tasks"].as_array().unwrap().len() == 2 && doc["run"]["state"] == "SUCCESS"
     });
     assert!(p.run(&["validate"]).status.success());
     sigterm(&up);
@@ -464,7 +460,7 @@ fn a_365_day_backfill_is_bounded_flat_in_memory_and_resumes_without_duplicates()
     // Exactly one run per day, all succeeded, each task succeeded exactly once.
     let runs = p.runs_all("p");
     assert_eq!(runs.len(), 365);
-    let not_ok: Vec<&Value> = runs.iter().filter(|r| r["status"] != "SUCCESS").collect();
+    let not_ok: Vec<&Value> = runs.iter().filter(|r| r["state"] != "SUCCESS").collect();
     assert!(
         not_ok.is_empty(),
         "{not_ok:?}\n{}",

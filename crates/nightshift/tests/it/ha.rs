@@ -107,7 +107,7 @@ impl Drop for Proc {
 
 fn all_succeeded(p: &TestProject, pipeline: &str, expected: usize) -> bool {
     let runs = p.runs_all(pipeline);
-    runs.len() == expected && runs.iter().all(|r| r["status"] == "SUCCESS")
+    runs.len() == expected && runs.iter().all(|r| r["state"] == "SUCCESS")
 }
 
 /// One run per interval, and every task of every run succeeded with no try left RUNNING.
@@ -426,7 +426,7 @@ fn store_copy_moves_sqlite_history_into_postgres_once() {
     let _ = p.run(&["run", "p", "--date", "2024-06-03"]);
     let after = p.runs_all("p");
     assert_eq!(after.len(), 3, "{after:?}");
-    assert_eq!(after[2]["status"], "FAILED");
+    assert_eq!(after[2]["state"], "FAILED");
 }
 
 #[test]
@@ -469,7 +469,10 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     let tried = &doc["tasks"][0]["tries"][0];
     assert_eq!(tried["host"], "host-w");
     assert!(
-        !std::path::Path::new(tried["log_path"].as_str().unwrap()).exists(),
+        !here
+            .path()
+            .join(tried["log_path"].as_str().unwrap())
+            .exists(),
         "the log file is on the other host: {tried}"
     );
     // Read again once finished: the same text.

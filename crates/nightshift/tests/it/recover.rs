@@ -98,7 +98,7 @@ fn explain_says_why_in_each_blocked_state() {
             && p.runs("limited").len() == 2
             && p.runs("pooled")
                 .iter()
-                .filter(|r| r["status"] == "RUNNING")
+                .filter(|r| r["state"] == "RUNNING")
                 .count()
                 == 2
     });
@@ -150,7 +150,7 @@ fn explain_says_why_in_each_blocked_state() {
 
     p.file("go", "");
     p.wait_for("the chain to finish", || {
-        p.runs("chain")[0]["status"] == "SUCCESS"
+        p.runs("chain")[0]["state"] == "SUCCESS"
     });
     sigterm(&up);
     up.wait().unwrap();
@@ -207,7 +207,7 @@ fn clear_rerun_and_mark_recover_a_failed_run_with_history_kept() {
         "{}",
         stdout(&out)
     );
-    assert_eq!(p.runs("p")[0]["status"], "QUEUED");
+    assert_eq!(p.runs("p")[0]["state"], "QUEUED");
     assert!(
         p.run(&["run", "p", "--date", "2024-06-01"])
             .status
@@ -281,7 +281,7 @@ fn clear_rerun_and_mark_recover_a_failed_run_with_history_kept() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let runs = p.runs("p");
-    assert_eq!(runs[1]["status"], "SUCCESS", "{runs:?}");
+    assert_eq!(runs[1]["state"], "SUCCESS", "{runs:?}");
     let r = reason_of(&explain(&p, run2, "p", None), Some("load"));
     assert_eq!(r, "marked success by hand: loaded by hand from the backup");
 }

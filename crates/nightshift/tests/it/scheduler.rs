@@ -29,7 +29,7 @@ fn three_simulated_nights_make_three_runs_in_order() {
     let ids: Vec<&str> = runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["20240602_0000", "20240603_0000", "20240604_0000"]);
     for r in &runs {
-        assert_eq!(r["status"], "SUCCESS", "{r}");
+        assert_eq!(r["state"], "SUCCESS", "{r}");
         assert_eq!(r["trigger"], "scheduled");
         // Started at its fire time (the simulated clock jumps exactly there).
         let fire = ts(&r["data_interval_end"]);
@@ -98,7 +98,7 @@ fn dst_nights_in_berlin_are_simulated_once_each() {
         .map(|r| {
             (
                 r["run_id"].as_str().unwrap().into(),
-                r["logical_date"].as_str().unwrap().into(),
+                r["ds"].as_str().unwrap().into(),
                 r["data_interval_end"].as_str().unwrap().into(),
             )
         })
@@ -141,7 +141,7 @@ fn a_task_that_fails_once_is_retried_and_the_run_succeeds() {
     // The retry waited at least half the configured delay (equal jitter).
     let gap = ts(&tries[1]["start_time"]).duration_since(ts(&tries[0]["end_time"]));
     assert!(gap.as_millis() >= 100, "retry came after {gap:?}");
-    assert_eq!(doc["run"]["status"], "SUCCESS");
+    assert_eq!(doc["run"]["state"], "SUCCESS");
     let log = stdout(&p.run(&["logs", "20240602_0000", "flaky", "--try", "1"]));
     assert!(log.contains("[err] transient error"), "{log}");
 }
@@ -211,7 +211,7 @@ fn trigger_rules_decide_what_runs_after_a_failure() {
     assert_eq!(state("notify"), "SUCCESS");
     assert_eq!(state("on_failure"), "SUCCESS");
     assert_eq!(state("cleanup"), "UPSTREAM_FAILED");
-    assert_eq!(doc["run"]["status"], "FAILED");
+    assert_eq!(doc["run"]["state"], "FAILED");
     let text = stdout(&out);
     assert!(text.contains("Task notify: SUCCESS"), "{text}");
 }
@@ -285,7 +285,7 @@ fn backfill_plans_runs_once_and_reruns_without_duplicates() {
     assert_eq!(runs.len(), 3);
     assert!(
         runs.iter()
-            .all(|r| r["status"] == "SUCCESS" && r["trigger"] == "backfill")
+            .all(|r| r["state"] == "SUCCESS" && r["trigger"] == "backfill")
     );
     let rows: Vec<Value> = runs.iter().map(|r| r["rows_loaded"].clone()).collect();
     let raw = p.read("data/raw/orders/dt=2024-06-02/orders.csv");
@@ -359,7 +359,7 @@ fn up_picks_up_added_changed_and_broken_pipeline_files() {
     );
     let mut up = p.spawn(&["up"], &[], "up");
     p.wait_for("the first pipeline's run", || {
-        p.runs("first").iter().any(|r| r["status"] == "SUCCESS")
+        p.runs("first").iter().any(|r| r["state"] == "SUCCESS")
     });
     // Added while running.
     p.file(
@@ -367,7 +367,7 @@ fn up_picks_up_added_changed_and_broken_pipeline_files() {
         &(daily("second", &day) + "[[task]]\nid = \"b\"\ncommand = [\"true\"]\n"),
     );
     p.wait_for("the added pipeline's run", || {
-        p.runs("second").iter().any(|r| r["status"] == "SUCCESS")
+        p.runs("second").iter().any(|r| r["state"] == "SUCCESS")
     });
     // Broken while running: reported, and the process keeps going.
     p.file("pipelines/second.toml", "schedule = \"0 0 * * * *\"\n");
@@ -473,9 +473,7 @@ fn a_run_in_flight_keeps_the_pipeline_version_it_was_created_with() {
     p.wait_for("the first task", || p.path().join("started").exists());
     p.file("pipelines/p.toml", &v1.replace("echo v1", "echo v2"));
     p.wait_for("the run to finish", || {
-        p.runs("p")
-            .first()
-            .is_some_and(|r| r["status"] == "SUCCESS")
+        p.runs("p").first().is_some_and(|r| r["state"] == "SUCCESS")
     });
     assert_eq!(
         p.read("versions.txt"),
@@ -520,7 +518,7 @@ fn a_paused_pipeline_gets_no_runs_until_unpaused() {
         2,
         "catchup creates the missed runs once unpaused"
     );
-    assert!(runs.iter().all(|r| r["status"] == "SUCCESS"));
+    assert!(runs.iter().all(|r| r["state"] == "SUCCESS"));
     let out = p.run(&["pause", "nope"]);
     assert_eq!(out.status.code(), Some(2));
 }

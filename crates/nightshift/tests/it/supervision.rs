@@ -78,9 +78,7 @@ fn a_store_locked_for_a_minute_stalls_no_running_try() {
     );
     let url = web_url(&p, "up");
     p.wait_for("the gate task to start", || {
-        p.runs("p")
-            .first()
-            .is_some_and(|r| r["status"] == "RUNNING")
+        p.runs("p").first().is_some_and(|r| r["state"] == "RUNNING")
     });
     // Take the lock while `gate` runs, so the three tasks start just before it... or not
     // at all: wait until they are running first.
@@ -118,7 +116,7 @@ fn a_store_locked_for_a_minute_stalls_no_running_try() {
     }
     lock.release();
     p.wait_for("the run to finish", || {
-        p.runs("p")[0]["status"].as_str() != Some("RUNNING")
+        p.runs("p")[0]["state"].as_str() != Some("RUNNING")
     });
     let err = p.read("up.stderr");
     sigterm(&up);
@@ -167,7 +165,7 @@ fn a_store_locked_for_a_minute_stalls_no_running_try() {
     assert_eq!(hang["state"], "FAILED");
     assert_eq!(hang["error"], "timed out after 3s");
     assert!((2.0..=4.5).contains(&secs(hang)), "{hang}");
-    let log = std::fs::read_to_string(stream["log_path"].as_str().unwrap()).unwrap();
+    let log = std::fs::read_to_string(p.path().join(stream["log_path"].as_str().unwrap())).unwrap();
     // Every byte the task wrote is in its log (long lines are kept in 64 KiB pieces).
     let xs: usize = log
         .lines()
@@ -194,9 +192,7 @@ fn an_outcome_decided_while_the_stores_disk_is_full_is_recorded_once_space_retur
     );
     let mut up = p.spawn(&["up", "--no-web"], &[], "up");
     p.wait_for("the task to start", || {
-        p.runs("p")
-            .first()
-            .is_some_and(|r| r["status"] == "RUNNING")
+        p.runs("p").first().is_some_and(|r| r["state"] == "RUNNING")
     });
     std::thread::sleep(Duration::from_millis(500));
     let filler = disk.fill();
@@ -206,7 +202,7 @@ fn an_outcome_decided_while_the_stores_disk_is_full_is_recorded_once_space_retur
     std::thread::sleep(Duration::from_secs(60));
     std::fs::remove_file(&filler).unwrap();
     p.wait_for("the run to finish", || {
-        p.runs("p")[0]["status"].as_str() == Some("SUCCESS")
+        p.runs("p")[0]["state"].as_str() == Some("SUCCESS")
     });
     sigterm(&up);
     assert!(up.wait().unwrap().success());
@@ -247,7 +243,7 @@ fn a_timeout_ends_setsid_and_double_forked_descendants() {
     }
     let alive = processes_with(&marker);
     p.wait_for("the try to be recorded", || {
-        p.runs("p")[0]["status"].as_str() == Some("FAILED")
+        p.runs("p")[0]["state"].as_str() == Some("FAILED")
     });
     let err = p.read("up.stderr");
     sigterm(&up);
@@ -293,8 +289,8 @@ fn a_huge_log_keeps_head_and_tail_within_its_cap() {
     let doc = p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap());
     let t = only_try(&doc, "loud");
     assert_eq!(t["state"], "SUCCESS");
-    let path = t["log_path"].as_str().unwrap();
-    let size = std::fs::metadata(path).unwrap().len();
+    let path = p.path().join(t["log_path"].as_str().unwrap());
+    let size = std::fs::metadata(&path).unwrap().len();
     assert!(size <= 101 * 1024 * 1024, "{size}");
     assert!(size >= 70 * 1024 * 1024, "{size}");
     let marker = Command::new("grep")
@@ -369,10 +365,10 @@ fn a_second_sigterm_stops_at_once_and_no_run_is_left_running() {
     assert_eq!(processes_with(&marker), Vec::<u32>::new());
     let runs = p.runs("p");
     assert!(
-        runs.iter().all(|r| r["status"] != "RUNNING"),
+        runs.iter().all(|r| r["state"] != "RUNNING"),
         "no run RUNNING after the shutdown: {runs:?}"
     );
-    assert_eq!(runs[0]["status"], "QUEUED");
+    assert_eq!(runs[0]["state"], "QUEUED");
     let doc = p.tasks(runs[0]["run_id"].as_str().unwrap());
     assert_eq!(task(&doc, "long")["state"], "UP_FOR_RETRY");
 }
@@ -395,14 +391,14 @@ fn with_no_retries_a_killed_scheduler_does_not_fail_the_run() {
     sigkill(&mut up);
     let mut up2 = p.spawn(&["up", "--no-web"], &[], "up2");
     p.wait_for("the run to finish", || {
-        p.runs("p")[0]["status"]
+        p.runs("p")[0]["state"]
             .as_str()
             .is_some_and(|s| s == "SUCCESS" || s == "FAILED")
     });
     sigterm(&up2);
     assert!(up2.wait().unwrap().success());
     let runs = p.runs("p");
-    assert_eq!(runs[0]["status"], "SUCCESS", "{}", p.read("up2.stderr"));
+    assert_eq!(runs[0]["state"], "SUCCESS", "{}", p.read("up2.stderr"));
     let doc = p.tasks(runs[0]["run_id"].as_str().unwrap());
     let tries = task(&doc, "w")["tries"].as_array().unwrap().clone();
     assert_eq!(tries.len(), 2, "{doc}");
@@ -480,7 +476,7 @@ fn ctrl_c_on_a_foreground_backfill_cancels_its_runs_and_the_schedule_goes_on() {
             .filter(|r| r["trigger"] == "backfill")
             .collect()
     };
-    let done = |runs: &[Value]| runs.iter().filter(|r| r["status"] == "SUCCESS").count();
+    let done = |runs: &[Value]| runs.iter().filter(|r| r["state"] == "SUCCESS").count();
     p.wait_for("a few backfill runs to succeed", || {
         done(&backfill_runs()) >= 3
     });
@@ -497,7 +493,7 @@ fn ctrl_c_on_a_foreground_backfill_cancels_its_runs_and_the_schedule_goes_on() {
     std::thread::sleep(Duration::from_secs(5));
     let later = backfill_runs();
     assert_eq!(done(&later), done(&after), "SUCCESS runs stopped growing");
-    let cancelled = later.iter().filter(|r| r["status"] == "CANCELLED").count();
+    let cancelled = later.iter().filter(|r| r["state"] == "CANCELLED").count();
     assert_eq!(done(&later) + cancelled, 200, "{later:?}");
     assert!(cancelled > 100);
     // The schedule was not touched: the every-minute pipeline gets its next run.
@@ -551,7 +547,7 @@ fn cancel_stops_a_running_try_and_records_it() {
     assert!(up.wait().unwrap().success());
     let runs = p.runs("p");
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0]["status"], "CANCELLED");
+    assert_eq!(runs[0]["state"], "CANCELLED");
     let doc = p.tasks(&run_id);
     assert_eq!(task(&doc, "long")["state"], "CANCELLED");
     assert_eq!(task(&doc, "after")["state"], "CANCELLED");
@@ -591,7 +587,7 @@ fn a_task_that_keeps_taking_its_scheduler_down_fails_after_three_interruptions()
     }
     let mut up = p.spawn(&["up", "--no-web"], &[], "last");
     p.wait_for("the run to fail", || {
-        p.runs("p")[0]["status"].as_str() == Some("FAILED")
+        p.runs("p")[0]["state"].as_str() == Some("FAILED")
     });
     sigterm(&up);
     assert!(up.wait().unwrap().success());

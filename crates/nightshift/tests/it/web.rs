@@ -115,7 +115,7 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     // Generated from the router's own registrations (see `nightshift_web::openapi`).
     let served: BTreeSet<String> = nightshift_web::openapi::operations().into_iter().collect();
     assert_eq!(documented, served);
-    assert_eq!(served.len(), 17, "{served:?}");
+    assert_eq!(served.len(), 18, "{served:?}");
 
     // Every documented read answers; every action refuses a request without the token.
     for route in &served {
@@ -146,6 +146,44 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
         .unwrap();
     assert_eq!(why["reason"], "succeeded on try 1 of 3", "{why}");
 
+    // One JSON shape: the CLI's `--json` and the API give the same objects, field for field.
+    let (_, page) = get(&format!("{url}/api/v1/pipelines/nightly/runs?limit=500"));
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let cli_runs = p.runs("nightly");
+    assert!(!cli_runs.is_empty());
+    for r in &cli_runs {
+        let api = page["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["run"]["run_id"] == r["run_id"])
+            .unwrap_or_else(|| panic!("{r} is missing from the API's page"));
+        assert_eq!(&api["run"], r);
+    }
+    assert!(cli_runs[0].get("ds").is_some() && cli_runs[0].get("state").is_some());
+    let cli_tasks = p.json(&["tasks", "20240602_0000", "--json"]);
+    assert_eq!(cli_tasks["run"], run["run"]);
+    assert_eq!(cli_tasks["tasks"], run["tasks"]);
+    let (_, pipelines) = get(&format!("{url}/api/v1/pipelines"));
+    let pipelines: Value = serde_json::from_str(&pipelines).unwrap();
+    let cli_pipelines = p.json(&["pipelines", "--json"]);
+    assert_eq!(
+        cli_pipelines["pipelines"][0]["tasks"],
+        pipelines["pipelines"][0]["tasks"]
+    );
+    assert_eq!(
+        cli_pipelines["pipelines"][0]["last_finished_run"],
+        pipelines["pipelines"][0]["last_finished_run"]
+    );
+    let (_, status) = get(&format!("{url}/api/v1/status"));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let cli_status = p.json(&["status", "--json"]);
+    assert_eq!(cli_status["scheduler"]["pid"], status["scheduler"]["pid"]);
+    assert_eq!(
+        cli_status["processes"].as_array().unwrap().len(),
+        status["processes"].as_array().unwrap().len()
+    );
+
     // Wrong types and missing fields get a 400 naming the problem, and change nothing.
     let runs_url = format!("{url}/api/v1/pipelines/nightly/runs");
     let before = p.runs("nightly").len();
@@ -166,6 +204,30 @@ fn the_api_matches_its_openapi_document_and_checks_every_request() {
     }
     let (code, v) = get(&format!("{runs_url}?limit=abc"));
     assert_eq!(code, 400, "{v}");
+    let (code, v) = get(&format!("{runs_url}?state=DONE"));
+    assert_eq!(code, 400, "{v}");
+    assert!(v.contains("`state` must be one of"), "{v}");
+    let (code, v) = get(&format!("{runs_url}?date=2024-02-30"));
+    assert_eq!(code, 400, "{v}");
+    // The filter and the jump: only backfills; only runs up to a ds.
+    let (_, v) = get(&format!("{runs_url}?trigger=backfill"));
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert!(
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["run"]["trigger"] == "backfill")
+    );
+    let (_, v) = get(&format!("{runs_url}?date=2024-06-02&state=success"));
+    let v: Value = serde_json::from_str(&v).unwrap();
+    let ds: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"]["ds"].as_str().unwrap())
+        .collect();
+    assert_eq!(ds, ["2024-06-02", "2024-06-01"], "{v}");
     assert_eq!(p.runs("nightly").len(), before);
 
     // With the token, a trigger creates the run (queued: the pipeline is paused).
@@ -282,9 +344,7 @@ fn a_running_tries_log_tails_and_metrics_count_what_ran() {
     );
 
     // The run's durations and transitions are in the metrics, which promtool accepts.
-    p.wait_for("the run to end", || {
-        p.runs("live")[0]["status"] == "SUCCESS"
-    });
+    p.wait_for("the run to end", || p.runs("live")[0]["state"] == "SUCCESS");
     let mut metrics = String::new();
     p.wait_for("the metrics", || {
         metrics = http()
@@ -347,7 +407,7 @@ fn the_calendar_follows_a_simulated_clock() {
     p.wait_for("the first run to start", || {
         p.runs("slow")
             .first()
-            .is_some_and(|r| r["status"] == "RUNNING")
+            .is_some_and(|r| r["state"] == "RUNNING")
     });
     let (code, body) = get(&format!("{url}/api/v1/pipelines/slow/calendar"));
     // The second SIGTERM stops the sleeping try at once.
