@@ -379,7 +379,7 @@ fn main() {
             let doc: Value =
                 serde_json::from_slice(&nightshift(dir.path(), &["runs", "fan", "--json"]).stdout)
                     .unwrap();
-            if doc.get(0).is_some_and(|r| r["status"] == "SUCCESS") {
+            if doc.get(0).is_some_and(|r| r["state"] == "SUCCESS") {
                 break doc[0].clone();
             }
             assert!(
