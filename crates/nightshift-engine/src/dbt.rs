@@ -1,6 +1,6 @@
 //! The dbt task kind: the command line for one try, and what its artifacts say.
 //!
-//! Facts this relies on (checked with dbt-core 1.11, see `../shared/design/dbt-facts.md`):
+//! Facts this relies on (checked with dbt-core 1.11.16, see `docs/dbt-facts.md`):
 //! exit 0 is success (warnings too), 1 is finished-with-failures and leaves
 //! `run_results.json`, 2 is could-not-run; SIGINT cancels running queries and writes partial
 //! results, SIGTERM does neither, so a timeout sends SIGINT first. Each try gets its own

@@ -1,6 +1,6 @@
 //! Faults for real, each followed by the checks that nothing was lost: no run missing or
 //! doubled, no partition doubled or half-written, no try left RUNNING, the store intact.
-//! RUNBOOK.md names these tests.
+//! docs/runbook.md names these tests.
 
 use std::path::Path;
 use std::process::Command;

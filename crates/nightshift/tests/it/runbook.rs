@@ -1,4 +1,4 @@
-//! RUNBOOK.md: every entry names the tests that walk it, and every named test exists in
+//! docs/runbook.md: every entry names the tests that walk it, and every named test exists in
 //! this test binary (so CI runs it).
 
 use std::path::Path;
@@ -6,7 +6,7 @@ use std::path::Path;
 #[test]
 fn every_runbook_entry_names_tests_that_exist() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let book = std::fs::read_to_string(root.join("RUNBOOK.md")).unwrap();
+    let book = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
     let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
     let entries: Vec<&str> = book.split("\n## ").skip(1).collect();
     assert!(entries.len() >= 15, "{} entries", entries.len());
@@ -31,4 +31,36 @@ fn every_runbook_entry_names_tests_that_exist() {
         }
     }
     assert!(named >= 25, "{named} tests named");
+}
+
+/// A clone has no folder beside it: the docs name only files of the repository, and every
+/// `*.md` file they name exists.
+#[test]
+fn the_docs_stand_on_their_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut docs: Vec<_> = ["README.md", "ARCHITECTURE.md", "SECURITY.md"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        docs.push(e.unwrap().path());
+    }
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let here = doc.parent().unwrap();
+        assert!(
+            !text.contains("../shared") && !text.contains("shared/design"),
+            "{} points outside the repository",
+            doc.display()
+        );
+        for named in text.split('`').skip(1).step_by(2) {
+            if named.ends_with(".md") && !named.contains(' ') && !named.contains('*') {
+                assert!(
+                    here.join(named).exists() || root.join(named).exists(),
+                    "{} names `{named}`, which does not exist",
+                    doc.display()
+                );
+            }
+        }
+    }
 }
