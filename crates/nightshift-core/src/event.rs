@@ -30,6 +30,9 @@ pub enum Event {
         duration_ms: Option<i64>,
         /// Why its last try failed, when it did.
         error: Option<String>,
+        /// The run is history: a backfill, or a run of an interval earlier than the latest
+        /// (catch-up, a past date). `up` folds such lines into a summary.
+        history: bool,
     },
     TaskRetrying {
         pipeline: String,
@@ -46,6 +49,8 @@ pub enum Event {
         rows_loaded: i64,
         at: Timestamp,
         trigger: Trigger,
+        /// As for `TaskEnded`.
+        history: bool,
     },
     /// A run's standing against its deadline changed (raised by one process only: the store
     /// decides which).

@@ -83,7 +83,7 @@ impl Engine {
                     continue;
                 }
                 run.status = RunState::Running;
-                info!(pipeline = %run.pipeline, run_id = %run.run_id, trigger = run.trigger.as_str(), "run started");
+                debug!(pipeline = %run.pipeline, run_id = %run.run_id, trigger = run.trigger.as_str(), "run started");
             }
             let mut tis = tis_by_run.remove(&run.pk).unwrap_or_default();
             let states: HashMap<String, TaskState> =
@@ -104,7 +104,7 @@ impl Engine {
                 if self.store.finish_run(run.pk, outcome, now_us)? {
                     self.judge_finished(&p, &run, now)?;
                     let rows = self.store.run(run.pk)?.map(|r| r.rows_loaded).unwrap_or(0);
-                    info!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
+                    debug!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
                     self.emit(Event::RunEnded {
                         pipeline: run.pipeline.clone(),
                         run_id: run.run_id.clone(),
@@ -113,6 +113,7 @@ impl Engine {
                         rows_loaded: rows,
                         at: now,
                         trigger: run.trigger,
+                        history: super::upkeep::is_history(&p, &run),
                     });
                 }
                 continue;
@@ -221,6 +222,7 @@ impl Engine {
                 tz: p.schedule.tz().clone(),
                 duration_ms: last.as_ref().and_then(|t| t.duration_ms),
                 error: last.and_then(|t| t.error),
+                history: super::upkeep::is_history(p, run),
             });
         } else if ti.state == TaskState::UpForRetry {
             self.emit(Event::TaskRetrying {

@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Whether a run is history: not the one run its deadline is judged for (a backfill, or a
+/// run of an earlier interval than the latest when it was created).
+pub(crate) fn is_history(p: &Pipeline, run: &RunRow) -> bool {
+    let iv = DataInterval {
+        start: from_micros(run.data_interval_start),
+        end: from_micros(run.data_interval_end),
+    };
+    !deadline::judged(p, run.trigger, &iv, from_micros(run.queued_at))
+}
+
 impl Engine {
     /// A finished run met its deadline or missed it.
     pub(crate) fn judge_finished(
@@ -10,13 +20,13 @@ impl Engine {
         run: &RunRow,
         now: Timestamp,
     ) -> Result<(), Error> {
+        if is_history(p, run) {
+            return Ok(());
+        }
         let iv = DataInterval {
             start: from_micros(run.data_interval_start),
             end: from_micros(run.data_interval_end),
         };
-        if !deadline::judged(p, run.trigger, &iv, from_micros(run.queued_at)) {
-            return Ok(());
-        }
         if let Some(d) = deadline::deadline_for(p, &iv) {
             let state = if now <= d {
                 DeadlineState::Met

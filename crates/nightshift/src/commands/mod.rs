@@ -3,6 +3,7 @@
 pub mod backfill;
 mod cancel;
 mod demo;
+mod fold;
 mod init;
 pub mod inspect;
 mod internal;
@@ -455,11 +456,12 @@ fn event_json(e: &Event, text: &str) -> serde_json::Value {
             at,
             duration_ms,
             error,
+            history,
             ..
         } => json!({
             "event": "task_ended", "pipeline": pipeline, "run_id": run_id, "task_id": task_id,
             "state": state.as_str(), "try_number": try_number, "at": at.to_string(),
-            "duration_ms": duration_ms, "error": error, "message": text,
+            "duration_ms": duration_ms, "error": error, "history": history, "message": text,
         }),
         Event::RunEnded {
             pipeline,
@@ -469,10 +471,11 @@ fn event_json(e: &Event, text: &str) -> serde_json::Value {
             rows_loaded,
             at,
             trigger,
+            history,
         } => json!({
             "event": "run_ended", "pipeline": pipeline, "run_id": run_id, "ds": ds.to_string(),
             "state": state.as_str(), "rows_loaded": rows_loaded, "at": at.to_string(),
-            "trigger": trigger.as_str(), "message": text,
+            "trigger": trigger.as_str(), "history": history, "message": text,
         }),
         Event::Deadline {
             pipeline,
@@ -602,6 +605,7 @@ mod line_tests {
             tz: jiff::tz::TimeZone::UTC,
             duration_ms: Some(4200),
             error: error.map(str::to_owned),
+            history: false,
         }
     }
 
@@ -633,6 +637,7 @@ mod line_tests {
             rows_loaded: 0,
             at: "2024-06-02T00:02:00Z".parse().unwrap(),
             trigger: nightshift_core::Trigger::Backfill,
+            history: true,
         });
         assert!(
             lines

@@ -6,8 +6,9 @@ use anyhow::Result;
 use nightshift_engine::{Clock, Mode, SimClock, SystemClock};
 use nightshift_store::Location;
 
+use crate::commands::fold::FoldedLines;
 use crate::commands::{
-    Lines, drive_until, load_project, new_engine, new_engine_with, open_store, parse_ts_flag,
+    drive_until, load_project, new_engine, new_engine_with, open_store, parse_ts_flag,
     shutdown_signal, usage,
 };
 use crate::output;
@@ -109,7 +110,9 @@ pub async fn exec(
             )),
         }
     }
-    drive_until(engine, Some(metrics), print_events(), shutdown).await?;
+    let (print, flush) = print_events();
+    drive_until(engine, Some(metrics), print, shutdown).await?;
+    flush();
     Ok(0)
 }
 
@@ -151,18 +154,50 @@ pub async fn worker(dir: &Path, pools: Vec<String>, max_tasks: Option<u32>) -> R
         },
         crate::commands::containment().describe()
     ));
-    drive_until(engine, None, print_events(), shutdown).await?;
+    let (print, flush) = print_events();
+    drive_until(engine, None, print, shutdown).await?;
+    flush();
     Ok(0)
 }
 
-/// The run log on stdout: a line per task and per run as they end.
-fn print_events() -> impl FnMut(nightshift_engine::Event) {
-    let mut lines = Lines::default();
-    move |e| {
-        if let Some(line) = lines.line(&e) {
-            output::line(line);
+/// The run log on stdout: a line per task and per run of the latest intervals as they end,
+/// and the history runs folded into summaries (`fold`). A thread prints the summaries that
+/// fall due while no event comes; the second closure prints what is left at shutdown.
+fn print_events() -> (impl FnMut(nightshift_engine::Event), impl FnOnce()) {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let lines = Arc::new(Mutex::new(FoldedLines::default()));
+    let print = |out: Vec<String>| out.into_iter().for_each(output::line);
+    let ticking = Arc::downgrade(&lines);
+    std::thread::spawn(move || {
+        while let Some(lines) = ticking.upgrade() {
+            let due = lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .due(Instant::now(), false);
+            drop(lines);
+            print(due);
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
-    }
+    });
+    let on_event = {
+        let lines = lines.clone();
+        move |e| {
+            let out = lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_event(&e, Instant::now());
+            print(out);
+        }
+    };
+    let flush = move || {
+        let out = lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(Instant::now(), true);
+        print(out);
+    };
+    (on_event, flush)
 }
 
 /// The tokens the web server accepts: the `admin` token (`[web] token` or `token_env`) and

@@ -608,3 +608,58 @@ fn the_backfill_bar_shows_elapsed_eta_and_the_current_ds() {
         "{text:?}"
     );
 }
+
+/// The first hour, as a new user meets it: `up` on the scaffold, whose start_date lies far
+/// back, creates at most `catchup_limit` runs, says once which range it left to a
+/// backfill, prints a screenful at most, and raises no deadline alarm for history.
+#[test]
+fn up_on_a_fresh_project_catches_up_boundedly_and_quietly() {
+    let p = TestProject::example();
+    let up = p.spawn(&["up", "--bind", "127.0.0.1:0"], &[], "up");
+    p.wait_for("the catch-up runs", || p.runs_all("nightly").len() >= 100);
+    p.wait_for("some runs to finish", || {
+        p.runs_all("nightly")
+            .iter()
+            .filter(|r| r["state"] == "SUCCESS")
+            .count()
+            >= 10
+    });
+    sigterm(&up);
+    let mut up = up;
+    assert!(up.wait().unwrap().success(), "{}", p.read("up.stderr"));
+
+    let runs = p.runs_all("nightly");
+    assert_eq!(runs.len(), 100, "catchup_limit's default");
+    let printed = p.read("up.stdout") + &p.read("up.stderr");
+    let lines = printed.lines().count();
+    assert!(lines <= 20, "{lines} lines:\n{printed}");
+    // Only the latest interval's run is judged against the deadline (06:00 has passed
+    // today when the test runs after it: then that one run may be missed, and say so).
+    let latest = runs.last().unwrap()["run_id"].as_str().unwrap().to_owned();
+    for line in printed
+        .lines()
+        .filter(|l| l.to_lowercase().contains("deadline"))
+    {
+        if !line.contains("catchup_limit") {
+            assert!(line.contains(&latest), "deadline noise: {line}\n{printed}");
+        }
+    }
+    let oldest = runs[0]["ds"].as_str().unwrap().to_owned();
+    let last_skipped = jiff::civil::Date::strptime("%Y-%m-%d", &oldest)
+        .unwrap()
+        .yesterday()
+        .unwrap();
+    assert!(
+        printed.contains(&format!(
+            "nightshift backfill nightly --from 2024-06-01 --to {last_skipped}"
+        )),
+        "{printed}"
+    );
+    // No deadline alert for any run but the latest scheduled one.
+    let alerts = p.json(&["alerts", "--json", "--limit", "1000"]);
+    for a in alerts.as_array().unwrap() {
+        if a["kind"].as_str().unwrap().starts_with("deadline") {
+            assert_eq!(a["run_id"], latest.as_str(), "{a}");
+        }
+    }
+}
