@@ -217,6 +217,24 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
     let mut b = Browser::start();
 
     let run_id = "20240603_0000";
+    // A failing dbt test and a long run, as the store would hold them: the run page lists
+    // failing tests first and says durations as people read them.
+    {
+        let db = rusqlite::Connection::open(demo.join(".nightshift/nightshift.db")).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE dbt_nodes SET status = 'fail', failures = 3 WHERE id = (SELECT max(id) FROM dbt_nodes
+                   WHERE resource_type = 'test' AND run = (SELECT id FROM pipeline_runs WHERE run_id = ?1))",
+                [run_id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        db.execute(
+            "UPDATE pipeline_runs SET end_time = start_time + 1278200000 WHERE run_id = ?1",
+            [run_id],
+        )
+        .unwrap();
+    }
     let pages = [
         ("pipelines", "/".to_owned()),
         ("grid", "/pipelines/nightly".to_owned()),
@@ -322,6 +340,11 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 assert_ne!(rows, "0");
                 let tests = b.eval("document.querySelectorAll('#dbt-tests tr').length");
                 assert!(tests.as_u64().unwrap() > 10, "{tests}");
+                let first =
+                    b.eval("document.querySelector('#dbt-tests tr[data-status]').dataset.status");
+                assert_eq!(first, "fail", "the failing test is listed first");
+                let summary = b.eval("document.getElementById('summary').textContent");
+                assert!(summary.as_str().unwrap().contains("21m18s"), "{summary}");
                 let manifests = b.eval("document.querySelectorAll('pre.manifest').length");
                 assert_eq!(manifests, 2);
                 let why =
