@@ -263,6 +263,23 @@ fn a_run_forecast_to_miss_its_deadline_is_at_risk_before_it_and_missed_at_it() {
     // The API shows the state too: the run finished after its deadline.
     let detail = p.json(&["runs", "p", "--json"]);
     assert_eq!(detail.as_array().unwrap().len(), 2);
+
+    // History is never judged: a backfill of a past date and a manual run of another one
+    // finish long after their deadlines and raise nothing.
+    let out = p.run(&[
+        "backfill",
+        "p",
+        "--from",
+        "2024-06-04",
+        "--to",
+        "2024-06-04",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&["run", "p", "--date", "2024-06-05"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("Deadline"), "{}", stdout(&out));
+    assert_eq!(p.runs("p").len(), 4);
+    assert_eq!(alerts(&p).len(), 3, "no deadline alert for history");
 }
 
 #[test]
