@@ -12,6 +12,9 @@ use crate::diag::{Diagnostic, did_you_mean};
 
 pub(crate) type Span = Range<usize>;
 
+/// Keys (where written) and their values as JSON: a table of any TOML values.
+pub(crate) type ValueMap = Vec<(Located<String>, serde_json::Value)>;
+
 /// A value read from the file, with where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located<T> {
@@ -255,6 +258,27 @@ impl<'a, 'i> TableReader<'a, 'i> {
         out
     }
 
+    /// A table whose values may be of any TOML type, each as JSON (a datetime as its text),
+    /// with the string leaves at any depth and where they were written (to check templates).
+    pub(crate) fn value_map(
+        &self,
+        key: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> (ValueMap, Vec<Located<String>>) {
+        let Some((t, _)) = self.table(key, diags) else {
+            return (vec![], vec![]);
+        };
+        let mut strings = vec![];
+        let mut out = vec![];
+        for (k, v) in t.iter() {
+            let path = format!("{key}.{}", k.get_ref());
+            if let Some(j) = json_of(v, &path, &self.label, &mut strings, diags) {
+                out.push((Located::new(k.get_ref().to_string(), k.span()), j));
+            }
+        }
+        (out, strings)
+    }
+
     /// Reports every key not in the known list, with a suggestion when one is close.
     pub(crate) fn finish(self, diags: &mut Vec<Diagnostic>) {
         for (k, _) in self.table.iter() {
@@ -270,6 +294,76 @@ impl<'a, 'i> TableReader<'a, 'i> {
                 };
                 diags.push(d);
             }
+        }
+    }
+}
+
+/// A TOML value as JSON; `strings` collects its string leaves with their spans.
+fn json_of(
+    v: &toml::Spanned<DeValue<'_>>,
+    path: &str,
+    label: &str,
+    strings: &mut Vec<Located<String>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let bad = |what: &str, diags: &mut Vec<Diagnostic>| {
+        diags.push(Diagnostic::error(
+            format!("`{path}` in {label} is {what}, which JSON cannot carry"),
+            Some(v.span()),
+        ));
+        None
+    };
+    match v.get_ref() {
+        DeValue::String(s) => {
+            strings.push(Located::new(s.to_string(), v.span()));
+            Some(Value::String(s.to_string()))
+        }
+        DeValue::Boolean(b) => Some(Value::Bool(*b)),
+        DeValue::Integer(i) => {
+            let text = i.as_str().replace('_', "");
+            let (neg, digits) = match text.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, text.trim_start_matches('+')),
+            };
+            match i64::from_str_radix(digits, i.radix()) {
+                Ok(n) => Some(Value::from(if neg { -n } else { n })),
+                Err(_) => bad("an integer out of range", diags),
+            }
+        }
+        DeValue::Float(f) => {
+            let text = f.as_str().replace('_', "");
+            match text
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+            {
+                Some(n) => Some(Value::Number(n)),
+                None => bad("not a finite number", diags),
+            }
+        }
+        DeValue::Datetime(d) => Some(Value::String(d.to_string())),
+        DeValue::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (n, item) in items.iter().enumerate() {
+                out.push(json_of(
+                    item,
+                    &format!("{path}[{n}]"),
+                    label,
+                    strings,
+                    diags,
+                )?);
+            }
+            Some(Value::Array(out))
+        }
+        DeValue::Table(t) => {
+            let mut out = serde_json::Map::new();
+            for (k, item) in t.iter() {
+                let key = k.get_ref().to_string();
+                let j = json_of(item, &format!("{path}.{key}"), label, strings, diags)?;
+                out.insert(key, j);
+            }
+            Some(Value::Object(out))
         }
     }
 }

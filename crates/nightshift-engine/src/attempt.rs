@@ -58,6 +58,8 @@ pub(crate) struct TryCtx {
     pub logs_dir: PathBuf,
     pub kill_grace: Duration,
     pub log_max_bytes: u64,
+    /// dbt target folders kept per task (`[retention] dbt_artifacts`).
+    pub dbt_artifacts_kept: u32,
     pub crash_at: Option<CrashPoint>,
     pub writer: Writer,
     /// Copies the try's log into a shared store for other hosts (PostgreSQL only).
@@ -128,7 +130,7 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
     let cwd = match &task.cwd {
         Some(d) => c.project_dir.join(d),
-        None => c.project_dir.clone(),
+        None => runner.default_cwd(&c),
     };
     let started = c.clock.now();
     crash_if(&c.crash_at, "after_claim", Some(&task.id));
@@ -223,7 +225,16 @@ fn conclude(k: Concluding, outcome: ChildOutcome, spawned_pid: Option<u32>) {
     let done = k.c.done.clone();
     let ti_pk = k.c.ti.pk;
     let token = Some(k.c.token);
-    if let Some(o) = decide(&k, outcome, spawned_pid) {
+    let found = decide(&k, outcome, spawned_pid);
+    if k.work_dir.exists() {
+        crate::dbt::prune_artifacts(
+            &k.c.project_dir,
+            &k.c.run.pipeline,
+            &k.task.id,
+            k.c.dbt_artifacts_kept as usize,
+        );
+    }
+    if let Some(o) = found {
         crash_if(&k.c.crash_at, "before_outcome_commit", Some(&k.task.id));
         k.c.writer.submit(o);
     }

@@ -253,14 +253,17 @@ pub fn explain(
                             _ => String::new(),
                         })
                         .unwrap_or_default();
-                    format!(
-                        "failed after {} of {} tries: {}{how}; log: `nightshift logs {} {}`",
-                        ti.try_number,
-                        ti.max_tries,
-                        last.and_then(|t| t.error.clone()).unwrap_or_default(),
-                        run.run_id,
-                        task.id
-                    )
+                    // A whole message (a dbt contract's column table) follows the line.
+                    let error = last.and_then(|t| t.error.clone()).unwrap_or_default();
+                    let (first, rest) = error.split_once('\n').unwrap_or((&error, ""));
+                    let mut why = format!(
+                        "failed after {} of {} tries: {first}{how}; log: `nightshift logs {} {} --pipeline {}`",
+                        ti.try_number, ti.max_tries, run.run_id, task.id, run.pipeline
+                    );
+                    if !rest.trim().is_empty() {
+                        why = format!("{why}\n{}", rest.trim_end());
+                    }
+                    why
                 }
             },
             TaskState::UpstreamFailed => {

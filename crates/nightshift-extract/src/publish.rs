@@ -33,7 +33,11 @@ fn export_with_dbt(
     let Some((exe, rest)) = req.dbt_argv.split_first() else {
         return Err(werr(root, "no dbt command"));
     };
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if let Some(dir) = &req.dbt_cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd
         .args(rest)
         .arg("--args")
         .arg(&args)
@@ -198,6 +202,7 @@ mod on_postgres {
             root: dir.path().join("published").to_string_lossy().into_owned(),
             dbt_argv: vec![],
             dbt_env: vec![],
+            dbt_cwd: None,
             keys: keys.keys.clone(),
             checks: [("pass".to_owned(), 3)].into(),
             dbt_invocation_id: Some("inv-1".into()),

@@ -253,7 +253,10 @@ pub enum Command {
         /// The pipeline, when several have a run with this id.
         #[arg(long)]
         pipeline: Option<String>,
-        /// As JSON, with stable field names (see the README).
+        /// Only the nodes that failed (error, fail, runtime error), with their whole messages.
+        #[arg(long)]
+        failed: bool,
+        /// As JSON, with stable field names and full node ids (see the README).
         #[arg(long)]
         json: bool,
     },

@@ -9,7 +9,8 @@ use crate::toml_reader::TableReader;
 /// A dbt command on an existing, unmodified dbt project.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbtSpec {
-    /// `run`, `test`, `build`, `seed`, `snapshot` or `source freshness`.
+    /// `run`, `test`, `build`, `seed`, `snapshot`, `source freshness`, `compile`, `deps`,
+    /// `docs generate` or `run-operation MACRO`.
     pub command: Vec<String>,
     /// Relative to the nightshift project.
     pub project_dir: String,
@@ -21,11 +22,17 @@ pub struct DbtSpec {
     pub threads: Option<u32>,
     /// The dbt to run; default `.venv/bin/dbt` in the project when it exists, else `dbt`.
     pub executable: Option<String>,
-    /// Extra `--vars` (templated), beside ds, data_interval_start/end and run_id.
-    pub vars: Vec<(String, String)>,
+    /// The user's own `--vars`, of any TOML type (their strings templated), merged with
+    /// nightshift's ds, data_interval_start, data_interval_end and run_id.
+    pub vars: Vec<(String, serde_json::Value)>,
     /// Further flags, passed as they are (templated).
     pub args: Vec<String>,
+    /// `run-operation`'s macro arguments (`--args`), of any TOML type.
+    pub operation_args: Vec<(String, serde_json::Value)>,
 }
+
+/// The vars nightshift passes to every dbt call; a task's own `vars` may not use them.
+pub const RESERVED_VARS: &[&str] = &["ds", "data_interval_start", "data_interval_end", "run_id"];
 
 pub const DBT_COMMANDS: &[&str] = &[
     "run",
@@ -34,12 +41,34 @@ pub const DBT_COMMANDS: &[&str] = &[
     "seed",
     "snapshot",
     "source freshness",
+    "compile",
+    "deps",
+    "docs generate",
+    "run-operation",
 ];
 
+/// Commands that take no node selection (`--select`, `--exclude`, `--selector`).
+const SELECTS_NOTHING: &[&str] = &["deps", "run-operation"];
+
 fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> Option<DbtSpec> {
-    let command = match r.string("command", diags) {
+    let command: Vec<String> = match r.string("command", diags) {
         Some(c) => {
-            if !DBT_COMMANDS.contains(&c.value.as_str()) {
+            let words: Vec<&str> = c.value.split_whitespace().collect();
+            if words.first() == Some(&"run-operation") {
+                let ok = words.len() == 2
+                    && words[1]
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                if !ok {
+                    diags.push(
+                        Diagnostic::error(
+                            format!("dbt task `{id}`: `run-operation` needs one macro name"),
+                            Some(c.span.clone()),
+                        )
+                        .with_help("write `command = \"run-operation grant_select\"`, and the macro's arguments as `operation_args = { role = \"analyst\" }`"),
+                    );
+                }
+            } else if !DBT_COMMANDS.contains(&c.value.as_str()) {
                 let mut d = Diagnostic::error(
                     format!("unsupported dbt command `{}` in task `{id}`", c.value),
                     Some(c.span.clone()),
@@ -54,7 +83,7 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
         }
         None => {
             if !r.has("command") {
-                diags.push(Diagnostic::error(format!("dbt task `{id}` has no `command`"), Some(r.span())).with_help("add `command = \"run\"` (or test, build, seed, snapshot, source freshness)"));
+                diags.push(Diagnostic::error(format!("dbt task `{id}` has no `command`"), Some(r.span())).with_help("add `command = \"run\"` (or test, build, seed, snapshot, source freshness, compile, deps, docs generate, run-operation MACRO)"));
             }
             return None;
         }
@@ -70,13 +99,49 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
     let select = list("select", diags);
     let exclude = list("exclude", diags);
     let args = list("args", diags);
-    let vars = r.string_map("vars", diags);
-    for (k, v) in &vars {
-        if ["ds", "data_interval_start", "data_interval_end", "run_id"].contains(&k.value.as_str())
+    if let Some(items) = r.string_list("args", true, &mut vec![]) {
+        for a in items
+            .iter()
+            .filter(|a| a.value == "--vars" || a.value.starts_with("--vars="))
         {
-            diags.push(Diagnostic::error(format!("`vars.{}` is set by nightshift", k.value), Some(k.span.clone())).with_help("nightshift passes ds, data_interval_start, data_interval_end and run_id itself"));
+            diags.push(
+                Diagnostic::error(
+                    format!("`--vars` in the `args` of dbt task `{id}` would replace nightshift's own vars"),
+                    Some(a.span.clone()),
+                )
+                .with_help("write them as `vars = { load_source_data = true }`: nightshift merges them with ds, data_interval_start, data_interval_end and run_id"),
+            );
         }
-        check_template(&v.value, &v.span, diags);
+    }
+    let word = command.first().map(String::as_str).unwrap_or("");
+    if SELECTS_NOTHING.contains(&word) {
+        for key in ["select", "exclude", "selector"] {
+            if let Some(v) = r.raw(key) {
+                diags.push(Diagnostic::error(
+                    format!("dbt `{word}` selects no nodes: `{key}` does not apply to task `{id}`"),
+                    Some(v.span()),
+                ));
+            }
+        }
+    }
+    let (operation_args, op_strings) = r.value_map("operation_args", diags);
+    if !operation_args.is_empty() && word != "run-operation" {
+        diags.push(Diagnostic::error(
+            format!("`operation_args` in dbt task `{id}` is for `run-operation` only"),
+            r.raw("operation_args").map(|v| v.span()),
+        ));
+    }
+    for s in &op_strings {
+        check_template(&s.value, &s.span, diags);
+    }
+    let (vars, strings) = r.value_map("vars", diags);
+    for (k, _) in &vars {
+        if RESERVED_VARS.contains(&k.value.as_str()) {
+            diags.push(Diagnostic::error(format!("`vars.{}` is reserved: nightshift sets it", k.value), Some(k.span.clone())).with_help("nightshift passes ds, data_interval_start, data_interval_end and run_id itself; name your var differently"));
+        }
+    }
+    for s in &strings {
+        check_template(&s.value, &s.span, diags);
     }
     Some(DbtSpec {
         command,
@@ -88,8 +153,12 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
         selector: r.string("selector", diags).map(|t| t.value),
         threads: r.uint("threads", 256, diags).map(|t| t.value as u32),
         executable: r.string("executable", diags).map(|t| t.value),
-        vars: vars.into_iter().map(|(k, v)| (k.value, v.value)).collect(),
+        vars: vars.into_iter().map(|(k, v)| (k.value, v)).collect(),
         args,
+        operation_args: operation_args
+            .into_iter()
+            .map(|(k, v)| (k.value, v))
+            .collect(),
     })
 }
 
@@ -121,6 +190,7 @@ pub(crate) const DEF: Def = Def {
         "executable",
         "vars",
         "args",
+        "operation_args",
     ],
     trigger_rule: TriggerRule::AllSuccess,
     read: |r, id, _settings, diags| read_spec(r, id, diags).map(TaskKind::Dbt),

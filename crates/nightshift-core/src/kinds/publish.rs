@@ -42,6 +42,9 @@ pub struct PublishRequest {
     /// `dbt run-operation nightshift_export` and its flags, without `--args`.
     pub dbt_argv: Vec<String>,
     pub dbt_env: Vec<(String, String)>,
+    /// Where dbt runs: the dbt project, as for the dbt kind.
+    #[serde(default)]
+    pub dbt_cwd: Option<String>,
     pub keys: RunKeys,
     /// dbt test results of this run: status → count.
     pub checks: std::collections::BTreeMap<String, u32>,
@@ -128,6 +131,7 @@ fn read_spec(
             executable: r.string("executable", diags).map(|t| t.value),
             vars: vec![],
             args: vec![],
+            operation_args: vec![],
         },
         warehouse,
     })

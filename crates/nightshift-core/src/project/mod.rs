@@ -45,6 +45,8 @@ pub struct ProjectSettings {
     pub web: WebSettings,
     /// How long finished runs are kept (`None`: forever).
     pub retention: Option<Duration>,
+    /// The dbt target folders (artifacts) kept per task: those of its latest tries.
+    pub dbt_artifacts_kept: u32,
     /// A try's log keeps its head and tail within about this many bytes (default 100 MiB).
     pub log_max_bytes: u64,
 }
@@ -313,6 +315,7 @@ impl Default for ProjectSettings {
             alerts: AlertSettings::default(),
             web: WebSettings::default(),
             retention: None,
+            dbt_artifacts_kept: 5,
             log_max_bytes: 100 * 1024 * 1024,
         }
     }

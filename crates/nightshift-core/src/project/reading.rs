@@ -40,7 +40,7 @@ pub(super) const SMTP_KEYS: &[&str] = &[
 ];
 pub(super) const COMMAND_KEYS: &[&str] = &["command"];
 const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
-const RETENTION_KEYS: &[&str] = &["max_age"];
+const RETENTION_KEYS: &[&str] = &["max_age", "dbt_artifacts"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path", "url", "url_env", "password_env"];
 const STORE_KEYS: &[&str] = &["path", "url", "password_env"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
@@ -447,6 +447,17 @@ fn read_retention(
     diags: &mut Vec<Diagnostic>,
 ) {
     let r = TableReader::new(t, span, "`[retention]`", &[RETENTION_KEYS]);
+    if let Some(v) = r.uint("dbt_artifacts", 10_000, diags) {
+        if v.value == 0 {
+            diags.push(
+                Diagnostic::error("`dbt_artifacts` must be at least 1", Some(v.span)).with_help(
+                    "a retry reads its predecessor's artifacts; keep at least the latest",
+                ),
+            );
+        } else {
+            s.dbt_artifacts_kept = v.value as u32;
+        }
+    }
     if let Some(v) = r.string("max_age", diags) {
         match time::parse_duration(&v.value) {
             Ok(d) if !d.is_zero() => s.retention = Some(d),

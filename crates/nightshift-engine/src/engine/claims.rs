@@ -262,6 +262,7 @@ impl Engine {
             logs_dir: self.project.logs_dir(),
             kill_grace: self.project.settings.kill_grace,
             log_max_bytes: self.project.settings.log_max_bytes,
+            dbt_artifacts_kept: self.project.settings.dbt_artifacts_kept,
             crash_at: self.opts.crash_at.clone(),
             writer: self.writer()?,
             shipper: self.shipper()?,

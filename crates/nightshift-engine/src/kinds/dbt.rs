@@ -25,7 +25,10 @@ impl Runner for DbtSpec {
                 ))
             })
             .flatten();
-        let only = prev.as_deref().and_then(dbt::remaining_nodes);
+        let only = prev
+            .as_deref()
+            .and_then(dbt::remaining_nodes)
+            .filter(|_| dbt::selects(self));
         if let Some(nodes) = &only {
             executor::log_note(
                 p.log_path,
@@ -39,8 +42,20 @@ impl Runner for DbtSpec {
         }
         std::fs::create_dir_all(p.work_dir)
             .map_err(|e| format!("cannot create `{}`: {e}", p.work_dir.display()))?;
+        if dbt::seed_parse(&dbt::parse_cache(self, &c.project_dir, p.ctx), p.work_dir) {
+            executor::log_note(
+                p.log_path,
+                c.clock.as_ref(),
+                "starting from the run's saved dbt parse (same project, profile, target and vars)",
+            );
+        }
         let (argv, env) = dbt::command(self, &c.project_dir, p.work_dir, p.ctx, only.as_deref());
         Ok(Prepared { argv, env })
+    }
+
+    /// In the dbt project, as dbt users run dbt: a profile's relative path resolves there.
+    fn default_cwd(&self, c: &TryCtx) -> std::path::PathBuf {
+        c.project_dir.join(&self.project_dir)
     }
 
     /// dbt finishes the node it is on and writes its artifacts on SIGINT.
@@ -62,20 +77,36 @@ impl Runner for DbtSpec {
 
     fn conclude(
         &self,
-        _c: &TryCtx,
+        c: &TryCtx,
         _task: &Task,
         _started: Timestamp,
         p: &TryPaths<'_>,
         outcome: &ChildOutcome,
     ) -> Findings {
         let mut found = Findings::default();
+        dbt::keep_parse(p.work_dir, &dbt::parse_cache(self, &c.project_dir, p.ctx));
         if let Some(nodes) = dbt::read_results(p.work_dir) {
             found.metrics = dbt::summary(&nodes);
             found.reason = dbt::failure_reason(&nodes);
             found.dbt_nodes = Some(nodes);
         }
         if matches!(outcome.exit, Exit::Code(2)) && found.reason.is_none() {
-            found.reason = Some("dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned());
+            found.reason = Some(match dbt::log_errors(p.work_dir) {
+                Some(lines) => format!("dbt could not run (a parse error, a bad profile, a missing package or a locked file); dbt said:\n{lines}"),
+                None => "dbt could not run (exit 2: a parse error, a bad profile, or the warehouse file locked); see the log".to_owned(),
+            });
+        }
+        // dbt's own files are not masked as the try's log is: the error may quote a secret.
+        found.reason = found
+            .reason
+            .map(|r| c.mask.mask(std::borrow::Cow::Owned(r)).into_owned());
+        if let Some(nodes) = &mut found.dbt_nodes {
+            for n in nodes.iter_mut() {
+                n.message = n
+                    .message
+                    .take()
+                    .map(|m| c.mask.mask(std::borrow::Cow::Owned(m)).into_owned());
+            }
         }
         found
     }

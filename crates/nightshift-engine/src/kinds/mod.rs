@@ -14,7 +14,7 @@ mod shell;
 mod sql;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -91,6 +91,12 @@ pub(crate) trait Runner {
     /// reads its connection's password, `notify` its channels' credentials.
     fn keeps_env(&self, c: &TryCtx) -> Vec<String> {
         c.connection_env.clone()
+    }
+
+    /// Where its process runs when the task sets no `cwd`: the nightshift project, or for
+    /// dbt the dbt project, as dbt users run it (a profile's relative path resolves there).
+    fn default_cwd(&self, c: &TryCtx) -> PathBuf {
+        c.project_dir.clone()
     }
 
     /// Whether its output is dbt's JSON log, shown as text.

@@ -1,7 +1,8 @@
 //! `publish`: `nightshift __publish REQUEST`. Refuses when a dbt test of this run failed,
 //! whatever the trigger rules let through: only tested data is published.
 
-use nightshift_core::kinds::{PublishRequest, PublishSpec};
+use nightshift_core::Pipeline;
+use nightshift_core::kinds::{DbtSpec, PublishRequest, PublishSpec, TaskKind};
 use nightshift_core::pipeline::Task;
 
 use super::{Prepared, Runner, TryPaths, internal_argv, resolve_connection};
@@ -38,8 +39,18 @@ impl Runner for PublishSpec {
         let dir = p.work_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-        let (dbt_argv, dbt_env) = dbt::command(&self.dbt, &c.project_dir, dir, p.ctx, None);
+        // The vars of the pipeline's dbt tasks on the same project, so that the export
+        // starts from their parse instead of parsing the project again.
+        let spec = dbt_spec_sharing_vars(&self.dbt, &c.pipeline);
+        dbt::seed_parse(&dbt::parse_cache(&spec, &c.project_dir, p.ctx), dir);
+        let (dbt_argv, dbt_env) = dbt::command(&spec, &c.project_dir, dir, p.ctx, None);
         let request = PublishRequest {
+            dbt_cwd: Some(
+                c.project_dir
+                    .join(&spec.project_dir)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             outputs: self.outputs.clone(),
             root: c
                 .project_dir
@@ -58,4 +69,44 @@ impl Runner for PublishSpec {
         };
         internal_argv("__publish", &request, p)
     }
+
+    fn conclude(
+        &self,
+        c: &TryCtx,
+        _task: &Task,
+        _started: jiff::Timestamp,
+        p: &TryPaths<'_>,
+        _outcome: &crate::executor::ChildOutcome,
+    ) -> super::Findings {
+        let spec = dbt_spec_sharing_vars(&self.dbt, &c.pipeline);
+        dbt::keep_parse(p.work_dir, &dbt::parse_cache(&spec, &c.project_dir, p.ctx));
+        super::Findings::default()
+    }
+}
+
+/// The publish task's dbt call with the `vars` of the pipeline's dbt tasks on the same
+/// project, profile and target, when they all agree (else its own, none).
+fn dbt_spec_sharing_vars(own: &DbtSpec, p: &Pipeline) -> DbtSpec {
+    let mut spec = own.clone();
+    if !spec.vars.is_empty() {
+        return spec;
+    }
+    let mut shared: Option<&Vec<(String, serde_json::Value)>> = None;
+    for t in &p.tasks {
+        if let TaskKind::Dbt(d) = &t.kind
+            && d.project_dir == own.project_dir
+            && d.profiles_dir == own.profiles_dir
+            && d.target == own.target
+        {
+            match shared {
+                None => shared = Some(&d.vars),
+                Some(v) if *v == d.vars => {}
+                Some(_) => return spec,
+            }
+        }
+    }
+    if let Some(v) = shared {
+        spec.vars = v.clone();
+    }
+    spec
 }

@@ -38,6 +38,7 @@ table{border-collapse:collapse;background:#fff}td,th{border:1px solid #e0e0e0;pa
 .grid th.run{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;font-size:.75em;height:90px}
 form.inline{display:inline-block;margin:0 12px 6px 0}
 pre.log{background:#102027;color:#e0f2f1;padding:8px;overflow:auto;max-height:70vh;font-size:.8em}
+pre.msg{margin:.3em 0 0;white-space:pre-wrap;font-size:.8em;max-width:70em}
 .cal{display:grid;grid-template-rows:repeat(7,16px);grid-auto-flow:column;grid-auto-columns:16px;gap:3px}
 .cal a,.cal span{display:block;width:16px;height:16px;border:1px solid #cfd8dc;border-radius:2px}
 .legend span{display:inline-block;width:12px;height:12px;border:1px solid #90a4ae;margin:0 4px 0 12px;vertical-align:middle}

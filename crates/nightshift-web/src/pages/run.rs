@@ -29,12 +29,11 @@ pub async fn run(
         let mut tests: Vec<&crate::model::DbtResult> =
             d.dbt.iter().filter(|x| x.resource_type == "test").collect();
         // What needs attention first: failing and erroring tests, then warnings, then passes.
-        let rank = |status: &str| match status {
-            "fail" | "error" => 0,
-            "warn" => 1,
-            _ => 2,
-        };
-        tests.sort_by_key(|x| rank(&x.status));
+        tests.sort_by_key(|x| nightshift_engine::dbt::attention(&x.status));
+        let mut models: Vec<&crate::model::DbtResult> =
+            d.dbt.iter().filter(|x| x.resource_type != "test").collect();
+        models.sort_by_key(|x| nightshift_engine::dbt::attention(&x.status));
+        let short = nightshift_engine::dbt::short_name;
         Ok(page(
             &st,
             &headers,
@@ -94,13 +93,12 @@ pub async fn run(
                 @if !tests.is_empty() {
                     h2 { "dbt tests" }
                     table #dbt-tests { tr { th { "test" } th { "status" } th { "failures" } th { "try" } }
-                        @for x in &tests { tr data-status=(x.status) { td { (x.unique_id) } td { (badge(&x.status.to_uppercase())) } td { (x.failures.map(|f| f.to_string()).unwrap_or_default()) } td { (x.task_id) " #" (x.try_number) } } } }
+                        @for x in &tests { tr data-status=(x.status) { td title=(x.unique_id) { (short(&x.unique_id)) @if let Some(m) = x.message.as_deref().filter(|_| nightshift_engine::dbt::failed(&x.status)) { pre.msg { (m) } } } td { (badge(&x.status.to_uppercase())) } td { (x.failures.map(|f| f.to_string()).unwrap_or_default()) } td { (x.task_id) " #" (x.try_number) } } } }
                 }
-                @let models: Vec<&crate::model::DbtResult> = d.dbt.iter().filter(|x| x.resource_type != "test").collect();
                 @if !models.is_empty() {
                     h2 { "dbt models" }
                     table #dbt-models { tr { th { "node" } th { "status" } th { "time" } th { "message" } }
-                        @for x in &models { tr { td { (x.unique_id) } td { (x.status) } td { (x.execution_time.map(|t| format!("{t:.2}s")).unwrap_or_default()) } td { (x.message.clone().unwrap_or_default()) } } } }
+                        @for x in &models { tr data-status=(x.status) { td title=(x.unique_id) { (x.resource_type) " " (short(&x.unique_id)) } td { (badge(&x.status.to_uppercase())) } td { (x.execution_time.map(|t| format!("{t:.2}s")).unwrap_or_default()) } td { @if x.message.as_deref().is_some_and(|m| m.contains('\n')) { pre.msg { (x.message.as_deref().unwrap_or_default()) } } @else { (x.message.clone().unwrap_or_default()) } } } } }
                 }
                 h2 { "Published outputs" }
                 @if d.published.is_empty() { p.muted { "This pipeline publishes nothing." } }

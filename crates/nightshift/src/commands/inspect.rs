@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use nightshift_engine::project::Project;
-use nightshift_engine::view;
+use nightshift_engine::{dbt, view};
 use nightshift_store::{RunRow, Store, TryRow};
 
 use crate::commands::{load_project, open_store, require_pipeline, usage};
@@ -163,7 +163,12 @@ pub fn tasks(dir: &Path, run_id: &str, pipeline: Option<&str>, as_json: bool) ->
                 (None, Some(s)) => format!("sig {s}"),
                 _ => "-".into(),
             };
-            let mut detail = t.error.clone().unwrap_or_default();
+            // One line per row: a whole message is for `explain` and `dbt-results --failed`.
+            let error = t.error.clone().unwrap_or_default();
+            let mut detail = match error.split_once('\n') {
+                Some((first, _)) => format!("{first} …"),
+                None => error,
+            };
             if let Some(m) = &t.metrics {
                 detail = if detail.is_empty() {
                     m.clone()
@@ -356,14 +361,18 @@ pub fn dbt_results(
     run_id: &str,
     task: Option<&str>,
     pipeline: Option<&str>,
+    only_failed: bool,
     as_json: bool,
 ) -> Result<i32> {
     let (_, store, run) = open_run(dir, run_id, pipeline)?;
-    let nodes: Vec<_> = store
+    let mut nodes: Vec<_> = store
         .dbt_nodes(run.pk)?
         .into_iter()
         .filter(|(t, _, _)| task.is_none_or(|x| x == t))
+        .filter(|(_, _, d)| !only_failed || dbt::failed(&d.status))
         .collect();
+    // What needs attention first: failures, then warnings, then the rest (stable within).
+    nodes.sort_by_key(|(_, _, d)| dbt::attention(&d.status));
     if as_json {
         let v: Vec<view::DbtResult> = nodes
             .iter()
@@ -373,7 +382,26 @@ pub fn dbt_results(
         return Ok(0);
     }
     if nodes.is_empty() {
-        output::note(format!("run {run_id} has no dbt results (yet)"));
+        output::note(if only_failed {
+            format!("no dbt node of run {run_id} failed")
+        } else {
+            format!("run {run_id} has no dbt results (yet)")
+        });
+        return Ok(0);
+    }
+    if only_failed {
+        // Each failure whole: its message may span many lines (a contract's column table).
+        for (t, n, d) in &nodes {
+            output::line(format!(
+                "{} {} ({}, {t} try {n})",
+                d.status.to_uppercase(),
+                dbt::short_name(&d.unique_id),
+                d.resource_type
+            ));
+            for l in d.message.as_deref().unwrap_or("").lines() {
+                output::line(format!("  {}", output::inert(l)));
+            }
+        }
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = nodes
@@ -382,7 +410,8 @@ pub fn dbt_results(
             vec![
                 t.clone(),
                 n.to_string(),
-                d.unique_id.clone(),
+                d.resource_type.clone(),
+                dbt::short_name(&d.unique_id),
                 d.status.to_uppercase(),
                 d.execution_time
                     .map(|e| format!("{e:.2}s"))
@@ -390,22 +419,29 @@ pub fn dbt_results(
                 d.failures
                     .map(|f| f.to_string())
                     .unwrap_or_else(|| "-".into()),
-                d.message
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
+                output::inert(
+                    d.message
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or(""),
+                )
+                .into_owned(),
             ]
         })
         .collect();
     output::table(
         &[
-            "TASK", "TRY", "NODE", "STATUS", "TIME", "FAILURES", "MESSAGE",
+            "TASK", "TRY", "TYPE", "NODE", "STATUS", "TIME", "FAILURES", "MESSAGE",
         ],
         &rows,
     );
+    if nodes.iter().any(|(_, _, d)| {
+        dbt::failed(&d.status) && d.message.as_deref().is_some_and(|m| m.contains('\n'))
+    }) {
+        output::note("a message has more lines: `--failed` shows each failure whole");
+    }
     Ok(0)
 }
 

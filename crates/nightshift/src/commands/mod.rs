@@ -154,8 +154,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             run_id,
             task,
             pipeline,
+            failed,
             json,
-        } => inspect::dbt_results(&dir, &run_id, task.as_deref(), pipeline.as_deref(), json),
+        } => inspect::dbt_results(
+            &dir,
+            &run_id,
+            task.as_deref(),
+            pipeline.as_deref(),
+            failed,
+            json,
+        ),
         Command::Logs {
             run_id,
             task,

@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod crash;
 mod dbt;
+mod dbt_project;
 mod extract;
 mod faults;
 mod ha;
