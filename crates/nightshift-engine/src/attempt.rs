@@ -60,6 +60,8 @@ pub(crate) struct TryCtx {
     pub log_max_bytes: u64,
     /// dbt target folders kept per task (`[retention] dbt_artifacts`).
     pub dbt_artifacts_kept: u32,
+    /// How dbt tasks that say nothing run dbt (`[dbt] runner`).
+    pub dbt_runner: nightshift_core::kinds::DbtRunner,
     pub crash_at: Option<CrashPoint>,
     pub writer: Writer,
     /// Copies the try's log into a shared store for other hosts (PostgreSQL only).

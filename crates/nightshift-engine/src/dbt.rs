@@ -322,6 +322,85 @@ pub fn remaining_nodes(prev: &[DbtNode]) -> Option<Vec<String>> {
     (done > 0 && !todo.is_empty()).then_some(todo)
 }
 
+/// The flags every dbt call of a try has: the project, profile, target, vars, and where the
+/// artifacts and dbt's own JSON log go (`deps` takes no target path: dbt refuses the flag).
+fn common_flags(
+    spec: &DbtSpec,
+    project: &Path,
+    dir: &Path,
+    ctx: &Context,
+    target_path: bool,
+) -> Vec<String> {
+    let dir_s = dir.to_string_lossy().into_owned();
+    let mut flags = vec![
+        "--project-dir".to_owned(),
+        project
+            .join(&spec.project_dir)
+            .to_string_lossy()
+            .into_owned(),
+        "--profiles-dir".to_owned(),
+        project
+            .join(&spec.profiles_dir)
+            .to_string_lossy()
+            .into_owned(),
+        "--log-path".to_owned(),
+        dir_s.clone(),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+        "--no-use-colors".to_owned(),
+        "--vars".to_owned(),
+        vars_json(spec, ctx),
+    ];
+    if target_path {
+        flags.extend(["--target-path".to_owned(), dir_s]);
+    }
+    if let Some(t) = &spec.target {
+        flags.extend(["--target".to_owned(), t.clone()]);
+    }
+    flags
+}
+
+/// `dbt parse` with a try's flags: what the warm runner runs when it has no parsed project
+/// for the call (`None` for `deps`, which needs none).
+pub fn parse_argv(
+    spec: &DbtSpec,
+    project: &Path,
+    dir: &Path,
+    ctx: &Context,
+) -> Option<Vec<String>> {
+    if spec.command.first().map(String::as_str) == Some("deps") {
+        return None;
+    }
+    let mut argv = vec!["parse".to_owned()];
+    argv.extend(common_flags(spec, project, dir, ctx, true));
+    Some(argv)
+}
+
+/// The Python of the virtual environment holding the task's dbt: the warm runner imports
+/// dbt there.
+pub fn python_of(spec: &DbtSpec, project: &Path) -> Result<PathBuf, String> {
+    let exe = PathBuf::from(executable(spec, project));
+    let exe = if exe.components().count() > 1 {
+        exe
+    } else {
+        crate::env::path_dirs()
+            .into_iter()
+            .map(|d| d.join(&exe))
+            .find(|p| p.exists())
+            .ok_or_else(|| format!("`{}` is not on PATH", exe.display()))?
+    };
+    let python = exe.with_file_name("python");
+    if python.exists() {
+        Ok(python)
+    } else {
+        Err(format!(
+            "runner = \"warm\" runs dbt in the Python beside `{}`, and `{}` does not exist: set `executable` to the dbt of a virtual environment",
+            exe.display(),
+            python.display()
+        ))
+    }
+}
+
 /// Whether the command selects nodes (so a retry can run only the ones left).
 pub fn selects(spec: &DbtSpec) -> bool {
     !matches!(
@@ -338,40 +417,10 @@ pub fn command(
     ctx: &Context,
     retry_only: Option<&[String]>,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    let exe = executable(spec, project);
-    let dir_s = dir.to_string_lossy().into_owned();
-    let mut argv = vec![exe];
+    let mut argv = vec![executable(spec, project)];
     argv.extend(spec.command.iter().cloned());
-    argv.extend([
-        "--project-dir".to_owned(),
-        project
-            .join(&spec.project_dir)
-            .to_string_lossy()
-            .into_owned(),
-        "--profiles-dir".to_owned(),
-        project
-            .join(&spec.profiles_dir)
-            .to_string_lossy()
-            .into_owned(),
-        "--log-path".to_owned(),
-        dir_s,
-        "--log-format".to_owned(),
-        "json".to_owned(),
-        "--no-use-colors".to_owned(),
-        "--vars".to_owned(),
-        vars_json(spec, ctx),
-    ]);
     let word = spec.command.first().map(String::as_str).unwrap_or("");
-    // `deps` writes no artifacts and takes no target path (dbt refuses the flag).
-    if word != "deps" {
-        argv.extend([
-            "--target-path".to_owned(),
-            dir.to_string_lossy().into_owned(),
-        ]);
-    }
-    if let Some(t) = &spec.target {
-        argv.extend(["--target".to_owned(), t.clone()]);
-    }
+    argv.extend(common_flags(spec, project, dir, ctx, word != "deps"));
     if !spec.operation_args.is_empty() {
         let args: serde_json::Map<String, serde_json::Value> = spec
             .operation_args

@@ -15,3 +15,10 @@ pub(crate) fn var(name: &str) -> Option<String> {
 pub(crate) fn path() -> Option<OsString> {
     std::env::var_os("PATH")
 }
+
+/// The folders of `PATH`, in order.
+pub(crate) fn path_dirs() -> Vec<std::path::PathBuf> {
+    path()
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default()
+}

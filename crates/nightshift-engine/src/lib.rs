@@ -15,6 +15,7 @@
 //! - [`outcome`]: the outcome writer and its journal.
 //! - [`crash`]: named crash points for recovery tests.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
+//! - [`warm`]: the warm dbt runner's long-lived workers, one per dbt project and target.
 //! - [`view`]: the JSON shape of runs, tries, pipelines, alerts…, shared by the CLI and the API.
 
 pub mod attempt;
@@ -33,6 +34,7 @@ pub mod procs;
 pub mod project;
 pub mod trylog;
 pub mod view;
+pub mod warm;
 
 pub use engine::{CrashPoint, DEFAULT_POOL, Engine, Error, Event, Mode, Options, Stats};
 pub use nightshift_core::clock::{self, Clock, SimClock, SystemClock};

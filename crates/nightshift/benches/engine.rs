@@ -5,7 +5,6 @@
 // A benchmark prints its table, and reads the real clock and environment to set itself up.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::disallowed_methods)]
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,18 +271,8 @@ fn main() {
 
     // 6. The orchestrator's share of a whole nightly run (needs the test command's dbt).
     {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv");
-        if venv.join("bin/dbt").exists() {
-            let dir = tempfile::tempdir().unwrap();
-            let demo = dir.path().join("demo");
-            std::fs::create_dir_all(&demo).unwrap();
-            std::os::unix::fs::symlink(venv.canonicalize().unwrap(), demo.join(".venv")).unwrap();
-            let out = Command::new(bin()).arg("demo").arg(&demo).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(demo) = common::demo_project(dir.path()) {
             let doc: Value = serde_json::from_slice(
                 &nightshift(&demo, &["tasks", "20240602_0000", "--json"]).stdout,
             )

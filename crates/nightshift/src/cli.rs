@@ -341,6 +341,16 @@ pub enum Command {
         /// The request (`@FILE`), written by the engine.
         request: String,
     },
+    /// Runs a warm dbt try through the project's dbt worker (started by the engine, not by
+    /// people).
+    #[command(name = "__dbt_warm", hide = true)]
+    InternalDbtWarm {
+        /// The request (`@FILE`), written by the engine.
+        request: String,
+        /// More dbt arguments (a publish try's `--args`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        extra: Vec<String>,
+    },
     /// Runs a sql try (started by the engine, not by people).
     #[command(name = "__sql", hide = true)]
     InternalSql {

@@ -36,3 +36,10 @@ pub fn timing(name: &str) -> Option<String> {
 pub fn metrics_file() -> Option<PathBuf> {
     std::env::var_os("NIGHTSHIFT_METRICS").map(PathBuf::from)
 }
+
+/// The whole environment: a warm dbt try hands its own to the dbt worker, which runs the
+/// call with it (the try's environment is what the engine built for it).
+#[allow(clippy::disallowed_methods)]
+pub fn all() -> std::collections::BTreeMap<String, String> {
+    std::env::vars().collect()
+}

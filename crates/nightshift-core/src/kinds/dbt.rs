@@ -29,6 +29,63 @@ pub struct DbtSpec {
     pub args: Vec<String>,
     /// `run-operation`'s macro arguments (`--args`), of any TOML type.
     pub operation_args: Vec<(String, serde_json::Value)>,
+    /// `cli` or `warm`; `None`: the project's `[dbt] runner` (default `cli`).
+    pub runner: Option<DbtRunner>,
+}
+
+/// How a dbt task runs dbt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbtRunner {
+    /// A fresh `dbt` process per call, as a user at a shell would run it.
+    #[default]
+    Cli,
+    /// One long-lived Python process per project, profile, target and vars, running calls
+    /// one at a time with dbt's programmatic runner and keeping the parsed project.
+    Warm,
+}
+
+/// `runner = "cli" | "warm"`, in a dbt task or in `[dbt]`.
+pub(crate) fn read_dbt_runner(
+    r: &TableReader<'_, '_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<DbtRunner> {
+    let v = r.string("runner", diags)?;
+    match v.value.as_str() {
+        "cli" => Some(DbtRunner::Cli),
+        "warm" => Some(DbtRunner::Warm),
+        other => {
+            diags.push(
+                Diagnostic::error(
+                    format!("unknown dbt runner `{other}` in {}", r.label),
+                    Some(v.span),
+                )
+                .with_help(
+                    "use `cli` (a dbt process per call) or `warm` (one long-lived dbt per project)",
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// What the engine hands a warm dbt try's process (`nightshift __dbt_warm REQUEST`): where
+/// the project's warm worker listens, and the invocation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DbtWarmRequest {
+    /// The folder holding the worker's socket, and the socket's name in it (connected to
+    /// from inside the folder: a socket path is limited to about 100 bytes).
+    pub socket_dir: String,
+    pub socket: String,
+    /// dbt's arguments, without the program.
+    pub argv: Vec<String>,
+    /// `parse` with the same flags, when the command needs the parsed project.
+    pub parse_argv: Option<Vec<String>>,
+    /// What the parsed project depends on besides its files and profile: the task's own
+    /// vars (nightshift's ds, interval and run_id are rendered at compile time).
+    pub manifest_key: String,
+    /// Where to leave a note when the worker gives no answer (the try's target folder).
+    pub target_dir: String,
 }
 
 /// The vars nightshift passes to every dbt call; a task's own `vars` may not use them.
@@ -159,6 +216,7 @@ fn read_spec(r: &TableReader<'_, '_>, id: &str, diags: &mut Vec<Diagnostic>) -> 
             .into_iter()
             .map(|(k, v)| (k.value, v))
             .collect(),
+        runner: read_dbt_runner(r, diags),
     })
 }
 
@@ -191,6 +249,7 @@ pub(crate) const DEF: Def = Def {
         "vars",
         "args",
         "operation_args",
+        "runner",
     ],
     trigger_rule: TriggerRule::AllSuccess,
     read: |r, id, _settings, diags| read_spec(r, id, diags).map(TaskKind::Dbt),

@@ -13,7 +13,8 @@ pub mod sensor;
 pub mod shell;
 pub mod sql;
 
-pub use dbt::DbtSpec;
+pub(crate) use dbt::read_dbt_runner;
+pub use dbt::{DbtRunner, DbtSpec, DbtWarmRequest};
 pub use extract::{ExtractRequest, ExtractSpec, ExtractTable, OnIncomplete};
 pub use load::{LoadRequest, LoadSpec};
 pub use notify::{NotifyRequest, NotifySpec, TaskSummary};

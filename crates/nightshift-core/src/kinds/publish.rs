@@ -132,6 +132,7 @@ fn read_spec(
             vars: vec![],
             args: vec![],
             operation_args: vec![],
+            runner: None,
         },
         warehouse,
     })

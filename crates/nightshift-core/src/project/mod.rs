@@ -47,6 +47,8 @@ pub struct ProjectSettings {
     pub retention: Option<Duration>,
     /// The dbt target folders (artifacts) kept per task: those of its latest tries.
     pub dbt_artifacts_kept: u32,
+    /// How dbt tasks run dbt unless they say otherwise (`[dbt] runner`).
+    pub dbt_runner: crate::kinds::DbtRunner,
     /// A try's log keeps its head and tail within about this many bytes (default 100 MiB).
     pub log_max_bytes: u64,
 }
@@ -316,6 +318,7 @@ impl Default for ProjectSettings {
             web: WebSettings::default(),
             retention: None,
             dbt_artifacts_kept: 5,
+            dbt_runner: crate::kinds::DbtRunner::Cli,
             log_max_bytes: 100 * 1024 * 1024,
         }
     }

@@ -23,6 +23,7 @@ const ROOT_KEYS: &[&str] = &[
     "web",
     "retention",
     "log_max_bytes",
+    "dbt",
 ];
 pub(super) const CHANNEL_KEYS: &[&str] =
     &["kind", "timeout", "retries", "events", "after_failures"];
@@ -41,6 +42,7 @@ pub(super) const SMTP_KEYS: &[&str] = &[
 pub(super) const COMMAND_KEYS: &[&str] = &["command"];
 const ALERTS_KEYS: &[&str] = &["channels", "base_url"];
 const RETENTION_KEYS: &[&str] = &["max_age", "dbt_artifacts"];
+const DBT_KEYS: &[&str] = &["runner"];
 const CONNECTION_KEYS: &[&str] = &["kind", "path", "url", "url_env", "password_env"];
 const STORE_KEYS: &[&str] = &["path", "url", "password_env"];
 const POOL_KEYS: &[&str] = &["slots", "description"];
@@ -137,6 +139,13 @@ pub fn parse_settings(source: &str) -> (ProjectSettings, Vec<Diagnostic>) {
     }
     if let Some((t, span)) = root.table("web", &mut diags) {
         super::web::read_web(t, span, &mut s, &mut diags);
+    }
+    if let Some((t, span)) = root.table("dbt", &mut diags) {
+        let r = TableReader::new(t, span, "`[dbt]`", &[DBT_KEYS]);
+        if let Some(runner) = crate::kinds::read_dbt_runner(&r, &mut diags) {
+            s.dbt_runner = runner;
+        }
+        r.finish(&mut diags);
     }
     if let Some((t, span)) = root.table("retention", &mut diags) {
         read_retention(t, span, &mut s, &mut diags);

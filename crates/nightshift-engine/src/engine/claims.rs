@@ -263,6 +263,7 @@ impl Engine {
             kill_grace: self.project.settings.kill_grace,
             log_max_bytes: self.project.settings.log_max_bytes,
             dbt_artifacts_kept: self.project.settings.dbt_artifacts_kept,
+            dbt_runner: self.project.settings.dbt_runner,
             crash_at: self.opts.crash_at.clone(),
             writer: self.writer()?,
             shipper: self.shipper()?,

@@ -3,7 +3,7 @@
 //! `run_results.json` after it ends.
 
 use jiff::Timestamp;
-use nightshift_core::kinds::DbtSpec;
+use nightshift_core::kinds::{DbtRunner, DbtSpec, DbtWarmRequest};
 use nightshift_core::pipeline::Task;
 
 use super::{Findings, Prepared, Runner, TryPaths};
@@ -50,6 +50,11 @@ impl Runner for DbtSpec {
             );
         }
         let (argv, env) = dbt::command(self, &c.project_dir, p.work_dir, p.ctx, only.as_deref());
+        if self.runner.unwrap_or(c.dbt_runner) == DbtRunner::Warm {
+            let mut prepared = warm(self, c, p, argv, "request.json")?;
+            prepared.env = env;
+            return Ok(prepared);
+        }
         Ok(Prepared { argv, env })
     }
 
@@ -90,6 +95,9 @@ impl Runner for DbtSpec {
             found.reason = dbt::failure_reason(&nodes);
             found.dbt_nodes = Some(nodes);
         }
+        if let Ok(why) = std::fs::read_to_string(p.work_dir.join("warm_error.txt")) {
+            found.reason = Some(why);
+        }
         if matches!(outcome.exit, Exit::Code(2)) && found.reason.is_none() {
             found.reason = Some(match dbt::log_errors(p.work_dir) {
                 Some(lines) => format!("dbt could not run (a parse error, a bad profile, a missing package or a locked file); dbt said:\n{lines}"),
@@ -110,4 +118,35 @@ impl Runner for DbtSpec {
         }
         found
     }
+}
+
+/// A warm try: its process is `nightshift __dbt_warm`, which hands the invocation to the
+/// project's long-lived dbt worker (started here, by the engine, when none is alive).
+pub(super) fn warm(
+    spec: &DbtSpec,
+    c: &TryCtx,
+    p: &TryPaths<'_>,
+    argv: Vec<String>,
+    request_file: &str,
+) -> Result<Prepared, String> {
+    let python = dbt::python_of(spec, &c.project_dir)?;
+    let project = c.project_dir.join(&spec.project_dir);
+    let profiles = c.project_dir.join(&spec.profiles_dir);
+    let key = crate::warm::key_of(&[
+        &python.to_string_lossy(),
+        &project.to_string_lossy(),
+        &profiles.to_string_lossy(),
+        spec.target.as_deref().unwrap_or(""),
+    ]);
+    let (dir, socket) = crate::warm::ensure(&c.project_dir, &python, &key)?;
+    let own_vars = serde_json::to_string(&spec.vars).unwrap_or_default();
+    let request = DbtWarmRequest {
+        socket_dir: dir.to_string_lossy().into_owned(),
+        socket,
+        argv: argv.into_iter().skip(1).collect(),
+        parse_argv: dbt::parse_argv(spec, &c.project_dir, p.work_dir, p.ctx),
+        manifest_key: crate::warm::key_of(&[&p.ctx.render(&own_vars)]),
+        target_dir: p.work_dir.to_string_lossy().into_owned(),
+    };
+    super::internal_argv_in("__dbt_warm", &request, p, request_file)
 }

@@ -131,10 +131,21 @@ fn internal_argv(
     request: &impl serde::Serialize,
     p: &TryPaths<'_>,
 ) -> Result<Prepared, String> {
+    internal_argv_in(kind, request, p, "request.json")
+}
+
+/// As [`internal_argv`], with the request in the file `name` of the try's folder (a publish
+/// try writes its own and its dbt call's).
+fn internal_argv_in(
+    kind: &str,
+    request: &impl serde::Serialize,
+    p: &TryPaths<'_>,
+    name: &str,
+) -> Result<Prepared, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the nightshift binary: {e}"))?;
     let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    let file = p.work_dir.join("request.json");
+    let file = p.work_dir.join(name);
     write_private(&file, json.as_bytes())
         .map_err(|e| format!("cannot write the try's request `{}`: {e}", file.display()))?;
     Ok(Prepared {

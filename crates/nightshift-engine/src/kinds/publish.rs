@@ -2,7 +2,7 @@
 //! whatever the trigger rules let through: only tested data is published.
 
 use nightshift_core::Pipeline;
-use nightshift_core::kinds::{DbtSpec, PublishRequest, PublishSpec, TaskKind};
+use nightshift_core::kinds::{DbtRunner, DbtSpec, PublishRequest, PublishSpec, TaskKind};
 use nightshift_core::pipeline::Task;
 
 use super::{Prepared, Runner, TryPaths, internal_argv, resolve_connection};
@@ -43,7 +43,11 @@ impl Runner for PublishSpec {
         // starts from their parse instead of parsing the project again.
         let spec = dbt_spec_sharing_vars(&self.dbt, &c.pipeline);
         dbt::seed_parse(&dbt::parse_cache(&spec, &c.project_dir, p.ctx), dir);
-        let (dbt_argv, dbt_env) = dbt::command(&spec, &c.project_dir, dir, p.ctx, None);
+        let (mut dbt_argv, dbt_env) = dbt::command(&spec, &c.project_dir, dir, p.ctx, None);
+        if spec.runner.unwrap_or(c.dbt_runner) == DbtRunner::Warm {
+            // The export goes through the project's warm dbt too (`--args` is appended).
+            dbt_argv = super::dbt::warm(&spec, c, p, dbt_argv, "dbt-request.json")?.argv;
+        }
         let request = PublishRequest {
             dbt_cwd: Some(
                 c.project_dir
@@ -84,14 +88,14 @@ impl Runner for PublishSpec {
     }
 }
 
-/// The publish task's dbt call with the `vars` of the pipeline's dbt tasks on the same
-/// project, profile and target, when they all agree (else its own, none).
+/// The publish task's dbt call with the `vars` (and the runner) of the pipeline's dbt tasks
+/// on the same project, profile and target, when they all agree (else its own, none).
 fn dbt_spec_sharing_vars(own: &DbtSpec, p: &Pipeline) -> DbtSpec {
     let mut spec = own.clone();
     if !spec.vars.is_empty() {
         return spec;
     }
-    let mut shared: Option<&Vec<(String, serde_json::Value)>> = None;
+    let mut shared: Option<&DbtSpec> = None;
     for t in &p.tasks {
         if let TaskKind::Dbt(d) = &t.kind
             && d.project_dir == own.project_dir
@@ -99,14 +103,15 @@ fn dbt_spec_sharing_vars(own: &DbtSpec, p: &Pipeline) -> DbtSpec {
             && d.target == own.target
         {
             match shared {
-                None => shared = Some(&d.vars),
-                Some(v) if *v == d.vars => {}
+                None => shared = Some(d),
+                Some(s) if s.vars == d.vars && s.runner == d.runner => {}
                 Some(_) => return spec,
             }
         }
     }
-    if let Some(v) = shared {
-        spec.vars = v.clone();
+    if let Some(d) = shared {
+        spec.vars = d.vars.clone();
+        spec.runner = spec.runner.or(d.runner);
     }
     spec
 }

@@ -160,3 +160,22 @@ pub fn median_pass_ms(
     }
     median(times)
 }
+
+/// The demo project (three nights and a backfill, real dbt) in `dir/demo`, with the test
+/// command's dbt linked in; `None` when that dbt is not installed.
+pub fn demo_project(dir: &Path) -> Option<std::path::PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv");
+    if !venv.join("bin/dbt").exists() {
+        return None;
+    }
+    let demo = dir.join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::os::unix::fs::symlink(venv.canonicalize().unwrap(), demo.join(".venv")).unwrap();
+    let out = Command::new(bin()).arg("demo").arg(&demo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(demo)
+}

@@ -209,3 +209,73 @@ pub fn notify(request: &str) -> Result<i32> {
         Ok(1)
     }
 }
+
+/// A warm dbt try: hands the invocation to the project's long-lived dbt worker (started by
+/// the engine) and copies dbt's events to stdout, the try's log; exits as dbt would. Stopped
+/// by a signal (a timeout, a cancel), it just ends: the worker sees its client gone,
+/// interrupts dbt and ends too.
+pub fn dbt_warm(request: &str, extra: &[String]) -> Result<i32> {
+    use std::io::{BufRead, Write};
+    let mut req: nightshift_core::kinds::DbtWarmRequest =
+        serde_json::from_str(request).context("reading the warm dbt request")?;
+    req.argv.extend(extra.iter().cloned());
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let call = serde_json::json!({
+        "argv": req.argv,
+        "parse_argv": req.parse_argv,
+        "manifest_key": req.manifest_key,
+        "cwd": cwd,
+        "env": crate::env::all(),
+    });
+    let failed = |why: String| -> Result<i32> {
+        // As a dbt event, so the try's log shows it like dbt's own lines; and where the
+        // engine reads why the try failed.
+        let msg = serde_json::json!({"info": {"level": "error", "msg": why}});
+        output::line(msg.to_string());
+        let _ = std::fs::write(
+            std::path::Path::new(&req.target_dir).join("warm_error.txt"),
+            &why,
+        );
+        Ok(2)
+    };
+    // The socket is named relative to its folder: a socket path is limited to about 100
+    // bytes, and project paths can be longer.
+    std::env::set_current_dir(&req.socket_dir)
+        .with_context(|| format!("entering `{}`", req.socket_dir))?;
+    let started = std::time::Instant::now();
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(&req.socket) {
+            Ok(s) => break s,
+            // The worker is starting (its socket appears within a moment).
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return failed(format!(
+                    "the warm dbt worker did not answer at `{}/{}`: {e}",
+                    req.socket_dir, req.socket
+                ));
+            }
+        }
+    };
+    let mut writer = stream.try_clone().context("the worker's socket")?;
+    writer
+        .write_all(format!("{call}\n").as_bytes())
+        .context("sending the call to the warm dbt worker")?;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(code) = v.get("exit").and_then(|c| c.as_i64())
+        {
+            return Ok(code as i32);
+        }
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    drop(out);
+    failed(
+        "the warm dbt worker ended without an answer (it crashed or was stopped); the next call starts a fresh one"
+            .to_owned(),
+    )
+}

@@ -214,6 +214,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::InternalNotify { request } => internal::notify(&internal::request_text(&request)?),
         Command::InternalSql { request } => internal::sql(&internal::request_text(&request)?),
+        Command::InternalDbtWarm { request, extra } => {
+            internal::dbt_warm(&internal::request_text(&request)?, &extra)
+        }
         Command::InternalLoad { request } => internal::load(&internal::request_text(&request)?),
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),

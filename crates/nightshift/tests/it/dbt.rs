@@ -188,7 +188,10 @@ fn a_failing_dbt_test_fails_the_run_after_the_models_were_built() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(err.starts_with("dbt: 0 error(s), 1 failed test(s); first: test.shop.non_negative_stg_payments_amount_cents"), "{err}");
+    assert_eq!(
+        err,
+        "dbt: 0 error(s), 1 failed test(s)\nnon_negative_stg_payments_amount_cents: Got 1 result, configured to fail if != 0"
+    );
     assert_eq!(
         task(&doc, "publish")["state"],
         "UPSTREAM_FAILED",

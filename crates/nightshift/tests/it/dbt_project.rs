@@ -97,6 +97,15 @@ executable = "DBT"
 vars = { load_source_data = true }
 depends_on = ["run"]
 pool = "warehouse"
+
+[[task]]
+id = "docs"
+kind = "dbt"
+command = "docs generate"
+executable = "DBT"
+vars = { load_source_data = true }
+depends_on = ["hello"]
+pool = "warehouse"
 "#,
         ),
     );
@@ -114,6 +123,13 @@ pool = "warehouse"
         "{hello}"
     );
 
+    // `docs generate` wrote the catalog into the try's target folder.
+    assert!(
+        p.path()
+            .join(".nightshift/dbt/shop/20240602_0000/docs/try-1/catalog.json")
+            .exists()
+    );
+
     // The boolean var enabled the seeds, and nightshift's own vars came along.
     let doc = p.tasks(run_id);
     let seed = doc["tasks"]
@@ -128,18 +144,12 @@ pool = "warehouse"
         db.exists() && !p.path().join("warehouse.duckdb").exists(),
         "the profile's relative path resolves in the dbt project"
     );
-    let python = crate::dbt::venv().join("bin/python");
-    let q = std::process::Command::new(&python)
-        .arg("-c")
-        .arg("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.execute('select count(*), min(ds), min(run_id) from customers_by_day').fetchone())")
-        .arg(&db)
-        .output()
-        .unwrap();
     assert_eq!(
-        stdout(&q).trim(),
-        "(3, '2024-06-01', '20240602_0000')",
-        "{}",
-        stderr(&q)
+        query(
+            &p,
+            "select count(*) || ' ' || min(ds) || ' ' || min(run_id) from customers_by_day"
+        ),
+        "3 2024-06-01 20240602_0000"
     );
 
     // One full parse in the run: the first call that parses; the others start from it.
@@ -163,13 +173,10 @@ pool = "warehouse"
     assert!(out.status.success(), "{}", stderr(&out));
     let out = p.run(&["run", "shop", "--date", "2024-06-01"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    let q = std::process::Command::new(&python)
-        .arg("-c")
-        .arg("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.execute(\"select name from customers_by_day where id = 1\").fetchone()[0])")
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&q).trim(), "ADA", "{}", stderr(&q));
+    assert_eq!(
+        query(&p, "select name from customers_by_day where id = 1"),
+        "ADA"
+    );
 }
 
 #[test]
@@ -197,6 +204,7 @@ select = ["x"]
 id = "op"
 kind = "dbt"
 command = "run-operation"
+runner = "hot"
 "#,
         ),
     );
@@ -210,6 +218,7 @@ command = "run-operation"
         "write them as `vars = {",
         "dbt `deps` selects no nodes",
         "`run-operation` needs one macro name",
+        "unknown dbt runner `hot`",
     ] {
         assert!(err.contains(needle), "{needle}:\n{err}");
     }
@@ -337,4 +346,229 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// DuckDB's answer for a one-row query, from the warehouse of `project()`.
+fn query(p: &TestProject, sql: &str) -> String {
+    let python = crate::dbt::venv().join("bin/python");
+    let q = std::process::Command::new(&python)
+        .arg("-c")
+        .arg("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.execute(sys.argv[2]).fetchone()[0])")
+        .arg(p.path().join("dbt/warehouse.duckdb"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{sql}: {}", stderr(&q));
+    stdout(&q).trim().to_owned()
+}
+
+fn warm_log(p: &TestProject, run_id: &str, task: &str) -> String {
+    let log = log(p, run_id, task);
+    if log.contains("reusing the parsed project") {
+        "reused".into()
+    } else if log.contains("parsed the project") {
+        "parsed".into()
+    } else {
+        format!("neither:\n{log}")
+    }
+}
+
+#[test]
+fn the_warm_runner_parses_once_across_nights_and_still_sees_changes() {
+    let p = project();
+    std::fs::remove_file(p.path().join("dbt/packages.yml")).unwrap();
+    p.file(
+        "dbt/models/by_day.sql",
+        "select 'v1' as version, '{{ var(\"ds\") }}' as ds\n",
+    );
+    // A config read at parse time, from a var of the task's own.
+    p.file(
+        "dbt/models/shape.sql",
+        "{{ config(materialized=('table' if var('shape') == 'table-2024-06-02' else 'view')) }}\nselect 1 as x\n",
+    );
+    p.file(
+        "pipelines/warm.toml",
+        &pipeline(
+            "warm",
+            r#"
+[[task]]
+id = "build"
+kind = "dbt"
+command = "run"
+runner = "warm"
+select = ["by_day"]
+vars = { load_source_data = true }
+executable = "DBT"
+
+[[task]]
+id = "shape"
+kind = "dbt"
+command = "run"
+runner = "warm"
+select = ["shape"]
+vars = { load_source_data = true, shape = "table-{{ ds }}" }
+executable = "DBT"
+depends_on = ["build"]
+
+# After the second night's build: the model changes, as a developer's commit would.
+[[task]]
+id = "edit"
+command = ["sh", "-c", "[ {{ ds }} != 2024-06-02 ] || sed -i s/v1/v2/ dbt/models/by_day.sql"]
+depends_on = ["shape"]
+"#,
+        ),
+    );
+    // Three nights in one process, as `up` runs them: one worker for the project.
+    let out = p.run(&[
+        "backfill",
+        "warm",
+        "--from",
+        "2024-06-01",
+        "--to",
+        "2024-06-03",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let nights = ["20240602_0000", "20240603_0000", "20240604_0000"];
+    let build: Vec<String> = nights.iter().map(|r| warm_log(&p, r, "build")).collect();
+    assert_eq!(
+        build,
+        ["parsed", "reused", "parsed"],
+        "night 2 reuses night 1's parse; night 3 sees the edited model"
+    );
+    assert!(
+        !log(&p, nights[1], "build").contains("Unable to do partial parsing"),
+        "night 2 parses nothing"
+    );
+    // nightshift's own ds reaches the reused project, and the edit the third night.
+    assert_eq!(
+        query(&p, "select ds || ' ' || version from by_day"),
+        "2024-06-03 v2"
+    );
+    // A var read in a config changed on night 2: parsed again, and the config applied.
+    let shape: Vec<String> = nights.iter().map(|r| warm_log(&p, r, "shape")).collect();
+    assert_eq!(shape, ["parsed", "parsed", "parsed"]);
+    assert_eq!(
+        query(
+            &p,
+            "select table_type from information_schema.tables where table_name = 'shape'"
+        ),
+        "VIEW",
+        "night 3 is a view again"
+    );
+    let tables = stdout(&p.run(&["logs", nights[1], "shape"]));
+    assert!(tables.contains("table model"), "{tables}");
+}
+
+#[test]
+fn a_warm_runner_killed_by_a_timeout_or_a_crash_fails_only_that_try() {
+    let p = project();
+    std::fs::remove_file(p.path().join("dbt/packages.yml")).unwrap();
+    // Slow while the marker file exists (about a minute of counting), quick after.
+    let marker = p.path().join("slow-marker");
+    std::fs::write(&marker, "").unwrap();
+    p.file(
+        "dbt/models/slow.sql",
+        &format!(
+            "{{{{ config(materialized='table') }}}}\nselect count(*) as n from range(case when (select count(*) from glob('{}')) > 0 then 50000000000 else 10 end)\n",
+            marker.display()
+        ),
+    );
+    p.file("dbt/models/quick.sql", "select 1 as x\n");
+    p.file(
+        "pipelines/crash.toml",
+        &pipeline(
+            "crash",
+            r#"
+[[task]]
+id = "slow"
+kind = "dbt"
+command = "run"
+runner = "warm"
+select = ["slow"]
+vars = { load_source_data = true }
+executable = "DBT"
+retries = 1
+retry_delay = "100ms"
+
+# Kills this engine's warm worker while `slow` counts, and lets the retry be quick.
+[[task]]
+id = "killer"
+command = ["sh", "-c", "for i in $(seq 300); do s=$(ls .nightshift/dbt/warm/ 2>/dev/null | grep '[.]sock$' | head -1); [ -n \"$s\" ] && break; sleep 0.1; done; sleep 3; rm -f slow-marker; pid=${s#w-}; pkill -KILL -f \"worker.py w-${pid%%-*}-\""]
+"#,
+        ),
+    );
+    let out = p.run(&["run", "crash", "--date", "2024-06-01"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let doc = p.tasks("20240602_0000");
+    let slow = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "slow")
+        .unwrap()
+        .clone();
+    let tries = slow["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 2, "{slow}");
+    assert_eq!(tries[0]["state"], "FAILED");
+    assert!(
+        tries[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("worker ended without an answer"),
+        "{slow}"
+    );
+    assert_eq!(
+        tries[1]["state"], "SUCCESS",
+        "the retry gets a fresh worker"
+    );
+
+    // A timeout stops the call; the next task's call gets a fresh worker.
+    std::fs::write(&marker, "").unwrap();
+    p.file(
+        "pipelines/timeout.toml",
+        &pipeline(
+            "timeout",
+            r#"
+[[task]]
+id = "slow"
+kind = "dbt"
+command = "run"
+runner = "warm"
+select = ["slow"]
+vars = { load_source_data = true }
+executable = "DBT"
+timeout = "8s"
+
+[[task]]
+id = "after"
+kind = "dbt"
+command = "run"
+runner = "warm"
+select = ["quick"]
+vars = { load_source_data = true }
+executable = "DBT"
+depends_on = ["slow"]
+trigger_rule = "all_done"
+"#,
+        ),
+    );
+    let out = p.run(&["run", "timeout", "--date", "2024-06-01"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc = p.json(&["tasks", "20240602_0000", "--pipeline", "timeout", "--json"]);
+    let state = |id: &str| {
+        doc["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task_id"] == id)
+            .unwrap()["tries"][0]
+            .clone()
+    };
+    assert_eq!(state("slow")["error"], "timed out after 8s", "{doc}");
+    assert_eq!(state("after")["state"], "SUCCESS", "{doc}");
+    let after = stdout(&p.run(&["logs", "20240602_0000", "after", "--pipeline", "timeout"]));
+    assert!(
+        after.contains("parsed the project"),
+        "a fresh worker: {after}"
+    );
 }
