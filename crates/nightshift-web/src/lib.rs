@@ -459,6 +459,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pipelines/{p}", get(pages::pipeline))
         .route("/pipelines/{p}/graph", get(pages::graph))
         .route("/pipelines/{p}/calendar", get(pages::calendar))
+        .route("/pipelines/{p}/dbt/{task}", get(pages::lineage))
+        .route("/pipelines/{p}/dbt/{task}/nodes/{id}", get(pages::dbt_node))
         .route("/pipelines/{p}/runs/{run_id}", get(pages::run))
         .route(
             "/pipelines/{p}/runs/{run_id}/tasks/{task}/tries/{n}",

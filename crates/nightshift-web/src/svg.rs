@@ -77,6 +77,17 @@ pub fn graph(
     states: &HashMap<String, String>,
     link: impl Fn(&str) -> Option<String>,
 ) -> Markup {
+    graph_labeled(tasks, states, str::to_owned, link)
+}
+
+/// As [`graph`], each node named by `label(id)` (shortened to fit; the full name in its
+/// tooltip): dbt's lineage draws `fct_orders` for `model.shop.fct_orders`.
+pub fn graph_labeled(
+    tasks: &[TaskInfo],
+    states: &HashMap<String, String>,
+    label: impl Fn(&str) -> String,
+    link: impl Fn(&str) -> Option<String>,
+) -> Markup {
     let pos = layout(tasks);
     let (w, h, gx, gy) = (150.0, 36.0, 200.0, 56.0);
     let cols = pos.values().map(|p| p.0).max().unwrap_or(0) + 1;
@@ -115,9 +126,15 @@ pub fn graph(
         } else {
             "#ffffff"
         };
-        let label = esc(&t.id);
+        let full = label(&t.id);
+        let shown = if full.chars().count() > 19 {
+            format!("{}…", full.chars().take(18).collect::<String>())
+        } else {
+            full.clone()
+        };
+        let (id, full, label, kind) = (esc(&t.id), esc(&full), esc(&shown), esc(&t.kind));
         let node = format!(
-            r##"<g class="node" data-task="{label}" data-state="{state}"><title>{label}: {state}</title><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#37474f"/><text x="{}" y="{}" fill="{text_color}" font-size="13" text-anchor="middle" font-family="sans-serif">{label}</text></g>"##,
+            r##"<g class="node" data-task="{id}" data-kind="{kind}" data-state="{state}"><title>{full}: {state}</title><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#37474f"/><text x="{}" y="{}" fill="{text_color}" font-size="13" text-anchor="middle" font-family="sans-serif">{label}</text></g>"##,
             x + w / 2.0,
             y + h / 2.0 + 4.0
         );

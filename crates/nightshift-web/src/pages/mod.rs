@@ -15,10 +15,12 @@ use crate::svg::{self, color};
 use crate::{AppState, WebError};
 
 mod forms;
+mod lineage;
 mod run;
 mod status;
 
 pub use forms::{ActionForm, cancel_action, clear_action, login_form, login_page, pipeline_action};
+pub use lineage::{lineage, node as dbt_node};
 pub use run::{run, try_page};
 pub use status::{audit, status};
 
@@ -323,7 +325,12 @@ fn pipeline_header(g: &crate::model::PipelineSummary) -> Markup {
             "Schedule " code { (g.schedule) } " (" (g.timezone) ") · next run " (g.next_run_at.clone().unwrap_or_default())
             @if let Some(d) = &g.deadline { " · deadline " (d) @if let Some(s) = &g.deadline_state { " " (badge(s)) } }
         }
-        p { a href={"/pipelines/" (g.name)} { "Grid" } " · " a href={"/pipelines/" (g.name) "/graph"} { "Graph" } " · " a href={"/pipelines/" (g.name) "/calendar"} { "Calendar" } }
+        p {
+            a href={"/pipelines/" (g.name)} { "Grid" } " · " a href={"/pipelines/" (g.name) "/graph"} { "Graph" } " · " a href={"/pipelines/" (g.name) "/calendar"} { "Calendar" }
+            @for t in g.tasks.iter().filter(|t| t.kind == "dbt") {
+                " · " a.lineage href={"/pipelines/" (g.name) "/dbt/" (t.id)} { "dbt lineage: " (t.id) }
+            }
+        }
     }
 }
 

@@ -244,6 +244,11 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
             "/pipelines/nightly/calendar?from=2024-05-20&to=2024-06-10".to_owned(),
         ),
         ("run", format!("/pipelines/nightly/runs/{run_id}")),
+        ("lineage", "/pipelines/nightly/dbt/dbt_run".to_owned()),
+        (
+            "dbt-node",
+            "/pipelines/nightly/dbt/dbt_run/nodes/model.shop.fct_orders".to_owned(),
+        ),
         (
             "try",
             format!("/pipelines/nightly/runs/{run_id}/tasks/dbt_test/tries/1"),
@@ -361,6 +366,23 @@ fn the_ui_shows_the_reference_project_and_acts_only_with_the_token() {
                 assert!(rows.iter().any(|r| r.contains("QUEUED")), "{rows:?}");
                 assert!(rows.iter().any(|r| r.contains("RUNNING")), "{rows:?}");
                 assert!(rows.iter().any(|r| r.contains("SUCCESS")), "{rows:?}");
+            }
+            "lineage" => {
+                // The manifest's models, sources and tests, coloured by the run's statuses.
+                let kinds = b.eval("Array.from(new Set(Array.from(document.querySelectorAll('#lineage g.node')).map(n => n.dataset.kind))).sort()");
+                assert_eq!(kinds, json!(["model", "source", "test"]), "{kinds}");
+                let fct = b.eval("document.querySelector('#lineage g.node[data-task=\"model.shop.fct_orders\"]').dataset.state");
+                assert_eq!(fct, "SUCCESS");
+                let passed = b.eval("document.querySelectorAll('#lineage g.node[data-kind=test][data-state=PASS]').length");
+                assert!(passed.as_u64().unwrap() > 10, "{passed}");
+                let label = b.eval("document.querySelector('#lineage g.node[data-task=\"model.shop.fct_orders\"] text').textContent");
+                assert_eq!(label, "fct_orders");
+            }
+            "dbt-node" => {
+                // Its status and time in each of the demo's four runs.
+                let rows =
+                    b.eval("document.querySelectorAll('#node-history tr[data-status]').length");
+                assert_eq!(rows, 4);
             }
             "try" => {
                 let log = b.eval("document.getElementById('log').textContent");
