@@ -173,9 +173,18 @@ impl Engine {
         let logs = self.project.logs_dir();
         let logs = logs.canonicalize().unwrap_or(logs);
         let mut dirs = HashSet::new();
+        let dbt_root = self.project.dir.join(".nightshift/dbt");
         for path in &pruned.log_paths {
             let path = project::resolve_stored(&self.project.dir, path);
             let path = path.as_path();
+            // The run's dbt target folders go with it: a log lies at
+            // `<logs>/<pipeline>/<run_id>/<task>.try-<n>.log`, its artifacts under
+            // `.nightshift/dbt/<pipeline>/<run_id>/`.
+            if let Ok(rel) = path.strip_prefix(self.project.logs_dir())
+                && let [pipeline, run_id, _] = rel.components().collect::<Vec<_>>()[..]
+            {
+                let _ = std::fs::remove_dir_all(dbt_root.join(pipeline).join(run_id));
+            }
             // Only files under the project's log folder: a store edited by hand cannot make
             // retention delete anything else.
             if let Some(real) = project::inside(&logs, path) {

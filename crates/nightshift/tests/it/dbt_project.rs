@@ -275,7 +275,6 @@ executable = "DBT"
 #[test]
 fn a_parse_error_shows_dbt_own_words_and_target_folders_are_pruned() {
     let p = project();
-    p.file("nightshift.toml", "[retention]\ndbt_artifacts = 3\n");
     p.file(
         "pipelines/deps.toml",
         &pipeline(
@@ -289,23 +288,36 @@ executable = "DBT"
 "#,
         ),
     );
+    // Ten runs: the task keeps the target folders of its latest five tries (the default).
     let out = p.run(&[
         "backfill",
         "deps",
         "--from",
         "2024-06-01",
         "--to",
-        "2024-06-05",
+        "2024-06-10",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let kept: Vec<_> = walk(&p.path().join(".nightshift/dbt/deps"))
-        .into_iter()
-        .filter(|d| {
-            d.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("try-"))
-        })
-        .collect();
-    assert_eq!(kept.len(), 3, "{kept:?}");
+    let kept = || -> Vec<_> {
+        walk(&p.path().join(".nightshift/dbt/deps"))
+            .into_iter()
+            .filter(|d| {
+                d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("try-"))
+            })
+            .collect()
+    };
+    assert_eq!(kept().len(), 5, "{:?}", kept());
+    assert_eq!(p.runs("deps").len(), 10);
+    // Retention removes old runs with their target folders.
+    p.file("nightshift.toml", "[retention]\nmax_age = \"2d\"\n");
+    assert!(p.run(&["pause", "deps"]).status.success());
+    let up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("retention to remove the runs", || p.runs("deps").is_empty());
+    sigterm(&up);
+    let mut up = up;
+    up.wait().unwrap();
+    assert!(kept().is_empty(), "and their target folders: {:?}", kept());
 
     // dbt cannot parse the project: its own error lines are the try's error.
     p.file("dbt/models/broken.sql", "select {{ ref( }}\n");
