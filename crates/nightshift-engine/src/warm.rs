@@ -117,14 +117,3 @@ pub fn ensure(project: &Path, python: &Path, key: &str) -> Result<(PathBuf, Stri
     w.live.insert(key.to_owned(), child);
     Ok((dir, name))
 }
-
-/// Ends every worker this engine started (at shutdown; they would notice the engine gone
-/// within a second anyway).
-pub fn stop_all() {
-    let mut w = workers().lock().unwrap_or_else(|p| p.into_inner());
-    let live: Vec<Child> = w.live.drain().map(|(_, c)| c).collect();
-    for mut c in live.into_iter().chain(std::mem::take(&mut w.ending)) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
