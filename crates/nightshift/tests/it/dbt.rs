@@ -278,6 +278,20 @@ fn run_demo(p: &TestProject, args: &[&str], tasks: &[&str]) -> PathBuf {
 fn the_demo_runs_three_nights_and_a_backfill_and_is_safe_to_repeat() {
     let p = TestProject::new();
     let demo = run_demo(&p, &[], &["extract_data", "dbt_run", "dbt_test", "notify"]);
+    // One full parse per run: its first dbt call; the others start from that parse.
+    for run in ["20240602_0000", "20240603_0000"] {
+        let full: Vec<&str> = ["check_freshness", "dbt_run", "dbt_test", "publish"]
+            .into_iter()
+            .filter(|t| {
+                std::fs::read_to_string(
+                    demo.join(format!(".nightshift/logs/nightly/{run}/{t}.try-1.log")),
+                )
+                .unwrap()
+                .contains("Unable to do partial parsing")
+            })
+            .collect();
+        assert_eq!(full, ["check_freshness"], "full parses in {run}");
+    }
     let mut manifests = vec![];
     for ds in ["2024-05-31", "2024-06-01", "2024-06-02", "2024-06-03"] {
         for output in ["fct_daily_revenue", "fct_orders"] {
