@@ -471,11 +471,11 @@ depends_on = ["shape"]
     assert!(tables.contains("table model"), "{tables}");
 }
 
-#[test]
-fn a_warm_runner_killed_by_a_timeout_or_a_crash_fails_only_that_try() {
+/// A project whose model `slow` counts for about a minute while the file `slow-marker`
+/// exists in the project, and is quick after; `quick` always is.
+fn slow_project() -> TestProject {
     let p = project();
     std::fs::remove_file(p.path().join("dbt/packages.yml")).unwrap();
-    // Slow while the marker file exists (about a minute of counting), quick after.
     let marker = p.path().join("slow-marker");
     std::fs::write(&marker, "").unwrap();
     p.file(
@@ -486,6 +486,12 @@ fn a_warm_runner_killed_by_a_timeout_or_a_crash_fails_only_that_try() {
         ),
     );
     p.file("dbt/models/quick.sql", "select 1 as x\n");
+    p
+}
+
+#[test]
+fn a_warm_worker_that_crashes_fails_only_that_try() {
+    let p = slow_project();
     p.file(
         "pipelines/crash.toml",
         &pipeline(
@@ -533,9 +539,11 @@ command = ["sh", "-c", "for i in $(seq 300); do s=$(ls .nightshift/dbt/warm/ 2>/
         tries[1]["state"], "SUCCESS",
         "the retry gets a fresh worker"
     );
+}
 
-    // A timeout stops the call; the next task's call gets a fresh worker.
-    std::fs::write(&marker, "").unwrap();
+#[test]
+fn a_timeout_ends_the_warm_worker_and_the_next_call_gets_a_fresh_one() {
+    let p = slow_project();
     p.file(
         "pipelines/timeout.toml",
         &pipeline(
