@@ -528,7 +528,9 @@ pub fn parse_cache(spec: &DbtSpec, project: &Path, ctx: &Context) -> PathBuf {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    project.join(format!(".nightshift/dbt/parse/{h:016x}"))
+    // Beside `.nightshift/dbt/`, whose folders are pipelines' (a pipeline may be called
+    // `parse`).
+    project.join(format!(".nightshift/dbt-parse/{h:016x}"))
 }
 
 const PARTIAL_PARSE: &str = "partial_parse.msgpack";

@@ -2,7 +2,7 @@
 //! environment), project, profiles folder and target, started by this engine outside any
 //! try, since a try's containment ends every process of the try and a worker serves many.
 //! A warm try's own process (`nightshift __dbt_warm`) hands its invocation to the worker over
-//! a Unix socket in `.nightshift/dbt/warm/` (a folder only this user can enter) and streams
+//! a Unix socket in `.nightshift/dbt-warm/` (a folder only this user can enter) and streams
 //! dbt's events into the try's log; its exit code is dbt's. The worker keeps the parsed
 //! project between calls (see `warm_worker.py`). A worker whose client was stopped (a
 //! timeout, a cancel) removes its socket and ends; the next call starts a fresh one.
@@ -44,7 +44,9 @@ pub fn key_of(parts: &[&str]) -> String {
 /// The folder and name of the socket of the worker for `key`, starting one when none is
 /// alive and listening.
 pub fn ensure(project: &Path, python: &Path, key: &str) -> Result<(PathBuf, String), String> {
-    let dir = project.join(".nightshift/dbt/warm");
+    // Not under `.nightshift/dbt/`, whose folders are pipelines' (a pipeline may be called
+    // `warm`, and target folders are pruned there).
+    let dir = project.join(".nightshift/dbt-warm");
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()

@@ -60,7 +60,9 @@ fn variant(demo: &Path, dir: &Path, runner: &str, partial_parse: bool) -> Figure
         .status()
         .unwrap();
     assert!(st.success());
-    let _ = std::fs::remove_dir_all(dir.join(".nightshift/dbt"));
+    for saved in [".nightshift/dbt", ".nightshift/dbt-parse"] {
+        let _ = std::fs::remove_dir_all(dir.join(saved));
+    }
     let toml = dir.join("nightshift.toml");
     let mut settings = std::fs::read_to_string(&toml).unwrap();
     settings += &format!("\n[dbt]\nrunner = \"{runner}\"\n");

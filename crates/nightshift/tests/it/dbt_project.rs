@@ -511,7 +511,7 @@ retry_delay = "100ms"
 # Kills this engine's warm worker while `slow` counts, and lets the retry be quick.
 [[task]]
 id = "killer"
-command = ["sh", "-c", "for i in $(seq 300); do s=$(ls .nightshift/dbt/warm/ 2>/dev/null | grep '[.]sock$' | head -1); [ -n \"$s\" ] && break; sleep 0.1; done; sleep 3; rm -f slow-marker; pid=${s#w-}; pkill -KILL -f \"worker.py w-${pid%%-*}-\""]
+command = ["sh", "-c", "for i in $(seq 300); do s=$(ls .nightshift/dbt-warm/ 2>/dev/null | grep '[.]sock$' | head -1); [ -n \"$s\" ] && break; sleep 0.1; done; sleep 3; rm -f slow-marker; pid=${s#w-}; pkill -KILL -f \"worker.py w-${pid%%-*}-\""]
 "#,
         ),
     );
