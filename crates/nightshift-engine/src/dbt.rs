@@ -502,35 +502,31 @@ pub fn vars_json(spec: &DbtSpec, ctx: &Context) -> String {
     serde_json::Value::Object(vars).to_string()
 }
 
+/// FNV-1a over the parts: a short, stable name for a key (not a defence against anything),
+/// for the saved parses and the warm workers.
+pub fn key_of(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.join("\0").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Where the latest partial parse (`partial_parse.msgpack`) of one dbt project lives, for one
 /// profile, target, dbt and set of vars. Each try's target folder starts from it, and dbt
 /// decides whether it can use it. dbt 1.11 drops a saved parse whenever the vars differ
 /// (docs/dbt-facts.md, "Partial parsing"), and `ds` differs every night, so in practice the
 /// tasks of one run share it: its dbt calls, their retries and publish's run-operation.
 pub fn parse_cache(spec: &DbtSpec, project: &Path, ctx: &Context) -> PathBuf {
-    // FNV-1a: a stable name for the key, not a defence against anything.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let key = [
-        executable(spec, project),
-        project
-            .join(&spec.project_dir)
-            .to_string_lossy()
-            .into_owned(),
-        project
-            .join(&spec.profiles_dir)
-            .to_string_lossy()
-            .into_owned(),
-        spec.target.clone().unwrap_or_default(),
-        vars_json(spec, ctx),
-    ]
-    .join("\0");
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // Beside `.nightshift/dbt/`, whose folders are pipelines' (a pipeline may be called
-    // `parse`).
-    project.join(format!(".nightshift/dbt-parse/{h:016x}"))
+    let key = key_of(&[
+        &executable(spec, project),
+        &project.join(&spec.project_dir).to_string_lossy(),
+        &project.join(&spec.profiles_dir).to_string_lossy(),
+        spec.target.as_deref().unwrap_or(""),
+        &vars_json(spec, ctx),
+    ]);
+    project.join(format!(".nightshift/dbt-parse/{key}"))
 }
 
 const PARTIAL_PARSE: &str = "partial_parse.msgpack";

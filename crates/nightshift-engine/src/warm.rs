@@ -31,16 +31,6 @@ fn workers() -> &'static Mutex<Workers> {
     })
 }
 
-/// FNV-1a over the parts: a short, stable name (not a defence against anything).
-pub fn key_of(parts: &[&str]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.join("\0").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// The folder and name of the socket of the worker for `key`, starting one when none is
 /// alive and listening.
 pub fn ensure(project: &Path, python: &Path, key: &str) -> Result<(PathBuf, String), String> {

@@ -132,7 +132,7 @@ pub(super) fn warm(
     let python = dbt::python_of(spec, &c.project_dir)?;
     let project = c.project_dir.join(&spec.project_dir);
     let profiles = c.project_dir.join(&spec.profiles_dir);
-    let key = crate::warm::key_of(&[
+    let key = dbt::key_of(&[
         &python.to_string_lossy(),
         &project.to_string_lossy(),
         &profiles.to_string_lossy(),
@@ -145,7 +145,7 @@ pub(super) fn warm(
         socket,
         argv: argv.into_iter().skip(1).collect(),
         parse_argv: dbt::parse_argv(spec, &c.project_dir, p.work_dir, p.ctx),
-        manifest_key: crate::warm::key_of(&[&p.ctx.render(&own_vars)]),
+        manifest_key: dbt::key_of(&[&p.ctx.render(&own_vars)]),
         target_dir: p.work_dir.to_string_lossy().into_owned(),
     };
     super::internal_argv_in("__dbt_warm", &request, p, request_file)

@@ -61,10 +61,8 @@ impl FoldedLines {
             }
             Event::RunEnded {
                 pipeline,
-                run_id,
                 ds,
                 state,
-                rows_loaded,
                 ..
             } => {
                 let f = self.pending.entry(pipeline.clone()).or_default();
@@ -78,12 +76,11 @@ impl FoldedLines {
                 }
                 f.from = Some(f.from.map_or(*ds, |d| d.min(*ds)));
                 f.to = Some(f.to.map_or(*ds, |d| d.max(*ds)));
-                let mut out = vec![];
-                if *state == RunState::Failed {
-                    out.push(format!(
-                        "Run {pipeline} {run_id} (ds {ds}): {state} rows_loaded={rows_loaded}"
-                    ));
-                }
+                // A failed run's line as `run` prints it.
+                let mut out: Vec<String> = match state {
+                    RunState::Failed => self.lines.line(e).into_iter().collect(),
+                    _ => vec![],
+                };
                 out.extend(self.due(now, false));
                 out
             }
