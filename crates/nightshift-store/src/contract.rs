@@ -80,6 +80,7 @@ contract!(
     deadlines_alerts_and_flags,
     retention_removes_whole_runs,
     concurrent_claimers_never_share_a_try_or_overfill_a_pool,
+    a_batch_takes_at_most_its_free_slots_in_order,
     the_store_clock_moves,
     a_newer_schema_is_refused,
     engines_are_listed_with_their_running_tries,
@@ -537,8 +538,8 @@ fn run_concurrency_and_outcomes(s: &Fixture) {
     assert_eq!(t.pid, Some(7), "the pid recorded at spawn stays");
     assert_eq!(t.log_path.as_deref(), Some("logs/a.log"));
     assert_eq!(t.rows_loaded, Some(3));
-    assert_eq!(s.try_of(a, 1).unwrap().as_ref(), Some(t));
-    assert_eq!(s.try_of(a, 2).unwrap(), None);
+    assert_eq!(s.tries_of(&[(a, 1), (a, 2)]).unwrap(), vec![t.clone()]);
+    assert!(s.tries_of(&[]).unwrap().is_empty());
     assert!(s.running_task_instances().unwrap().is_empty());
     assert!(s.finish_run(r1, RunState::Success, 9).unwrap());
     assert!(
@@ -818,7 +819,7 @@ fn concurrent_claimers_never_share_a_try_or_overfill_a_pool(s: &Fixture) {
                     let mut won = vec![];
                     for _ in 0..5 {
                         // A transient failure (a lock wait that timed out) is a lost race.
-                        if let Ok(got) = store.claim_batch(&claims) {
+                        if let Ok(got) = store.claim_batch(&claims, claims.len()) {
                             for (c, n) in claims.iter().zip(got) {
                                 if n.is_some() {
                                     won.push((owner.clone(), c.ti_pk));
@@ -863,6 +864,39 @@ fn concurrent_claimers_never_share_a_try_or_overfill_a_pool(s: &Fixture) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(created.iter().filter(|c| **c).count(), 1);
+}
+
+/// A claimer with two free slots handed a list of six takes the first two still free, in
+/// the list's order; one handed the same list next takes the two after them.
+fn a_batch_takes_at_most_its_free_slots_in_order(s: &Fixture) {
+    let v = s.put_version("nightly", "src", 0).unwrap();
+    let ids: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let tasks: Vec<NewTask<'_>> = ids.iter().map(|t| task(t, None)).collect();
+    let run = s.create_run(&new_run("r1", 10, &v), &tasks).unwrap().pk();
+    let decisions: Vec<(String, TaskState)> =
+        ids.iter().map(|t| (t.clone(), TaskState::Queued)).collect();
+    s.decide_pending(run, &decisions, 1).unwrap();
+    let mut tis: Vec<i64> = s
+        .task_instances(run)
+        .unwrap()
+        .iter()
+        .map(|t| t.pk)
+        .collect();
+    tis.reverse();
+    let list = |owner: &'static str| -> Vec<Claim<'static>> {
+        tis.iter().map(|ti| claim_of(*ti, owner, 5)).collect()
+    };
+    let first = s.claim_batch(&list("a"), 2).unwrap();
+    assert_eq!(first, vec![Some(1), Some(1), None, None, None, None]);
+    let second = s.claim_batch(&list("b"), 2).unwrap();
+    assert_eq!(second, vec![None, None, Some(1), Some(1), None, None]);
+    assert_eq!(s.running_task_instances().unwrap().len(), 4);
+    assert!(
+        s.claim_batch(&list("c"), 0)
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
 }
 
 fn the_store_clock_moves(s: &Fixture) {

@@ -158,10 +158,12 @@ interface! {
     /// Claims a task instance for a new try; returns the try number, or `None` when the
     /// instance was not claimable or a limit was reached.
     fn claim(&self, c: &Claim<'_>) -> Result<Option<u32>>;
-    /// Claims several task instances in one transaction (one commit for a whole pass), each
-    /// with the same conditions as [`Store::claim`]; later claims see earlier ones, so pool
-    /// and task limits hold within the batch too.
-    fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Option<u32>>>;
+    /// Claims up to `most` of several task instances in one transaction (one commit for a
+    /// whole pass), trying them in the order given, each with the same conditions as
+    /// [`Store::claim`]; later claims see earlier ones, so pool and task limits hold within
+    /// the batch too. Instances another claimer holds are skipped, not waited for, so
+    /// claimers handed overlapping lists each fill their slots from what is left.
+    fn claim_batch(&self, claims: &[Claim<'_>], most: usize) -> Result<Vec<Option<u32>>>;
     /// A sensor's try found its condition false: the task goes back to QUEUED until
     /// `next_poke`, its try number and try row are given back (a poke is not a try), and it
     /// holds no slot meanwhile. Fenced like [`Store::finish_try`]. Returns when the waiting
@@ -184,8 +186,9 @@ interface! {
     /// whose interval starts before `before`, newest first.
     fn recent_metrics(&self, pipeline: &str, task_id: &str, before: i64, limit: u32) -> Result<Vec<String>>;
     fn tries(&self, run_pk: i64) -> Result<Vec<TryRow>>;
-    /// One try of a task instance.
-    fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>>;
+    /// The tries named by (task instance, try number), in one read; the ones not found are
+    /// left out.
+    fn tries_of(&self, keys: &[(i64, u32)]) -> Result<Vec<TryRow>>;
     /// Puts a finished run back to be run again, on pipeline version `version` (the file as
     /// it is now: a rerun is how a fixed pipeline is applied to a failed day). New tries get
     /// new numbers and history stays. Tasks new in this version are added; tasks it no

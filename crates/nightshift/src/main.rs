@@ -20,7 +20,11 @@ fn main() {
     let json = cli.log_format.as_deref().or(env::log_format().as_deref()) == Some("json");
     output::set_json(json);
     init_tracing(&cli.command, json);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded with one worker: the commands run on this thread inside `block_on`,
+    // where a blocking store call steps out of the runtime for free (`block_in_place`);
+    // on a current-thread runtime each such call needed a thread of its own.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

@@ -97,9 +97,7 @@ impl Engine {
                     }
                 }
             }
-            for ti in &tis {
-                self.observe(&p, &run, ti, now);
-            }
+            self.observe(&p, &run, &tis, now);
             if let Some(outcome) = run_outcome(tis.iter().map(|t| t.state)) {
                 if self.store.finish_run(run.pk, outcome, now_us)? {
                     self.judge_finished(&p, &run, now)?;
@@ -141,15 +139,28 @@ impl Engine {
                 .retain(|(_, _, ti)| pools.contains(ti.pool.as_deref().unwrap_or(DEFAULT_POOL)));
         }
         // Scheduled and manual runs first, then older intervals, then upstream tasks first.
-        candidates.sort_by_key(|(p, run, ti)| {
+        // Among equals (a fan-out's thousand siblings) each engine takes its own order, so
+        // engines sharing a store reach for different tasks instead of all queueing for the
+        // same first few and claiming nothing.
+        let spread = |pk: i64| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.owner.hash(&mut h);
+            pk.hash(&mut h);
+            h.finish()
+        };
+        candidates.sort_by_cached_key(|(p, run, ti)| {
             (
                 run.trigger.priority(),
                 run.data_interval_start,
                 p.topo_rank(&ti.task_id),
+                spread(ti.pk),
             )
         });
-        // Claim in batches of the free slots: one transaction per batch. Claims refused for a
-        // pool or task limit leave their slot to the next candidates.
+        // Claim the free slots from a window of the candidates, one transaction per window:
+        // what other engines claimed since this pass read the runs is skipped there rather
+        // than costing a transaction each. Claims refused for a pool or task limit leave their
+        // slot to the next candidates.
         let mut rest = candidates.into_iter().peekable();
         loop {
             let free = (self
@@ -164,7 +175,8 @@ impl Engine {
                 out.blocked = true;
                 break;
             }
-            let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> = rest.by_ref().take(free).collect();
+            let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> =
+                rest.by_ref().take(free * 4 + 4).collect();
             let lease_until = self.store_now() + us(self.opts.lease_ttl);
             let claims: Vec<Claim<'_>> = batch
                 .iter()
@@ -186,7 +198,7 @@ impl Engine {
                     pipeline_limit: (&p.name, p.max_active_tasks),
                 })
                 .collect();
-            let results = self.store.claim_batch(&claims)?;
+            let results = self.store.claim_batch(&claims, free)?;
             drop(claims);
             for ((p, run, ti), claimed) in batch.into_iter().zip(results) {
                 match claimed {
@@ -202,15 +214,43 @@ impl Engine {
     }
 
     /// Reports task state changes (including those made by other processes) once each.
-    pub(crate) fn observe(&mut self, p: &Pipeline, run: &RunRow, ti: &TiRow, now: Timestamp) {
-        let key = (ti.state, ti.try_number);
-        if self.seen.get(&ti.pk) == Some(&key) {
+    /// The tries of the tasks that ended are read together: one read per run and pass, not
+    /// one per task (every engine observes every task of a wide run).
+    pub(crate) fn observe(&mut self, p: &Pipeline, run: &RunRow, tis: &[TiRow], now: Timestamp) {
+        let mut ended: Vec<&TiRow> = vec![];
+        for ti in tis {
+            let key = (ti.state, ti.try_number);
+            if self.seen.get(&ti.pk) == Some(&key) {
+                continue;
+            }
+            self.seen.insert(ti.pk, key);
+            if ti.state.is_terminal() {
+                ended.push(ti);
+            } else if ti.state == TaskState::UpForRetry {
+                self.emit(Event::TaskRetrying {
+                    pipeline: run.pipeline.clone(),
+                    run_id: run.run_id.clone(),
+                    task_id: ti.task_id.clone(),
+                    try_number: ti.try_number,
+                    next_try_at: ti.next_try_at.map(from_micros).unwrap_or(now),
+                });
+            }
+        }
+        if ended.is_empty() {
             return;
         }
-        self.seen.insert(ti.pk, key);
-        if ti.state.is_terminal() {
-            // One point read: the try's duration and error for the line people read.
-            let last = self.store.try_of(ti.pk, ti.try_number).ok().flatten();
+        // The try's duration and error, for the line people read.
+        let keys: Vec<(i64, u32)> = ended.iter().map(|t| (t.pk, t.try_number)).collect();
+        let mut tries: HashMap<(i64, u32), nightshift_store::TryRow> = self
+            .store
+            .tries_of(&keys)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| ((t.ti_pk, t.try_number), t))
+            .collect();
+        let history = super::upkeep::is_history(p, run);
+        for ti in ended {
+            let last = tries.remove(&(ti.pk, ti.try_number));
             self.emit(Event::TaskEnded {
                 pipeline: run.pipeline.clone(),
                 run_id: run.run_id.clone(),
@@ -222,15 +262,7 @@ impl Engine {
                 tz: p.schedule.tz().clone(),
                 duration_ms: last.as_ref().and_then(|t| t.duration_ms),
                 error: last.and_then(|t| t.error),
-                history: super::upkeep::is_history(p, run),
-            });
-        } else if ti.state == TaskState::UpForRetry {
-            self.emit(Event::TaskRetrying {
-                pipeline: run.pipeline.clone(),
-                run_id: run.run_id.clone(),
-                task_id: ti.task_id.clone(),
-                try_number: ti.try_number,
-                next_try_at: ti.next_try_at.map(from_micros).unwrap_or(now),
+                history,
             });
         }
     }

@@ -79,10 +79,17 @@ impl From<postgres::Error> for Fail {
 
 type Q<T> = std::result::Result<T, Fail>;
 
-/// Runs `f` where the driver may block: here, unless this thread drives a tokio runtime.
+/// Runs `f` where the driver may block. The driver drives its own runtime, which cannot
+/// start inside another: on a multi-threaded runtime (the binary's) `block_in_place` steps
+/// out of it for the call, which costs nothing on the thread of `block_on`; on a
+/// current-thread runtime (some tests) the call takes a thread of its own.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => return f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            return tokio::task::block_in_place(f);
+        }
+        Ok(_) => {}
     }
     std::thread::scope(|s| match s.spawn(f).join() {
         Ok(v) => v,

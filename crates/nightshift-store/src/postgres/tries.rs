@@ -49,11 +49,14 @@ impl PgStore {
     }
 
     pub fn claim(&self, c: &Claim<'_>) -> Result<Option<u32>> {
-        Ok(self.claim_batch(std::slice::from_ref(c))?.pop().flatten())
+        Ok(self
+            .claim_batch(std::slice::from_ref(c), 1)?
+            .pop()
+            .flatten())
     }
 
-    pub fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Option<u32>>> {
-        if claims.is_empty() {
+    pub fn claim_batch(&self, claims: &[Claim<'_>], most: usize) -> Result<Vec<Option<u32>>> {
+        if claims.is_empty() || most == 0 {
             return Ok(vec![]);
         }
         self.write(|tx| {
@@ -71,14 +74,24 @@ impl PgStore {
             // The instances this batch may take: claimable now, and not held by a claimer
             // that has not committed yet (skipped, not waited for). Locked from here on, so
             // the update below finds them as they are now.
+            // Without pools, the first `most` free ones in order are all this batch can take,
+            // so only they are locked: the rest stay free for the other claimers. A pool may
+            // refuse some of those locked, so with pools every given instance is locked and
+            // the refused ones' slots go to the next.
             let ids: Vec<i64> = claims.iter().map(|c| c.ti_pk).collect();
             let nows: Vec<i64> = claims.iter().map(|c| c.now).collect();
+            let lock_most: Option<i64> = claims
+                .iter()
+                .all(|c| c.pool.is_none())
+                .then(|| i64::try_from(most).unwrap_or(i64::MAX));
             let free: HashSet<i64> = tx
                 .query(
-                    "SELECT t.id FROM task_instances t JOIN unnest($1::BIGINT[], $2::BIGINT[]) AS c(id, now) ON t.id = c.id
+                    "SELECT t.id FROM task_instances t
+                     JOIN unnest($1::BIGINT[], $2::BIGINT[]) WITH ORDINALITY AS c(id, now, ord) ON t.id = c.id
                      WHERE t.state IN ('QUEUED', 'UP_FOR_RETRY') AND (t.next_try_at IS NULL OR t.next_try_at <= c.now)
+                     ORDER BY c.ord LIMIT $3
                      FOR UPDATE OF t SKIP LOCKED",
-                    &[&ids, &nows],
+                    &[&ids, &nows, &lock_most],
                 )?
                 .iter()
                 .map(|r| r.try_get(0))
@@ -99,6 +112,9 @@ impl PgStore {
             // Taken in the order given, as long as the limits allow.
             let mut take: Vec<usize> = vec![];
             for (i, c) in claims.iter().enumerate() {
+                if take.len() >= most {
+                    break;
+                }
                 if !free.contains(&c.ti_pk) {
                     continue;
                 }
@@ -305,15 +321,23 @@ impl PgStore {
         })
     }
 
-    pub fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>> {
+    pub fn tries_of(&self, keys: &[(i64, u32)]) -> Result<Vec<TryRow>> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let tis: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let numbers: Vec<i64> = keys.iter().map(|k| i64::from(k.1)).collect();
         self.read(|c| {
-            c.query_opt(
-                &format!("SELECT {TRY_COLS} FROM task_tries WHERE ti = $1 AND try_number = $2"),
-                &[&ti_pk, &i64::from(try_number)],
-            )?
-            .as_ref()
-            .map(try_row)
-            .transpose()
+            rows(
+                c.query(
+                    &format!(
+                        "SELECT {TRY_COLS} FROM task_tries
+                         WHERE (ti, try_number) IN (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]))"
+                    ),
+                    &[&tis, &numbers],
+                )?,
+                try_row,
+            )
         })
     }
 

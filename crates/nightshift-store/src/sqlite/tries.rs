@@ -37,13 +37,21 @@ impl SqliteStore {
     }
 
     pub fn claim(&self, c: &Claim<'_>) -> Result<Option<u32>> {
-        Ok(self.claim_batch(std::slice::from_ref(c))?.pop().flatten())
+        Ok(self
+            .claim_batch(std::slice::from_ref(c), 1)?
+            .pop()
+            .flatten())
     }
 
-    pub fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Option<u32>>> {
+    pub fn claim_batch(&self, claims: &[Claim<'_>], most: usize) -> Result<Vec<Option<u32>>> {
         self.write(|tx| {
             let mut out = Vec::with_capacity(claims.len());
+            let mut taken = 0;
             for c in claims {
+                if taken >= most {
+                    out.push(None);
+                    continue;
+                }
                 let (pool, slots) = c.pool.map(|(p, s)| (Some(p), s)).unwrap_or((None, 0));
                 let claimed: Option<(u32, i64, String)> = tx
                     .prepare_cached(
@@ -67,6 +75,7 @@ impl SqliteStore {
                     .execute(params![c.ti_pk, run, task, n, c.now, c.host])?;
                     // The try row records this change with its time; no separate event.
                 }
+                taken += usize::from(claimed.is_some());
                 out.push(claimed.map(|c| c.0));
             }
             Ok(out)
@@ -202,13 +211,18 @@ impl SqliteStore {
         })
     }
 
-    pub fn try_of(&self, ti_pk: i64, try_number: u32) -> Result<Option<TryRow>> {
+    pub fn tries_of(&self, keys: &[(i64, u32)]) -> Result<Vec<TryRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {TRY_COLS} FROM task_tries WHERE ti = ?1 AND try_number = ?2"
-            ))?
-            .query_row(params![ti_pk, try_number], try_row)
-            .optional()
+            ))?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (ti, n) in keys {
+                if let Some(t) = st.query_row(params![ti, n], try_row).optional()? {
+                    out.push(t);
+                }
+            }
+            Ok(out)
         })
     }
 
