@@ -4,9 +4,10 @@
 //! Two mechanisms, chosen once per process ([`Containment::detect`]) and named in `up`'s
 //! first lines:
 //! - **cgroup v2**: each try gets a cgroup of its own under a cgroup2 mount nightshift may
-//!   write; the try's process enters it before the task's program starts (a one-line
-//!   `/bin/sh` step writes itself into `cgroup.procs`, then execs the program), so every
-//!   descendant is born inside, and `cgroup.kill` ends them all at once.
+//!   write, and its program is born inside it, so every descendant is too, and
+//!   `cgroup.kill` ends them all at once. The [`crate::spawner`] helper starts programs
+//!   there directly; without it, a one-line `/bin/sh` step writes itself into
+//!   `cgroup.procs`, then execs the program.
 //! - **subreaper + key sweep** (anywhere else): nightshift is a child subreaper, so orphaned
 //!   descendants are re-parented to it rather than to init, and every process whose
 //!   environment carries the try's `NIGHTSHIFT_TRY_KEY` is killed.
@@ -14,17 +15,23 @@
 //! Both also sweep for the key when a try is stopped (timeout, cancel, shutdown).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::procs;
+use crate::spawner::Spawner;
 
 #[derive(Debug, Clone)]
 pub enum Containment {
-    /// Per-try cgroups under this folder (a cgroup of nightshift's own, removed at exit).
-    Cgroup { root: PathBuf },
+    /// Per-try cgroups under this folder (a cgroup of nightshift's own, removed at exit),
+    /// and the helper that starts programs inside them, when there is one.
+    Cgroup {
+        root: PathBuf,
+        spawner: Option<Arc<Spawner>>,
+    },
     /// `PR_SET_CHILD_SUBREAPER` and a sweep for the try's key.
     Subreaper,
 }
@@ -35,14 +42,31 @@ impl Containment {
     pub fn detect() -> Containment {
         let _ = nix::sys::prctl::set_child_subreaper(true);
         match cgroup_root() {
-            Some(root) => Containment::Cgroup { root },
+            Some(root) => Containment::Cgroup {
+                root,
+                spawner: None,
+            },
             None => Containment::Subreaper,
+        }
+    }
+
+    /// Starts tries through a spawner helper run as `exe __spawner` (cgroups only).
+    pub fn with_spawner(self, exe: PathBuf) -> Containment {
+        match self {
+            Containment::Cgroup { root, .. } => {
+                let home = root.join(SPAWNER_HOME);
+                Containment::Cgroup {
+                    root,
+                    spawner: Some(Arc::new(Spawner::new(exe, home))),
+                }
+            }
+            other => other,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
-            Containment::Cgroup { root } => format!(
+            Containment::Cgroup { root, .. } => format!(
                 "cgroup v2 (a cgroup per try under {}, ended with cgroup.kill)",
                 root.display()
             ),
@@ -55,8 +79,12 @@ impl Containment {
 
     /// Prepares the try's cell; call [`Cell::adopt`] with the main pid right after spawn.
     pub fn cell(&self, name: &str, key: &str) -> Cell {
+        let spawner = match self {
+            Containment::Cgroup { spawner, .. } => spawner.clone(),
+            Containment::Subreaper => None,
+        };
         let dir = match self {
-            Containment::Cgroup { root } => {
+            Containment::Cgroup { root, .. } => {
                 // `create_dir_all`: an engine that ended earlier in this process (the demo runs
                 // `up`, then a backfill) removed the root; a later one makes it again.
                 let dir = root.join(name);
@@ -65,6 +93,7 @@ impl Containment {
             Containment::Subreaper => None,
         };
         Cell {
+            spawner: spawner.filter(|_| dir.is_some()),
             dir,
             key: key.to_owned(),
         }
@@ -72,7 +101,17 @@ impl Containment {
 
     /// Removes this process's cgroup folder if it is empty (at exit).
     pub fn cleanup(&self) {
-        if let Containment::Cgroup { root } = self {
+        if let Containment::Cgroup { root, spawner } = self {
+            if let Some(s) = spawner {
+                s.shutdown();
+                // The helper leaves its cgroup as it exits, a moment after its socket closes.
+                let home = root.join(SPAWNER_HOME);
+                let until = Instant::now() + Duration::from_secs(1);
+                while home.exists() && std::fs::remove_dir(&home).is_err() && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             if let Ok(entries) = std::fs::read_dir(root) {
                 for e in entries.flatten() {
                     let _ = std::fs::remove_dir(e.path());
@@ -83,16 +122,25 @@ impl Containment {
     }
 }
 
+/// The spawner helper's own cgroup, beside the tries' cells.
+const SPAWNER_HOME: &str = "spawner";
+
 /// Where one try's processes live.
 pub struct Cell {
     dir: Option<PathBuf>,
     key: String,
+    spawner: Option<Arc<Spawner>>,
 }
 
 impl Cell {
     /// The try's cgroup folder, when cgroups are in force.
     pub fn cgroup(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    /// The helper that starts the try's program inside its cgroup, when there is one.
+    pub fn spawner(&self) -> Option<&Spawner> {
+        self.spawner.as_deref()
     }
 
     /// Moves the try's main process into its cgroup (its children are then born inside).

@@ -4,11 +4,14 @@
 //! request, and when the main process exits ends every process the try started
 //! ([`crate::contain`]). Figures come from the file named by `NIGHTSHIFT_METRICS`.
 //!
-//! Threads per try: one waits for the main process, one drains each pipe, and the
-//! supervisor decides (exit, timeout, stop) and hands the outcome to a callback.
+//! Threads per try: one drains each pipe, the supervisor decides (exit, timeout, stop) and
+//! hands the outcome to a callback, and — unless the spawner helper started the process
+//! and reports its exit — one waits for the main process.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::ffi::OsString;
+use std::io::{PipeReader, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -21,6 +24,7 @@ use nix::sys::signal::Signal;
 
 use crate::contain::Cell;
 use crate::procs;
+use crate::spawner::{self, SpawnError};
 pub use crate::trylog::log_note;
 use crate::trylog::{LOG_BUFFER, LogSink};
 use nightshift_core::clock::Clock;
@@ -213,34 +217,9 @@ pub fn spawn(
             return Err(msg);
         }
     };
-    let mut cmd = match spec.cell.cgroup() {
-        // The process enters the try's cgroup before the task's program runs, so nothing
-        // it starts can be born outside it. The script is constant; the folder and argv are
-        // positional arguments, never shell syntax.
-        Some(cg) => {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c")
-                .arg("{ echo 0 > \"$0/cgroup.procs\"; } 2>/dev/null; exec \"$@\"")
-                .arg(cg)
-                .arg(&program);
-            c
-        }
-        None => Command::new(&program),
-    };
-    for name in &spec.env_remove {
-        cmd.env_remove(name);
-    }
-    cmd.args(&spec.argv[1..])
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("NIGHTSHIFT_METRICS", &spec.metrics_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a stop signal reaches the task with every process it started.
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let (tx, rx) = mpsc::channel();
+    let launched = match launch(&spec, &program, &tx) {
+        Ok(l) => l,
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", spec.argv[0]);
             let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,31 +228,27 @@ pub fn spawn(
             return Err(msg);
         }
     };
-    let pid = child.id();
-    spec.cell.adopt(pid);
+    let pid = launched.pid;
     let mut readers = vec![];
     let mut reader_error = None;
-    if let Some(out) = child.stdout.take() {
-        match spawn_reader(out, log.clone(), clock.clone(), "out", spec.dbt_json_log) {
-            Ok(h) => readers.push(h),
-            Err(e) => reader_error = Some(e),
-        }
+    match spawn_reader(
+        launched.out,
+        log.clone(),
+        clock.clone(),
+        "out",
+        spec.dbt_json_log,
+    ) {
+        Ok(h) => readers.push(h),
+        Err(e) => reader_error = Some(e),
     }
-    if let Some(err) = child.stderr.take() {
-        match spawn_reader(err, log.clone(), clock.clone(), "err", false) {
-            Ok(h) => readers.push(h),
-            Err(e) => reader_error = Some(e),
-        }
+    match spawn_reader(launched.err, log.clone(), clock.clone(), "err", false) {
+        Ok(h) => readers.push(h),
+        Err(e) => reader_error = Some(e),
     }
-    let (tx, rx) = mpsc::channel();
-    let exited = tx.clone();
-    let waiter = std::thread::Builder::new()
-        .name("try-wait".into())
-        .spawn(move || {
-            let status = child.wait().ok();
-            let _ = exited.send(Msg::Exited(status));
-        });
-    if let Err(e) = waiter.and_then(|_| reader_error.map_or(Ok(()), Err)) {
+    if let Err(e) = launched
+        .waiter
+        .and_then(|_| reader_error.map_or(Ok(()), Err))
+    {
         // Without a waiter or a reader the try cannot be supervised: end it now.
         procs::signal_group(pid, Signal::SIGKILL);
         spec.cell.kill_all(true);
@@ -291,6 +266,117 @@ pub fn spawn(
         return Err(format!("cannot supervise the try: {e}"));
     }
     Ok(Supervised { pid, stopper })
+}
+
+/// The try's main process, started.
+struct Launched {
+    pid: u32,
+    out: PipeReader,
+    err: PipeReader,
+    /// Whatever reports the main process's exit to the supervisor (a thread of ours, or the
+    /// spawner helper) is in place.
+    waiter: std::io::Result<()>,
+}
+
+/// Starts the try's program: through the spawner helper, born in the try's cgroup, when
+/// there is one; else as a child of ours (through the `/bin/sh` step under cgroups).
+fn launch(spec: &ChildSpec, program: &Path, tx: &mpsc::Sender<Msg>) -> std::io::Result<Launched> {
+    let metrics = (
+        "NIGHTSHIFT_METRICS".into(),
+        spec.metrics_path.clone().into_os_string(),
+    );
+    if let (Some(cg), Some(spawner)) = (spec.cell.cgroup(), spec.cell.spawner()) {
+        let (out, out_w) = std::io::pipe()?;
+        let (err, err_w) = std::io::pipe()?;
+        let env: Vec<(OsString, OsString)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .chain([metrics.clone()])
+            .collect();
+        let exited = tx.clone();
+        let req = spawner::Request {
+            cgroup: cg,
+            program,
+            args: &spec.argv[1..],
+            cwd: &spec.cwd,
+            env_remove: &spec.env_remove,
+            env,
+            stdout: out_w.into(),
+            stderr: err_w.into(),
+        };
+        let on_exit = Box::new(move |status| {
+            let _ = exited.send(Msg::Exited(status));
+        });
+        match spawner.spawn(req, on_exit) {
+            Ok(started) => {
+                if !started.entered {
+                    spec.cell.adopt(started.pid);
+                }
+                return Ok(Launched {
+                    pid: started.pid,
+                    out,
+                    err,
+                    waiter: Ok(()),
+                });
+            }
+            Err(SpawnError::Os(e)) => return Err(e),
+            Err(SpawnError::Unavailable { why, maybe_started }) => {
+                tracing::debug!(%why, "starting the try without the spawner");
+                if maybe_started {
+                    // The helper died as it answered: whatever it started must not run
+                    // beside the try started now.
+                    spec.cell.kill_all(true);
+                }
+            }
+        }
+    }
+    let mut cmd = match spec.cell.cgroup() {
+        // The process enters the try's cgroup before the task's program runs, so nothing
+        // it starts can be born outside it. The script is constant; the folder and argv are
+        // positional arguments, never shell syntax.
+        Some(cg) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg("{ echo 0 > \"$0/cgroup.procs\"; } 2>/dev/null; exec \"$@\"")
+                .arg(cg)
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(&metrics.0, &metrics.1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a stop signal reaches the task with every process it started.
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    spec.cell.adopt(pid);
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(std::io::Error::other("the child has no pipes"));
+    };
+    let exited = tx.clone();
+    let waiter = std::thread::Builder::new()
+        .name("try-wait".into())
+        .spawn(move || {
+            let status = child.wait().ok();
+            let _ = exited.send(Msg::Exited(status));
+        })
+        .map(|_| ());
+    Ok(Launched {
+        pid,
+        out: OwnedFd::from(out).into(),
+        err: OwnedFd::from(err).into(),
+        waiter,
+    })
 }
 
 /// Finds the program the way `execvp` would (relative paths against the try's folder), so

@@ -12,6 +12,7 @@
 //! - `kinds`: one module per task kind: its try's argv and environment, and what it left.
 //! - `env`: the engine's one reader of its environment (secrets to mask, `PATH`).
 //! - [`contain`]: ending every process of a try (cgroup v2, or subreaper + key sweep).
+//! - [`spawner`]: the helper process that starts tries' programs inside their cgroups.
 //! - [`outcome`]: the outcome writer and its journal.
 //! - [`crash`]: named crash points for recovery tests.
 //! - [`procs`]: process identity and liveness from /proc, killing process groups.
@@ -32,6 +33,7 @@ pub mod mask;
 pub mod outcome;
 pub mod procs;
 pub mod project;
+pub mod spawner;
 pub mod trylog;
 pub mod view;
 pub mod warm;

@@ -2,7 +2,8 @@
 //! outcome) goes through one thread with a store connection of its own, so supervision never
 //! waits on the store.
 //!
-//! An outcome goes to the store at once; when the store refuses it, it is first written to a
+//! An outcome goes to the store at once (outcomes that arrive together share one
+//! transaction, each still fenced on its own); when the store refuses it, it is first written to a
 //! small fsync'ed journal file under `.nightshift/outcomes/`, then retried with backoff for
 //! as long as the error is transient (locked, busy, I/O, disk full) — it is never dropped.
 //! (Journaling only on refusal keeps an fsync off every try's path; a crash in the instant
@@ -117,6 +118,7 @@ impl Writer {
             delayed: vec![],
             journal,
             on_recorded,
+            singles: 0,
         };
         std::thread::Builder::new()
             .name("outcome-writer".into())
@@ -236,7 +238,12 @@ struct WriterThread {
     delayed: Vec<(Instant, Job)>,
     journal: PathBuf,
     on_recorded: OnRecorded,
+    /// This many next jobs are written one at a time (a batch among them was refused).
+    singles: usize,
 }
+
+/// Most outcomes written in one transaction.
+const MAX_BATCH: usize = 256;
 
 impl WriterThread {
     fn run(mut self, rx: mpsc::Receiver<(Instant, Job)>) {
@@ -277,35 +284,51 @@ impl WriterThread {
                 continue;
             }
             retry_at = None;
-            while let Some(mut job) = self.queue.pop_front() {
-                match self.write(&job) {
+            while !self.queue.is_empty() {
+                let mut batch = self.take_batch();
+                match self.write_batch(&batch) {
                     Ok(()) => backoff = Duration::from_millis(50),
                     Err(e) if e.is_transient() => {
                         if !self.degraded.swap(true, Ordering::Relaxed) {
                             warn!(error = %e, "the metadata store refuses writes; outcomes wait (journaled) and are retried");
                         }
-                        if let Job::Outcome(o, file @ None) = &mut job {
-                            match journal_write(&self.journal, o) {
-                                Ok(path) => *file = Some(path),
-                                // The journal shares a full disk with the store, say: the
-                                // outcome stays in memory until the store takes it; only a
-                                // restart before then loses it (and recovery runs the task
-                                // again without using a retry).
-                                Err(e) => {
-                                    warn!(error = %e, task_instance = o.finish.ti_pk, "cannot journal the outcome; keeping it in memory")
+                        for job in &mut batch {
+                            if let Job::Outcome(o, file @ None) = job {
+                                match journal_write(&self.journal, o) {
+                                    Ok(path) => *file = Some(path),
+                                    // The journal shares a full disk with the store, say: the
+                                    // outcome stays in memory until the store takes it; only
+                                    // a restart before then loses it (and recovery runs the
+                                    // task again without using a retry).
+                                    Err(e) => {
+                                        warn!(error = %e, task_instance = o.finish.ti_pk, "cannot journal the outcome; keeping it in memory")
+                                    }
                                 }
                             }
                         }
-                        self.queue.push_front(job);
+                        for job in batch.into_iter().rev() {
+                            self.queue.push_front(job);
+                        }
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         break;
+                    }
+                    Err(e) if batch.len() > 1 => {
+                        // One of them is refused for good: write them one by one, so only
+                        // that one stays in the journal.
+                        warn!(error = %e, outcomes = batch.len(), "a batch of outcomes was refused; writing them one at a time");
+                        self.singles = batch.len();
+                        for job in batch.into_iter().rev() {
+                            self.queue.push_front(job);
+                        }
                     }
                     Err(e) => {
                         // Not something waiting fixes: keep the journal file for the next
                         // start and say so.
                         error!(error = %e, "cannot write to the metadata store; the outcome stays in the journal");
-                        self.forget(&job, false);
+                        for job in &batch {
+                            self.forget(job, false);
+                        }
                     }
                 }
             }
@@ -326,6 +349,51 @@ impl WriterThread {
         } else {
             self.queue.push_back(job);
         }
+    }
+
+    /// The next jobs to write together: a run of plain outcomes (one transaction for all),
+    /// else the first job alone.
+    fn take_batch(&mut self) -> Vec<Job> {
+        let plain = |j: &Job| matches!(j, Job::Outcome(o, _) if o.dbt_nodes.is_none() && o.reschedule.is_none());
+        let mut batch = vec![];
+        if self.singles > 0 {
+            self.singles -= 1;
+        } else {
+            while batch.len() < MAX_BATCH && self.queue.front().is_some_and(plain) {
+                batch.extend(self.queue.pop_front());
+            }
+        }
+        if batch.is_empty() {
+            batch.extend(self.queue.pop_front());
+        }
+        batch
+    }
+
+    fn write_batch(&mut self, batch: &[Job]) -> nightshift_store::Result<()> {
+        if let [job] = batch {
+            return self.write(job);
+        }
+        let finishes: Vec<FinishTry> = batch
+            .iter()
+            .filter_map(|j| match j {
+                Job::Outcome(o, _) => Some(o.finish.clone()),
+                _ => None,
+            })
+            .collect();
+        let done = self.store.finish_tries(&finishes)?;
+        for (job, recorded) in batch.iter().zip(done) {
+            if let Job::Outcome(o, _) = job
+                && !recorded
+            {
+                warn!(
+                    task_instance = o.finish.ti_pk,
+                    try_number = o.finish.try_number,
+                    "outcome not recorded: the try lost its claim"
+                );
+            }
+            self.forget(job, true);
+        }
+        Ok(())
     }
 
     fn write(&mut self, job: &Job) -> nightshift_store::Result<()> {

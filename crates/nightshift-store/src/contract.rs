@@ -81,6 +81,7 @@ contract!(
     retention_removes_whole_runs,
     concurrent_claimers_never_share_a_try_or_overfill_a_pool,
     a_batch_takes_at_most_its_free_slots_in_order,
+    a_batch_of_outcomes_is_fenced_try_by_try,
     the_store_clock_moves,
     a_newer_schema_is_refused,
     engines_are_listed_with_their_running_tries,
@@ -173,6 +174,32 @@ fn finish(ti_pk: i64, try_number: u32, owner: &str, end: i64, state: TaskState) 
     }
 }
 
+/// The states of a run's task instances, in order.
+fn states_of(s: &Fixture, run: i64) -> Vec<TaskState> {
+    s.task_instances(run)
+        .unwrap()
+        .iter()
+        .map(|t| t.state)
+        .collect()
+}
+
+/// A run of these tasks, all QUEUED: its pk and its task instances' pks, in order.
+fn queued_run(s: &Fixture, ids: &[String], pool: Option<&'static str>) -> (i64, Vec<i64>) {
+    let v = s.put_version("nightly", "src", 0).unwrap();
+    let tasks: Vec<NewTask<'_>> = ids.iter().map(|t| task(t, pool)).collect();
+    let run = s.create_run(&new_run("r1", 10, &v), &tasks).unwrap().pk();
+    let decisions: Vec<(String, TaskState)> =
+        ids.iter().map(|t| (t.clone(), TaskState::Queued)).collect();
+    s.decide_pending(run, &decisions, 1).unwrap();
+    let tis = s
+        .task_instances(run)
+        .unwrap()
+        .iter()
+        .map(|t| t.pk)
+        .collect();
+    (run, tis)
+}
+
 fn one_run_per_interval(s: &Fixture) {
     let v = s.put_version("nightly", "src", 0).unwrap();
     let tasks = [NewTask {
@@ -230,12 +257,7 @@ fn cancelling_a_run_records_its_running_try_and_fences_its_outcome(s: &Fixture) 
     assert_eq!(runs, ["r1"]);
     assert_eq!(tries.len(), 1);
     assert_eq!(tries[0].task_id, "a");
-    let states: Vec<TaskState> = s
-        .task_instances(run)
-        .unwrap()
-        .iter()
-        .map(|t| t.state)
-        .collect();
+    let states = states_of(s, run);
     assert_eq!(states, [TaskState::Cancelled, TaskState::Cancelled]);
     assert_eq!(s.run(run).unwrap().unwrap().status, RunState::Cancelled);
     let t = &s.tries(run).unwrap()[0];
@@ -787,19 +809,9 @@ fn retention_removes_whole_runs(s: &Fixture) {
 }
 
 fn concurrent_claimers_never_share_a_try_or_overfill_a_pool(s: &Fixture) {
-    let v = s.put_version("nightly", "src", 0).unwrap();
     let ids: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
-    let tasks: Vec<NewTask<'_>> = ids.iter().map(|t| task(t, Some("p"))).collect();
-    let run = s.create_run(&new_run("r1", 10, &v), &tasks).unwrap().pk();
-    let decisions: Vec<(String, TaskState)> =
-        ids.iter().map(|t| (t.clone(), TaskState::Queued)).collect();
-    s.decide_pending(run, &decisions, 1).unwrap();
-    let tis: Vec<i64> = s
-        .task_instances(run)
-        .unwrap()
-        .iter()
-        .map(|t| t.pk)
-        .collect();
+    let (_, tis) = queued_run(s, &ids, Some("p"));
+    let v = s.put_version("nightly", "src", 0).unwrap();
     // Four claimers, each on its own connection, race for the same twelve tasks; the pool
     // has three slots.
     let won: Vec<(String, i64)> = std::thread::scope(|scope| {
@@ -869,19 +881,8 @@ fn concurrent_claimers_never_share_a_try_or_overfill_a_pool(s: &Fixture) {
 /// A claimer with two free slots handed a list of six takes the first two still free, in
 /// the list's order; one handed the same list next takes the two after them.
 fn a_batch_takes_at_most_its_free_slots_in_order(s: &Fixture) {
-    let v = s.put_version("nightly", "src", 0).unwrap();
     let ids: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
-    let tasks: Vec<NewTask<'_>> = ids.iter().map(|t| task(t, None)).collect();
-    let run = s.create_run(&new_run("r1", 10, &v), &tasks).unwrap().pk();
-    let decisions: Vec<(String, TaskState)> =
-        ids.iter().map(|t| (t.clone(), TaskState::Queued)).collect();
-    s.decide_pending(run, &decisions, 1).unwrap();
-    let mut tis: Vec<i64> = s
-        .task_instances(run)
-        .unwrap()
-        .iter()
-        .map(|t| t.pk)
-        .collect();
+    let (_, mut tis) = queued_run(s, &ids, None);
     tis.reverse();
     let list = |owner: &'static str| -> Vec<Claim<'static>> {
         tis.iter().map(|ti| claim_of(*ti, owner, 5)).collect()
@@ -897,6 +898,40 @@ fn a_batch_takes_at_most_its_free_slots_in_order(s: &Fixture) {
             .iter()
             .all(Option::is_none)
     );
+}
+
+fn a_batch_of_outcomes_is_fenced_try_by_try(s: &Fixture) {
+    let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let (run, tis) = queued_run(s, &ids, None);
+    for ti in &tis {
+        assert_eq!(s.claim(&claim_of(*ti, "A", 5)).unwrap(), Some(1));
+    }
+    let fin = |ti: i64, owner: &str, state: TaskState| finish(ti, 1, owner, 9, state);
+    let done = s
+        .finish_tries(&[
+            fin(tis[0], "A", TaskState::Success),
+            fin(tis[1], "B", TaskState::Success),
+            fin(tis[2], "A", TaskState::Failed),
+        ])
+        .unwrap();
+    assert_eq!(
+        done,
+        vec![true, false, true],
+        "the wrong owner's outcome is refused"
+    );
+    let states = states_of(s, run);
+    assert_eq!(
+        states,
+        vec![TaskState::Success, TaskState::Running, TaskState::Failed]
+    );
+    let tries = s
+        .tries_of(&[(tis[0], 1), (tis[1], 1), (tis[2], 1)])
+        .unwrap();
+    let state_of = |ti: i64| tries.iter().find(|t| t.ti_pk == ti).unwrap().state;
+    assert_eq!(state_of(tis[0]), TaskState::Success);
+    assert_eq!(state_of(tis[1]), TaskState::Running);
+    assert_eq!(state_of(tis[2]), TaskState::Failed);
+    assert!(s.finish_tries(&[]).unwrap().is_empty());
 }
 
 fn the_store_clock_moves(s: &Fixture) {

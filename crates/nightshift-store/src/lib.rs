@@ -175,6 +175,9 @@ interface! {
     /// Fenced on (instance, try number, owner, RUNNING): false means the claim was lost and
     /// nothing was written.
     fn finish_try(&self, f: &FinishTry) -> Result<bool>;
+    /// [`MetaStore::finish_try`] for several tries in one transaction: each fenced on its
+    /// own, one answer per try in order. An error writes none of them.
+    fn finish_tries(&self, fs: &[FinishTry]) -> Result<Vec<bool>>;
     /// RUNNING → terminal, with `rows_loaded` summed from the successful tries.
     fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool>;
     /// Extends the leases of this owner's running tries; returns the (instance, try) pairs it

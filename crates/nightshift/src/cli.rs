@@ -351,6 +351,13 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
     },
+    /// Starts tries' programs inside their cgroups for the engine that started it (not for
+    /// people): requests come on stdin, a socket.
+    #[command(name = "__spawner", hide = true)]
+    InternalSpawner {
+        /// The helper's own cgroup folder.
+        home: std::path::PathBuf,
+    },
     /// Runs a sql try (started by the engine, not by people).
     #[command(name = "__sql", hide = true)]
     InternalSql {

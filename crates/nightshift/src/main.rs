@@ -17,6 +17,18 @@ fn main() {
     // its output sets its own umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = cli::Cli::parse();
+    // The spawner helper needs neither logging nor the async runtime: its process stays
+    // small and single-purpose (its threads move with it between cgroups).
+    if let cli::Command::InternalSpawner { home } = &cli.command {
+        let code = match nightshift_engine::spawner::serve(home) {
+            Ok(()) => 0,
+            Err(e) => {
+                output::note(format!("error: the spawner stopped: {e}"));
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let json = cli.log_format.as_deref().or(env::log_format().as_deref()) == Some("json");
     output::set_json(json);
     init_tracing(&cli.command, json);

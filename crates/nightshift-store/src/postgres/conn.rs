@@ -19,7 +19,7 @@ use postgres::{GenericClient, Row, Statement, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 /// A server session and the statements prepared on it, keyed by their text.
 pub struct Conn {

@@ -4,8 +4,61 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use nightshift_core::{RunState, TaskState};
 
+use super::conn::Params;
 use super::{PgStore, TI_COLS, TRY_COLS, event, lock_names, rows, ti_row, try_row, u32_of};
 use crate::{Claim, DbtNode, FinishTry, Result, TiRow, TryRow};
+
+/// A try's outcome in one statement: the task instance's update is the fence, and the try
+/// row and the event are written only when it held. One round trip, atomic on its own.
+const FINISH: &str = "WITH u AS (
+        UPDATE task_instances SET state = $4, next_try_at = $5, lease_until = NULL, updated_at = $6, max_tries = max_tries + $7,
+            interruptions = CASE WHEN $8 THEN interruptions + 1 ELSE 0 END
+        WHERE id = $1 AND try_number = $2 AND ($3::TEXT IS NULL OR owner = $3) AND state = 'RUNNING'
+        RETURNING id, run, task_id),
+    t AS (
+        UPDATE task_tries SET state = $9, end_time = $6, duration_ms = ($6 - start_time) / 1000, exit_code = $10, signal = $11,
+            error = $12, metrics = $13, rows_loaded = $14, log_path = COALESCE(log_path, $15), pid = COALESCE(pid, $16), warning = $17
+        WHERE ti = $1 AND try_number = $2 AND EXISTS (SELECT 1 FROM u)
+        RETURNING 1),
+    e AS (
+        INSERT INTO task_events (at, run, task_id, try_number, state, detail)
+        SELECT $6, u.run, u.task_id, $2, $4, $12 FROM u WHERE $4 <> 'SUCCESS'
+        RETURNING 1)
+    SELECT COUNT(*) FROM u";
+
+/// Runs [`FINISH`] for one outcome on a connection or a transaction; true when the fence
+/// held.
+macro_rules! finish_on {
+    ($c:expr, $f:expr) => {{
+        let f: &FinishTry = $f;
+        let (try_number, extra) = (i64::from(f.try_number), i64::from(f.extra_tries));
+        let (exit, signal, pid) = (
+            f.exit_code.map(i64::from),
+            f.signal.map(i64::from),
+            f.pid.map(i64::from),
+        );
+        let params: Params<'_> = &[
+            &f.ti_pk,
+            &try_number,
+            &f.owner,
+            &f.ti_state.as_str(),
+            &f.next_try_at,
+            &f.end,
+            &extra,
+            &f.interrupted,
+            &f.try_state.as_str(),
+            &exit,
+            &signal,
+            &f.error,
+            &f.metrics,
+            &f.rows_loaded,
+            &f.log_path,
+            &pid,
+            &f.warning,
+        ];
+        $c.query_one(FINISH, params)?.try_get::<_, i64>(0)? == 1
+    }};
+}
 
 impl PgStore {
     pub fn task_instances(&self, run_pk: i64) -> Result<Vec<TiRow>> {
@@ -216,33 +269,13 @@ impl PgStore {
     }
 
     pub fn finish_try(&self, f: &FinishTry) -> Result<bool> {
-        let try_number = i64::from(f.try_number);
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE task_instances SET state = $4, next_try_at = $5, lease_until = NULL, updated_at = $6, max_tries = max_tries + $7,
-                     interruptions = CASE WHEN $8 THEN interruptions + 1 ELSE 0 END
-                 WHERE id = $1 AND try_number = $2 AND ($3::TEXT IS NULL OR owner = $3) AND state = 'RUNNING'",
-                &[&f.ti_pk, &try_number, &f.owner, &f.ti_state.as_str(), &f.next_try_at, &f.end, &i64::from(f.extra_tries), &f.interrupted],
-            )?;
-            if n == 0 {
-                return Ok(false);
-            }
-            tx.execute(
-                "UPDATE task_tries SET state = $3, end_time = $4, duration_ms = ($4 - start_time) / 1000, exit_code = $5, signal = $6,
-                     error = $7, metrics = $8, rows_loaded = $9, log_path = COALESCE(log_path, $10), pid = COALESCE(pid, $11), warning = $12
-                 WHERE ti = $1 AND try_number = $2",
-                &[
-                    &f.ti_pk, &try_number, &f.try_state.as_str(), &f.end, &f.exit_code.map(i64::from), &f.signal.map(i64::from),
-                    &f.error, &f.metrics, &f.rows_loaded, &f.log_path, &f.pid.map(i64::from), &f.warning,
-                ],
-            )?;
-            if f.ti_state != TaskState::Success {
-                let row = tx.query_one("SELECT run, task_id FROM task_instances WHERE id = $1", &[&f.ti_pk])?;
-                let (run, task): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
-                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error.as_deref())?;
-            }
-            Ok(true)
-        })
+        // One statement needs no explicit transaction: no BEGIN and COMMIT round trips.
+        self.read(|c| Ok(finish_on!(c, f)))
+    }
+
+    /// Several outcomes in one transaction (the outcome writer's batch).
+    pub fn finish_tries(&self, fs: &[FinishTry]) -> Result<Vec<bool>> {
+        self.write(|tx| fs.iter().map(|f| Ok(finish_on!(tx, f))).collect())
     }
 
     pub fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool> {

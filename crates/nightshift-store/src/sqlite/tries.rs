@@ -129,28 +129,12 @@ impl SqliteStore {
     }
 
     pub fn finish_try(&self, f: &FinishTry) -> Result<bool> {
-        self.write(|tx| {
-            let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7,
-                     interruptions = CASE WHEN ?8 THEN interruptions + 1 ELSE 0 END
-                 WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'")?.execute(params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries, f.interrupted],
-            )?;
-            if n == 0 {
-                return Ok(false);
-            }
-            tx.prepare_cached("UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
-                        error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10), pid = COALESCE(pid, ?11), warning = ?12
-                 WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path, f.pid, f.warning],
-            )?;
-            // The try row holds start, end and outcome; the event log adds the task's next
-            // state only when it is not simply the try's success.
-            if f.ti_state != TaskState::Success {
-                let (run, task): (i64, String) = tx
-                    .prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?
-                    .query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                event(tx, f.end, run, Some(&task), Some(f.try_number), f.ti_state.as_str(), f.error.as_deref())?;
-            }
-            Ok(true)
-        })
+        self.write(|tx| finish_in(tx, f))
+    }
+
+    /// Several outcomes in one transaction (the outcome writer's batch).
+    pub fn finish_tries(&self, fs: &[FinishTry]) -> Result<Vec<bool>> {
+        self.write(|tx| fs.iter().map(|f| finish_in(tx, f)).collect())
     }
 
     pub fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool> {
@@ -298,4 +282,36 @@ impl SqliteStore {
         })?;
         Ok(crate::rows::join_chunks(chunks, offset, max))
     }
+}
+
+/// A try's outcome, fenced, inside the caller's transaction.
+fn finish_in(tx: &rusqlite::Transaction<'_>, f: &FinishTry) -> rusqlite::Result<bool> {
+    let n = tx.prepare_cached("UPDATE task_instances SET state = ?4, next_try_at = ?5, lease_until = NULL, updated_at = ?6, max_tries = max_tries + ?7,
+             interruptions = CASE WHEN ?8 THEN interruptions + 1 ELSE 0 END
+         WHERE id = ?1 AND try_number = ?2 AND (?3 IS NULL OR owner = ?3) AND state = 'RUNNING'")?.execute(params![f.ti_pk, f.try_number, f.owner, f.ti_state.as_str(), f.next_try_at, f.end, f.extra_tries, f.interrupted],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached("UPDATE task_tries SET state = ?3, end_time = ?4, duration_ms = (?4 - start_time) / 1000, exit_code = ?5, signal = ?6,
+                error = ?7, metrics = ?8, rows_loaded = ?9, log_path = COALESCE(log_path, ?10), pid = COALESCE(pid, ?11), warning = ?12
+         WHERE ti = ?1 AND try_number = ?2")?.execute(params![f.ti_pk, f.try_number, f.try_state.as_str(), f.end, f.exit_code, f.signal, f.error, f.metrics, f.rows_loaded, f.log_path, f.pid, f.warning],
+    )?;
+    // The try row holds start, end and outcome; the event log adds the task's next
+    // state only when it is not simply the try's success.
+    if f.ti_state != TaskState::Success {
+        let (run, task): (i64, String) = tx
+            .prepare_cached("SELECT run, task_id FROM task_instances WHERE id = ?1")?
+            .query_row([f.ti_pk], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        event(
+            tx,
+            f.end,
+            run,
+            Some(&task),
+            Some(f.try_number),
+            f.ti_state.as_str(),
+            f.error.as_deref(),
+        )?;
+    }
+    Ok(true)
 }

@@ -218,6 +218,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             internal::dbt_warm(&internal::request_text(&request)?, &extra)
         }
         Command::InternalLoad { request } => internal::load(&internal::request_text(&request)?),
+        Command::InternalSpawner { home } => {
+            nightshift_engine::spawner::serve(&home)?;
+            Ok(0)
+        }
         Command::Pause { pipeline } => pause(&dir, &pipeline, true),
         Command::Unpause { pipeline } => pause(&dir, &pipeline, false),
         Command::Next {
@@ -596,7 +600,14 @@ pub fn new_engine_with(
 pub fn containment() -> &'static nightshift_engine::contain::Containment {
     static C: std::sync::OnceLock<nightshift_engine::contain::Containment> =
         std::sync::OnceLock::new();
-    C.get_or_init(nightshift_engine::contain::Containment::detect)
+    C.get_or_init(|| {
+        let c = nightshift_engine::contain::Containment::detect();
+        // Tries start through a helper that is this binary (`__spawner`).
+        match std::env::current_exe() {
+            Ok(exe) => c.with_spawner(exe),
+            Err(_) => c,
+        }
+    })
 }
 
 #[cfg(test)]

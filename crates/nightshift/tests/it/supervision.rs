@@ -612,3 +612,72 @@ fn a_task_that_keeps_taking_its_scheduler_down_fails_after_three_interruptions()
     );
     assert_eq!(task(&doc, "t")["state"], "FAILED");
 }
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_spawner_loses_no_outcome_and_runs_nothing_twice() {
+    let p = TestProject::new();
+    // `slow` is running (started by the spawner) when the spawner is SIGKILLed; `after`
+    // starts once it is gone. Each appends a line per start, to count them.
+    p.file(
+        "slow.sh",
+        "#!/bin/sh\necho start >> slow.ran\nwhile [ ! -e go ]; do sleep 0.05; done\nexit 0\n",
+    );
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &yesterday())
+            + "[[task]]\nid = \"slow\"\ncommand = [\"./slow.sh\"]\n\n\
+               [[task]]\nid = \"after\"\ncommand = [\"sh\", \"-c\", \"echo start >> after.ran\"]\ndepends_on = [\"slow\"]\n"),
+    );
+    let mut up = p.spawn(&["up", "--no-web"], &[], "up");
+    p.wait_for("slow to start", || p.read("slow.ran").lines().count() == 1);
+    let up_pid = up.id();
+    let spawner: Vec<u32> = processes_with("__spawner")
+        .into_iter()
+        .filter(|pid| parent_of(*pid) == Some(up_pid))
+        .collect();
+    assert_eq!(
+        spawner.len(),
+        1,
+        "one spawner under up: {}",
+        p.read("up.stderr")
+    );
+    let killed = Command::new("kill")
+        .args(["-KILL", &spawner[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    p.wait_for("the spawner to be gone", || {
+        processes_with("__spawner")
+            .iter()
+            .all(|pid| *pid != spawner[0])
+    });
+    // The try the spawner started lives on, and its end is still seen.
+    p.file("go", "");
+    p.wait_for("the run to end", || {
+        p.runs("p")
+            .first()
+            .is_some_and(|r| r["state"] != "RUNNING" && r["state"] != "QUEUED")
+    });
+    let err = p.read("up.stderr");
+    sigterm(&up);
+    assert!(up.wait().unwrap().success());
+    let run = &p.runs("p")[0];
+    assert_eq!(run["state"], "SUCCESS", "{run}\n{err}");
+    let doc = p.tasks(run["run_id"].as_str().unwrap());
+    assert_eq!(only_try(&doc, "slow")["state"], "SUCCESS");
+    assert_eq!(only_try(&doc, "after")["state"], "SUCCESS");
+    assert_eq!(p.read("slow.ran").lines().count(), 1, "slow ran once");
+    assert_eq!(p.read("after.ran").lines().count(), 1, "after ran once");
+    assert!(err.contains("the spawner ended"), "{err}");
+}
