@@ -20,6 +20,12 @@ pub fn log_format() -> Option<String> {
     var("NIGHTSHIFT_LOG_FORMAT")
 }
 
+/// `NIGHTSHIFT_SPAWNER=off`: tries enter their cgroups through the `/bin/sh` step instead of
+/// the spawner helper (an escape hatch, and the A/B of the benchmark).
+pub fn spawner_off() -> bool {
+    var("NIGHTSHIFT_SPAWNER").is_some_and(|v| v.trim() == "off")
+}
+
 /// The crash point a recovery test asks for (`NIGHTSHIFT_CRASH_AT`).
 pub fn crash_at() -> Option<String> {
     var("NIGHTSHIFT_CRASH_AT")

@@ -604,8 +604,8 @@ pub fn containment() -> &'static nightshift_engine::contain::Containment {
         let c = nightshift_engine::contain::Containment::detect();
         // Tries start through a helper that is this binary (`__spawner`).
         match std::env::current_exe() {
-            Ok(exe) => c.with_spawner(exe),
-            Err(_) => c,
+            Ok(exe) if !crate::env::spawner_off() => c.with_spawner(exe),
+            _ => c,
         }
     })
 }
