@@ -681,3 +681,36 @@ fn a_killed_spawner_loses_no_outcome_and_runs_nothing_twice() {
     assert_eq!(p.read("after.ran").lines().count(), 1, "after ran once");
     assert!(err.contains("the spawner ended"), "{err}");
 }
+
+#[test]
+fn with_or_without_the_spawner_a_task_is_born_in_its_tries_cgroup() {
+    let p = TestProject::new();
+    // The task writes its own cgroup, and a child it starts writes its own.
+    p.file(
+        "where.sh",
+        "#!/bin/sh\ncat /proc/self/cgroup > \"where-$1\"\nsh -c 'cat /proc/self/cgroup' > \"child-$1\"\n",
+    );
+    for mode in ["on", "off"] {
+        p.file(
+            &format!("pipelines/{mode}.toml"),
+            &(daily(mode, &yesterday())
+                + &format!("[[task]]\nid = \"w\"\ncommand = [\"./where.sh\", \"{mode}\"]\n")),
+        );
+    }
+    for mode in ["on", "off"] {
+        let out = p
+            .cmd(&["run", mode, "--date", &yesterday()])
+            .env("NIGHTSHIFT_SPAWNER", mode)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let own = p.read(&format!("where-{mode}"));
+        let child = p.read(&format!("child-{mode}"));
+        assert!(
+            own.contains("/nightshift-") && own.contains("/try-"),
+            "{mode}: the task runs in its try's cgroup: {own:?}"
+        );
+        assert_eq!(own, child, "{mode}: its child is born there too");
+    }
+}
