@@ -4,7 +4,7 @@
 //! request, and when the main process exits ends every process the try started
 //! ([`crate::contain`]). Figures come from the file named by `NIGHTSHIFT_METRICS`.
 //!
-//! Threads per try: one drains each pipe, the supervisor decides (exit, timeout, stop) and
+//! Threads per try: one drains both pipes, the supervisor decides (exit, timeout, stop) and
 //! hands the outcome to a callback, and — unless the spawner helper started the process
 //! and reports its exit — one waits for the main process.
 
@@ -103,61 +103,116 @@ impl ChildOutcome {
 
 /// Longest log line kept whole; longer lines are split so one line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
+
+/// One of the try's output streams, as the reader drains it.
+struct Stream {
+    pipe: PipeReader,
+    name: &'static str,
+    dbt_json: bool,
+    /// The start of a line whose end has not come yet.
+    partial: Vec<u8>,
+    open: bool,
+}
+
+impl Stream {
+    fn emit(&self, sink: &mut LogSink, line: &[u8]) {
+        if self.dbt_json
+            && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line))
+        {
+            sink.line_stamped(self.name, text.as_bytes());
+        } else {
+            sink.line_stamped(self.name, line);
+        }
+    }
+
+    /// Puts what was read into the log, line by line; keeps an unfinished line.
+    fn take(&mut self, sink: &mut LogSink, mut rest: &[u8]) {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            if self.partial.is_empty() {
+                self.emit(sink, &rest[..i]);
+            } else {
+                self.partial.extend_from_slice(&rest[..i]);
+                let line = std::mem::take(&mut self.partial);
+                self.emit(sink, &line);
+            }
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        while self.partial.len() >= MAX_LINE {
+            let tail = self.partial.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial, tail);
+            self.emit(sink, &line);
+        }
+    }
+}
+
+/// One thread drains both of the try's pipes (stdout, stderr) into its log, until both
+/// are closed.
 fn spawn_reader(
-    mut r: impl Read + Send + 'static,
+    out: PipeReader,
+    err: PipeReader,
     log: Arc<Mutex<LogSink>>,
     clock: Arc<dyn Clock>,
-    stream: &'static str,
     dbt_json: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use rustix::event::{PollFd, PollFlags};
+    let stream = |pipe, name, dbt_json| Stream {
+        pipe,
+        name,
+        dbt_json,
+        partial: Vec::new(),
+        open: true,
+    };
+    let mut streams = [stream(out, "out", dbt_json), stream(err, "err", false)];
     std::thread::Builder::new()
-        .name(format!("try-{stream}"))
+        .name("try-output".into())
         .spawn(move || {
-            let emit = |sink: &mut LogSink, line: &[u8]| {
-                if dbt_json && let Some(text) = crate::dbt::log_line(&String::from_utf8_lossy(line))
-                {
-                    sink.line_stamped(stream, text.as_bytes());
-                } else {
-                    sink.line_stamped(stream, line);
-                }
-            };
             let mut buf = vec![0u8; LOG_BUFFER];
-            let mut partial: Vec<u8> = Vec::new();
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            while streams.iter().any(|s| s.open) {
+                let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].open).collect();
+                let mut fds: Vec<PollFd<'_>> = open
+                    .iter()
+                    .map(|i| PollFd::new(&streams[*i].pipe, PollFlags::IN))
+                    .collect();
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
                     Err(_) => break,
-                    Ok(n) => n,
-                };
-                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-                sink.stamp_now(clock.as_ref());
-                let mut rest = &buf[..n];
-                while let Some(i) = memchr::memchr(b'\n', rest) {
-                    if partial.is_empty() {
-                        emit(&mut sink, &rest[..i]);
-                    } else {
-                        partial.extend_from_slice(&rest[..i]);
-                        emit(&mut sink, &partial);
-                        partial.clear();
+                }
+                let ready: Vec<usize> = open
+                    .into_iter()
+                    .zip(&fds)
+                    .filter(|(_, f)| !f.revents().is_empty())
+                    .map(|(i, _)| i)
+                    .collect();
+                drop(fds);
+                for i in ready {
+                    let s = &mut streams[i];
+                    let n = match s.pipe.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    if n == 0 {
+                        s.open = false;
+                        continue;
                     }
-                    rest = &rest[i + 1..];
-                }
-                partial.extend_from_slice(rest);
-                while partial.len() >= MAX_LINE {
-                    let tail = partial.split_off(MAX_LINE);
-                    emit(&mut sink, &partial);
-                    partial = tail;
-                }
-                // The pipe is drained: put what we have in the file for live tailing.
-                if n < buf.len() {
-                    sink.flush();
+                    let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                    sink.stamp_now(clock.as_ref());
+                    s.take(&mut sink, &buf[..n]);
+                    // The pipe is drained: put what we have in the file for live tailing.
+                    if n < buf.len() {
+                        sink.flush();
+                    }
                 }
             }
-            if !partial.is_empty() {
-                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-                sink.stamp_now(clock.as_ref());
-                emit(&mut sink, &partial);
+            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.stamp_now(clock.as_ref());
+            for s in &mut streams {
+                let line = std::mem::take(&mut s.partial);
+                if !line.is_empty() {
+                    s.emit(&mut sink, &line);
+                }
             }
         })
 }
@@ -233,15 +288,11 @@ pub fn spawn(
     let mut reader_error = None;
     match spawn_reader(
         launched.out,
+        launched.err,
         log.clone(),
         clock.clone(),
-        "out",
         spec.dbt_json_log,
     ) {
-        Ok(h) => readers.push(h),
-        Err(e) => reader_error = Some(e),
-    }
-    match spawn_reader(launched.err, log.clone(), clock.clone(), "err", false) {
         Ok(h) => readers.push(h),
         Err(e) => reader_error = Some(e),
     }
