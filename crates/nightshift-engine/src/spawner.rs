@@ -267,14 +267,25 @@ fn start(exe: &Path, home: &Path) -> std::io::Result<Arc<Link>> {
         // Its own group: a Ctrl-C meant for `up` must not end it before `up` is done.
         .process_group(0)
         .spawn()?;
-    // The helper says it is ready (in its cgroup) with one byte.
+    // The helper says it is ready (in its cgroup) with one message; a helper that never
+    // says so is killed rather than waited for.
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    set_socket_timeout(&ours, Timeout::Recv, Some(START_BOUND))?;
     let mut ready = [0u8; 1];
     let got = rustix::net::recv(&ours, &mut ready, RecvFlags::empty()).map(|(n, _)| n);
     if got.ok() != Some(1) {
-        return Err(std::io::Error::other(
-            "the spawner exited before it was ready",
-        ));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let mut child = child;
+        let _ = child.wait();
+        return Err(std::io::Error::other(match got {
+            Err(e) => format!("the spawner did not get ready: {e}"),
+            Ok(_) => "the spawner exited before it was ready".to_owned(),
+        }));
     }
+    set_socket_timeout(&ours, Timeout::Recv, None)?;
     let link = Arc::new(Link {
         sock: ours,
         pid: child.id(),

@@ -390,11 +390,21 @@ fn with_no_retries_a_killed_scheduler_does_not_fail_the_run() {
     });
     sigkill(&mut up);
     let mut up2 = p.spawn(&["up", "--no-web"], &[], "up2");
-    p.wait_for("the run to finish", || {
-        p.runs("p")[0]["state"]
-            .as_str()
-            .is_some_and(|s| s == "SUCCESS" || s == "FAILED")
-    });
+    // A hang guard that says what both schedulers said if it trips.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !p.runs("p")[0]["state"]
+        .as_str()
+        .is_some_and(|s| s == "SUCCESS" || s == "FAILED")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish\nup:\n{}\nup2:\n{}\ntasks: {}",
+            p.read("up.stderr"),
+            p.read("up2.stderr"),
+            p.tasks(p.runs("p")[0]["run_id"].as_str().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     sigterm(&up2);
     assert!(up2.wait().unwrap().success());
     let runs = p.runs("p");
