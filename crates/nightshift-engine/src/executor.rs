@@ -206,12 +206,15 @@ fn spawn_reader(
                     }
                 }
             }
-            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-            sink.stamp_now(clock.as_ref());
-            for s in &mut streams {
-                let line = std::mem::take(&mut s.partial);
-                if !line.is_empty() {
-                    s.emit(&mut sink, &line);
+            // Unfinished last lines, if any, are lines too.
+            if streams.iter().any(|s| !s.partial.is_empty()) {
+                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+                sink.stamp_now(clock.as_ref());
+                for s in &mut streams {
+                    let line = std::mem::take(&mut s.partial);
+                    if !line.is_empty() {
+                        s.emit(&mut sink, &line);
+                    }
                 }
             }
         })

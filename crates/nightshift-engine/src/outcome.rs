@@ -382,18 +382,23 @@ impl WriterThread {
             .collect();
         let done = self.store.finish_tries(&finishes)?;
         for (job, recorded) in batch.iter().zip(done) {
-            if let Job::Outcome(o, _) = job
-                && !recorded
-            {
-                warn!(
-                    task_instance = o.finish.ti_pk,
-                    try_number = o.finish.try_number,
-                    "outcome not recorded: the try lost its claim"
-                );
-            }
-            self.forget(job, true);
+            self.recorded(job, recorded);
         }
         Ok(())
+    }
+
+    /// An outcome's write is over: said when its fence did not hold, then forgotten.
+    fn recorded(&mut self, job: &Job, recorded: bool) {
+        if let Job::Outcome(o, _) = job
+            && !recorded
+        {
+            warn!(
+                task_instance = o.finish.ti_pk,
+                try_number = o.finish.try_number,
+                "outcome not recorded: the try lost its claim"
+            );
+        }
+        self.forget(job, true);
     }
 
     fn write(&mut self, job: &Job) -> nightshift_store::Result<()> {
@@ -420,14 +425,8 @@ impl WriterThread {
                 }
             }
             Job::Outcome(o, _) => {
-                if !o.apply(&self.store)? {
-                    warn!(
-                        task_instance = o.finish.ti_pk,
-                        try_number = o.finish.try_number,
-                        "outcome not recorded: the try lost its claim"
-                    );
-                }
-                self.forget(job, true);
+                let recorded = o.apply(&self.store)?;
+                self.recorded(job, recorded);
             }
             Job::Flush(done) => {
                 let _ = done.send(());

@@ -90,6 +90,15 @@ enum Reply {
     Failed(i32),
 }
 
+impl Reply {
+    fn into_result(self) -> Result<Started, SpawnError> {
+        match self {
+            Reply::Started(s) => Ok(s),
+            Reply::Failed(errno) => Err(SpawnError::Os(std::io::Error::from_raw_os_error(errno))),
+        }
+    }
+}
+
 struct Entry {
     started: Option<mpsc::SyncSender<Reply>>,
     on_exit: Option<OnExit>,
@@ -180,10 +189,7 @@ impl Spawner {
             return Err(unavailable(format!("cannot reach the spawner: {e}"), false));
         }
         match rx.recv_timeout(START_BOUND) {
-            Ok(Reply::Started(s)) => Ok(s),
-            Ok(Reply::Failed(errno)) => {
-                Err(SpawnError::Os(std::io::Error::from_raw_os_error(errno)))
-            }
+            Ok(r) => r.into_result(),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // A hung helper (stopped, say): replace it. If the program did start, its
                 // exit is still reported through the entry (or by the loss handling).
@@ -193,10 +199,7 @@ impl Spawner {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 match rx.recv_timeout(Duration::from_secs(5)) {
-                    Ok(Reply::Started(s)) => Ok(s),
-                    Ok(Reply::Failed(errno)) => {
-                        Err(SpawnError::Os(std::io::Error::from_raw_os_error(errno)))
-                    }
+                    Ok(r) => r.into_result(),
                     Err(_) => Err(unavailable("the spawner did not answer", true)),
                 }
             }
@@ -206,7 +209,8 @@ impl Spawner {
         }
     }
 
-    /// Ends the helper (it exits when its socket closes) and waits for it briefly.
+    /// Ends the helper: it exits when its socket closes (the caller waits for it to leave
+    /// its cgroup).
     pub fn shutdown(&self) {
         let link = lock(&self.link).link.take();
         if let Some(link) = link {
@@ -369,20 +373,16 @@ fn route(link: Arc<Link>, mut child: Child) {
 /// Waits for a process that was the helper's child and is being re-parented to this
 /// process (a child subreaper). None when its status went with the helper.
 fn wait_adopted(pid: u32) -> Option<ExitStatus> {
-    use nix::sys::wait::{WaitStatus, waitpid};
     let p = nix::unistd::Pid::from_raw(pid as i32);
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
-        match waitpid(p, None) {
-            Ok(WaitStatus::Exited(_, code)) => {
-                return Some(ExitStatus::from_raw((code & 0xff) << 8));
+        match nix::sys::wait::waitpid(p, None) {
+            Ok(ws) => {
+                if let Some((_, raw)) = ended(ws) {
+                    return Some(ExitStatus::from_raw(raw));
+                }
             }
-            Ok(WaitStatus::Signaled(_, sig, core)) => {
-                return Some(ExitStatus::from_raw(
-                    sig as i32 | if core { 0x80 } else { 0 },
-                ));
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => {
                 // Not ours (yet): still being re-parented, or already reaped by the helper.
                 if !crate::procs::alive(pid, None) || Instant::now() > give_up {
@@ -391,6 +391,20 @@ fn wait_adopted(pid: u32) -> Option<ExitStatus> {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+    }
+}
+
+/// An ended process's pid and wait status as the kernel encodes it (what
+/// `ExitStatus::from_raw` takes); None for a stop or a continue.
+fn ended(ws: nix::sys::wait::WaitStatus) -> Option<(u32, i32)> {
+    use nix::sys::wait::WaitStatus;
+    match ws {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw() as u32, (code & 0xff) << 8)),
+        WaitStatus::Signaled(pid, sig, core) => Some((
+            pid.as_raw() as u32,
+            sig as i32 | if core { 0x80 } else { 0 },
+        )),
+        _ => None,
     }
 }
 
@@ -588,7 +602,6 @@ fn libc_einval() -> i32 {
 }
 
 fn reap(sock: &OwnedFd, children: &(Mutex<HashMap<u32, u64>>, Condvar)) {
-    use nix::sys::wait::{WaitStatus, waitpid};
     let (map, wake) = children;
     loop {
         {
@@ -597,18 +610,18 @@ fn reap(sock: &OwnedFd, children: &(Mutex<HashMap<u32, u64>>, Condvar)) {
                 m = wake.wait(m).unwrap_or_else(|p| p.into_inner());
             }
         }
-        let (pid, raw) = match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
-            Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                (pid, sig as i32 | if core { 0x80 } else { 0 })
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+        let (pid, raw) = match nix::sys::wait::waitpid(None, None) {
+            Ok(ws) => match ended(ws) {
+                Some(e) => e,
+                None => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         };
-        let token = lock(map).remove(&(pid.as_raw() as u32));
+        let token = lock(map).remove(&pid);
         if let Some(token) = token
             && !reply(sock, EXITED, token, raw, false)
         {
