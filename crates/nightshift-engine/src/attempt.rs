@@ -1,5 +1,5 @@
-//! One try's life: prepare (its argv and environment, on the engine's thread), spawn and
-//! supervise (on the executor's threads), conclude (read what the kind left behind, decide
+//! One try's life, all on a thread of its own: prepare (its argv and environment), spawn
+//! and supervise (with the executor), conclude (read what the kind left behind, decide
 //! the task's next state) and hand the outcome to the writer. Nothing after the spawn waits
 //! on the store.
 
@@ -89,9 +89,78 @@ struct Concluding {
     log_path: PathBuf,
 }
 
-/// Starts a claimed try. Returns its stopper while it runs; `None` when it ended at once
-/// (it could not start; its outcome is with the writer and the engine was told).
+/// Starts a claimed try: everything from its argv to its end happens on a thread of its
+/// own, so a pass that claims many tries is not held up by their starts. Returns the try's
+/// stopper at once; `None` when the try ended at once (its task is gone, or no thread could
+/// be made: its outcome is then with the writer and the engine was told).
 pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
+    c.pipeline.task(&c.ti.task_id)?;
+    let (stopper, inbox) = executor::control();
+    // The thread takes the context; a thread that cannot be made gives it back here.
+    let slot = Arc::new(std::sync::Mutex::new(Some(c)));
+    let for_thread = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("try-supervise".into())
+        .spawn(move || {
+            if let Some(c) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                run(c, inbox);
+            }
+        });
+    match spawned {
+        Ok(_) => Some(stopper),
+        Err(e) => {
+            let c = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+            let end = c.clock.now();
+            if let Some((k, _)) = prepare(c) {
+                let msg = format!("cannot start a thread for the try: {e}");
+                conclude(k, ChildOutcome::not_started(msg, end), None);
+            }
+            None
+        }
+    }
+}
+
+/// The try's life on its own thread: prepare, spawn, supervise, conclude.
+fn run(c: TryCtx, inbox: executor::Inbox) {
+    let Some((concluding, prepared)) = prepare(c) else {
+        return;
+    };
+    let spec = match prepared {
+        Ok(spec) => spec,
+        Err(msg) => {
+            let end = concluding.c.clock.now();
+            conclude(concluding, ChildOutcome::not_started(msg, end), None);
+            return;
+        }
+    };
+    let c = &concluding.c;
+    let mut spawned_pid = None;
+    let outcome = executor::run(spec, c.clock.clone(), inbox, |pid, stopper| {
+        spawned_pid = Some(pid);
+        if let Some(s) = &c.shipper {
+            s.started(c.ti.pk, c.try_number, concluding.log_path.clone());
+        }
+        crash_if(&c.crash_at, "after_spawn", Some(&concluding.task.id));
+        c.writer.record_spawn(
+            SpawnRecord {
+                ti_pk: c.ti.pk,
+                try_number: c.try_number,
+                owner: c.owner.clone(),
+                pid,
+                pid_start: procs::start_time(pid),
+                log_path: crate::project::stored_path(&c.project_dir, &concluding.log_path),
+                stopper,
+            },
+            RECORD_PID_AFTER,
+        );
+    });
+    conclude(concluding, outcome, spawned_pid);
+}
+
+/// Describes the try's process: its argv, environment, folders and cell. `None` when its
+/// task is gone from the pipeline; the spec is an error when the work cannot even be
+/// described (the try then fails without a process).
+fn prepare(c: TryCtx) -> Option<(Concluding, Result<ChildSpec, String>)> {
     let task = c.pipeline.task(&c.ti.task_id).cloned()?;
     // One folder per run (not per task): creating inodes is a visible share of a short
     // task's cost.
@@ -116,109 +185,55 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
         work_dir: &work_dir,
         log_path: &log_path,
     };
-    // When the work cannot even be described, the try fails without a process.
-    let (prepared, cannot_start) = match runner.prepare(&c, &task, &paths) {
-        Ok(p) => (p, None),
-        Err(e) => (Prepared::default(), Some(e)),
-    };
-    let Prepared {
-        argv,
-        env: extra_env,
-    } = prepared;
-    let key = try_key(&c.store, c.ti.pk, c.try_number);
-    let mut env = ctx.env();
-    env.push(("NIGHTSHIFT_TRY_KEY".to_owned(), key.clone()));
-    env.extend(extra_env);
-    env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
-    let cwd = match &task.cwd {
-        Some(d) => c.project_dir.join(d),
-        None => runner.default_cwd(&c),
-    };
+    let prepared = runner.prepare(&c, &task, &paths);
     let started = c.clock.now();
     crash_if(&c.crash_at, "after_claim", Some(&task.id));
-    let spec = ChildSpec {
-        argv,
-        env,
-        cwd,
-        log_path: log_path.clone(),
-        metrics_path,
-        timeout: runner.timeout(&task),
-        kill_grace: c.kill_grace,
-        stop_signal: runner.stop_signal(),
-        dbt_json_log: runner.json_log(),
-        mask: c.mask.clone(),
-        env_remove: {
-            let keep = runner.keeps_env(&c);
-            c.own_secrets
-                .iter()
-                .filter(|n| !task.pass_env.contains(n) && !keep.contains(n))
-                .cloned()
-                .collect()
-        },
-        log_max_bytes: c.log_max_bytes,
-        cell: c
-            .containment
-            .cell(&format!("try-{}-{}", c.ti.pk, c.try_number), &key),
-    };
-    let writer = c.writer.clone();
-    let shipper = c.shipper.clone();
-    let clock = c.clock.clone();
-    let record = (c.ti.pk, c.try_number, c.owner.clone());
-    let project_dir = c.project_dir.clone();
-    let crash_at = c.crash_at.clone();
-    let task_id = task.id.clone();
+    let spec = prepared.map(|prepared| {
+        let Prepared {
+            argv,
+            env: extra_env,
+        } = prepared;
+        let key = try_key(&c.store, c.ti.pk, c.try_number);
+        let mut env = ctx.env();
+        env.push(("NIGHTSHIFT_TRY_KEY".to_owned(), key.clone()));
+        env.extend(extra_env);
+        env.extend(task.env.iter().map(|(k, v)| (k.clone(), ctx.render(v))));
+        let cwd = match &task.cwd {
+            Some(d) => c.project_dir.join(d),
+            None => runner.default_cwd(&c),
+        };
+        ChildSpec {
+            argv,
+            env,
+            cwd,
+            log_path: log_path.clone(),
+            metrics_path,
+            timeout: runner.timeout(&task),
+            kill_grace: c.kill_grace,
+            stop_signal: runner.stop_signal(),
+            dbt_json_log: runner.json_log(),
+            mask: c.mask.clone(),
+            env_remove: {
+                let keep = runner.keeps_env(&c);
+                c.own_secrets
+                    .iter()
+                    .filter(|n| !task.pass_env.contains(n) && !keep.contains(n))
+                    .cloned()
+                    .collect()
+            },
+            log_max_bytes: c.log_max_bytes,
+            cell: c.containment.cell(&key),
+        }
+    });
     let concluding = Concluding {
         c,
         task,
         ctx,
         started,
         work_dir,
-        log_path: log_path.clone(),
+        log_path,
     };
-    if let Some(msg) = cannot_start {
-        let end = concluding.c.clock.now();
-        conclude(concluding, ChildOutcome::not_started(msg, end), None);
-        return None;
-    }
-    // `spawn` takes the conclusion for the supervisor thread; a failed spawn gives it back
-    // through this slot.
-    let slot = Arc::new(std::sync::Mutex::new(Some(concluding)));
-    let for_thread = slot.clone();
-    let pid_slot = Arc::new(std::sync::OnceLock::new());
-    let pid_for_thread = pid_slot.clone();
-    let spawned = executor::spawn(spec, clock.clone(), move |outcome| {
-        if let Some(k) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            conclude(k, outcome, pid_for_thread.get().copied());
-        }
-    });
-    match spawned {
-        Ok(sup) => {
-            let _ = pid_slot.set(sup.pid);
-            if let Some(s) = &shipper {
-                s.started(record.0, record.1, log_path.clone());
-            }
-            crash_if(&crash_at, "after_spawn", Some(&task_id));
-            writer.record_spawn(
-                SpawnRecord {
-                    ti_pk: record.0,
-                    try_number: record.1,
-                    owner: record.2,
-                    pid: sup.pid,
-                    pid_start: procs::start_time(sup.pid),
-                    log_path: crate::project::stored_path(&project_dir, &log_path),
-                    stopper: sup.stopper.clone(),
-                },
-                RECORD_PID_AFTER,
-            );
-            Some(sup.stopper)
-        }
-        Err(msg) => {
-            if let Some(k) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                conclude(k, ChildOutcome::not_started(msg, clock.now()), None);
-            }
-            None
-        }
-    }
+    Some((concluding, spec))
 }
 
 /// Decides the task's next state from the process's outcome and hands it to the writer.

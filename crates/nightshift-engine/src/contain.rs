@@ -4,8 +4,8 @@
 //! Two mechanisms, chosen once per process ([`Containment::detect`]) and named in `up`'s
 //! first lines:
 //! - **cgroup v2**: each try gets a cgroup of its own under a cgroup2 mount nightshift may
-//!   write, and its program is born inside it, so every descendant is too, and
-//!   `cgroup.kill` ends them all at once. The [`crate::spawner`] helper starts programs
+//!   write (one emptied by an earlier try, or a new one), and its program is born inside it,
+//!   so every descendant is too, and `cgroup.kill` ends them all at once. The [`crate::spawner`] helper starts programs
 //!   there directly; without it, a one-line `/bin/sh` step writes itself into
 //!   `cgroup.procs`, then execs the program.
 //! - **subreaper + key sweep** (anywhere else): nightshift is a child subreaper, so orphaned
@@ -31,6 +31,7 @@ pub enum Containment {
     Cgroup {
         root: PathBuf,
         spawner: Option<Arc<Spawner>>,
+        cells: Arc<CellPool>,
     },
     /// `PR_SET_CHILD_SUBREAPER` and a sweep for the try's key.
     Subreaper,
@@ -45,6 +46,7 @@ impl Containment {
             Some(root) => Containment::Cgroup {
                 root,
                 spawner: None,
+                cells: Arc::default(),
             },
             None => Containment::Subreaper,
         }
@@ -53,11 +55,12 @@ impl Containment {
     /// Starts tries through a spawner helper run as `exe __spawner` (cgroups only).
     pub fn with_spawner(self, exe: PathBuf) -> Containment {
         match self {
-            Containment::Cgroup { root, .. } => {
+            Containment::Cgroup { root, cells, .. } => {
                 let home = root.join(SPAWNER_HOME);
                 Containment::Cgroup {
                     root,
                     spawner: Some(Arc::new(Spawner::new(exe, home))),
+                    cells,
                 }
             }
             other => other,
@@ -77,31 +80,29 @@ impl Containment {
         }
     }
 
-    /// Prepares the try's cell; call [`Cell::adopt`] with the main pid right after spawn.
-    pub fn cell(&self, name: &str, key: &str) -> Cell {
-        let spawner = match self {
-            Containment::Cgroup { spawner, .. } => spawner.clone(),
-            Containment::Subreaper => None,
-        };
-        let dir = match self {
-            Containment::Cgroup { root, .. } => {
-                // `create_dir_all`: an engine that ended earlier in this process (the demo runs
-                // `up`, then a backfill) removed the root; a later one makes it again.
-                let dir = root.join(name);
-                std::fs::create_dir_all(&dir).ok().map(|_| dir)
-            }
-            Containment::Subreaper => None,
+    /// Prepares the try's cell; call [`Cell::adopt`] with the main pid right after spawn
+    /// (unless the spawner started it inside).
+    pub fn cell(&self, key: &str) -> Cell {
+        let (dir, spawner, pool) = match self {
+            Containment::Cgroup {
+                root,
+                spawner,
+                cells,
+            } => (cells.take(root), spawner.clone(), Some(cells.clone())),
+            Containment::Subreaper => (None, None, None),
         };
         Cell {
             spawner: spawner.filter(|_| dir.is_some()),
             dir,
             key: key.to_owned(),
+            pool,
+            emptied: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Removes this process's cgroup folder if it is empty (at exit).
     pub fn cleanup(&self) {
-        if let Containment::Cgroup { root, spawner } = self {
+        if let Containment::Cgroup { root, spawner, .. } = self {
             if let Some(s) = spawner {
                 s.shutdown();
                 // The helper leaves its cgroup as it exits, a moment after its socket closes.
@@ -125,11 +126,46 @@ impl Containment {
 /// The spawner helper's own cgroup, beside the tries' cells.
 const SPAWNER_HOME: &str = "spawner";
 
+/// The empty cgroups of ended tries, kept for the next ones: making and removing a cgroup
+/// costs the kernel far more than reusing one, and a wide fan-out starts hundreds a second.
+/// A cell is returned only when it is known to be empty, so a try never shares its cgroup
+/// with a process of an earlier one; there are never more than the tries that ran at once.
+#[derive(Debug, Default)]
+pub struct CellPool {
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    made: std::sync::atomic::AtomicU64,
+}
+
+impl CellPool {
+    fn take(&self, root: &Path) -> Option<PathBuf> {
+        let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A kept cell is gone when an engine that ended earlier in this process cleaned up.
+        if let Some(dir) = kept.filter(|d| d.is_dir()) {
+            return Some(dir);
+        }
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // `create_dir_all`: an engine that ended earlier in this process (the demo runs
+        // `up`, then a backfill) removed the root; a later one makes it again.
+        let dir = root.join(format!("try-{n}"));
+        std::fs::create_dir_all(&dir).ok().map(|_| dir)
+    }
+
+    fn give_back(&self, dir: PathBuf) {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir);
+    }
+}
+
 /// Where one try's processes live.
 pub struct Cell {
     dir: Option<PathBuf>,
     key: String,
     spawner: Option<Arc<Spawner>>,
+    pool: Option<Arc<CellPool>>,
+    /// [`Cell::kill_all`] saw the cgroup empty: it can serve the next try.
+    emptied: std::sync::atomic::AtomicBool,
 }
 
 impl Cell {
@@ -159,6 +195,8 @@ impl Cell {
     /// all processes for the try's key (a stopped try, or no cgroup).
     pub fn kill_all(&self, sweep: bool) {
         let mut sweep = sweep || self.dir.is_none();
+        self.emptied
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some(dir) = &self.dir {
             let procs_file = dir.join("cgroup.procs");
             let members = read_pids(&procs_file);
@@ -173,11 +211,19 @@ impl Cell {
                 loop {
                     let left = read_pids(&procs_file);
                     reap(&members);
-                    if left.is_empty() || Instant::now() > deadline {
+                    if left.is_empty() {
+                        self.emptied
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    if Instant::now() > deadline {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
+            } else {
+                self.emptied
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if sweep {
@@ -189,8 +235,18 @@ impl Cell {
 
 impl Drop for Cell {
     fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir(dir);
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        // Emptied by `kill_all`, or found empty now (a try that never started).
+        let empty = self.emptied.load(std::sync::atomic::Ordering::Relaxed)
+            || read_pids(&dir.join("cgroup.procs")).is_empty();
+        match &self.pool {
+            Some(pool) if empty && dir.exists() => pool.give_back(dir),
+            // A cgroup that still holds processes cannot be removed, and is never reused.
+            _ => {
+                let _ = std::fs::remove_dir(&dir);
+            }
         }
     }
 }

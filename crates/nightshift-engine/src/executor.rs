@@ -1,11 +1,12 @@
 //! Runs one try as a child process and supervises it to its end, on threads of its own:
-//! the store, the scheduler loop and the async runtime are never in its way. It drains
+//! the store, the scheduler loop and the async runtime are never in its way (the engine
+//! only hands the try to its thread; even the start happens there). It drains
 //! stdout and stderr into a buffered, size-capped log, enforces the timeout, kills on
 //! request, and when the main process exits ends every process the try started
 //! ([`crate::contain`]). Figures come from the file named by `NIGHTSHIFT_METRICS`.
 //!
-//! Threads per try: one drains both pipes, the supervisor decides (exit, timeout, stop) and
-//! hands the outcome to a callback, and — unless the spawner helper started the process
+//! Threads per try: the try's own starts the process and supervises it (exit, timeout,
+//! stop), one drains both pipes, and — unless the spawner helper started the process
 //! and reports its exit — one waits for the main process.
 
 use std::collections::BTreeMap;
@@ -243,23 +244,43 @@ impl Stopper {
     }
 }
 
-/// A started try.
-pub struct Supervised {
-    pub pid: u32,
-    pub stopper: Stopper,
+/// The supervisor's end of a try's control channel (see [`control`]).
+pub struct Inbox {
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
 }
 
-/// Starts the process and its supervision; `on_done` gets the outcome once no process of
-/// the try is alive. Relative program paths (`./scripts/x.sh`) resolve against `cwd`.
-pub fn spawn(
+/// A try's control channel: the stopper goes to the engine at once, before anything is
+/// started, and the inbox to the thread that starts and supervises the try. A stop sent
+/// before the process runs waits in the inbox and is acted on as soon as it does.
+pub fn control() -> (Stopper, Inbox) {
+    let (tx, rx) = mpsc::channel();
+    (Stopper(tx.clone()), Inbox { tx, rx })
+}
+
+/// Starts the process and supervises it on the calling thread (the try's own); `started`
+/// gets the main pid and a stopper once it runs. Returns the outcome once no process of
+/// the try is alive; a process that could not start is an outcome too. Relative program
+/// paths (`./scripts/x.sh`) resolve against `cwd`.
+pub fn run(
     spec: ChildSpec,
     clock: Arc<dyn Clock>,
-    on_done: impl FnOnce(ChildOutcome) + Send + 'static,
-) -> Result<Supervised, String> {
+    inbox: Inbox,
+    started: impl FnOnce(u32, Stopper),
+) -> ChildOutcome {
+    let not_started = |msg: String, log: Option<&Mutex<LogSink>>| {
+        if let Some(log) = log {
+            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.line(clock.as_ref(), "nightshift", msg.as_bytes());
+            sink.finish();
+        }
+        ChildOutcome::not_started(msg, clock.now())
+    };
     if let Some(dir) = spec.log_path.parent()
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        return Err(format!("cannot create log folder `{}`: {e}", dir.display()));
+        let msg = format!("cannot create log folder `{}`: {e}", dir.display());
+        return not_started(msg, None);
     }
     let log = Arc::new(Mutex::new(LogSink::new(
         spec.log_path.clone(),
@@ -268,22 +289,16 @@ pub fn spawn(
     )));
     let program = match locate(&spec.argv[0], &spec.cwd, &spec.env) {
         Ok(p) => p,
-        Err(msg) => {
-            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-            sink.line(clock.as_ref(), "nightshift", msg.as_bytes());
-            sink.finish();
-            return Err(msg);
-        }
+        Err(msg) => return not_started(msg, Some(&log)),
     };
-    let (tx, rx) = mpsc::channel();
+    // Only the stopper handed out below and the waiter keep the channel open: a supervisor
+    // whose waiter is gone hears so instead of waiting forever.
+    let Inbox { tx, rx } = inbox;
     let launched = match launch(&spec, &program, &tx) {
         Ok(l) => l,
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", spec.argv[0]);
-            let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-            sink.line(clock.as_ref(), "nightshift", msg.as_bytes());
-            sink.finish();
-            return Err(msg);
+            return not_started(msg, Some(&log));
         }
     };
     let pid = launched.pid;
@@ -306,20 +321,10 @@ pub fn spawn(
         // Without a waiter or a reader the try cannot be supervised: end it now.
         procs::signal_group(pid, Signal::SIGKILL);
         spec.cell.kill_all(true);
-        return Err(format!("cannot supervise the try: {e}"));
+        return not_started(format!("cannot supervise the try: {e}"), Some(&log));
     }
-    let stopper = Stopper(tx);
-    let supervisor = std::thread::Builder::new()
-        .name("try-supervise".into())
-        .spawn(move || {
-            let outcome = supervise(spec, pid, rx, log, readers, clock);
-            on_done(outcome);
-        });
-    if let Err(e) = supervisor {
-        procs::signal_group(pid, Signal::SIGKILL);
-        return Err(format!("cannot supervise the try: {e}"));
-    }
-    Ok(Supervised { pid, stopper })
+    started(pid, Stopper(tx));
+    supervise(spec, pid, rx, log, readers, clock)
 }
 
 /// The try's main process, started.

@@ -82,6 +82,7 @@ contract!(
     concurrent_claimers_never_share_a_try_or_overfill_a_pool,
     a_batch_takes_at_most_its_free_slots_in_order,
     a_batch_of_outcomes_is_fenced_try_by_try,
+    a_delta_read_brings_every_change_since_its_cursor,
     the_store_clock_moves,
     a_newer_schema_is_refused,
     engines_are_listed_with_their_running_tries,
@@ -897,6 +898,33 @@ fn a_batch_takes_at_most_its_free_slots_in_order(s: &Fixture) {
             .unwrap()
             .iter()
             .all(Option::is_none)
+    );
+}
+
+/// A pass reads a new run whole, then only what changed: whatever changed after the read
+/// that gave the cursor comes in the next one, with its new state.
+fn a_delta_read_brings_every_change_since_its_cursor(s: &Fixture) {
+    let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let (run, tis) = queued_run(s, &ids, None);
+    let (rows, cursor) = s.task_instances_delta(&[run], &[], None).unwrap();
+    assert_eq!(rows.len(), 3, "a run read whole gives every task instance");
+    let mut cursor = cursor;
+    for (i, ti) in tis.iter().enumerate() {
+        assert_eq!(s.claim(&claim_of(*ti, "A", 5)).unwrap(), Some(1));
+        let (rows, next) = s.task_instances_delta(&[], &[run], cursor).unwrap();
+        let changed = rows.iter().find(|r| r.pk == *ti);
+        assert_eq!(
+            changed.map(|r| r.state),
+            Some(TaskState::Running),
+            "claim {i}: the claimed instance comes with its new state: {rows:?}"
+        );
+        assert!(rows.iter().all(|r| r.run_pk == run));
+        cursor = next;
+    }
+    assert_eq!(
+        s.task_instances_delta(&[], &[], cursor).unwrap().0.len(),
+        0,
+        "no runs, no rows"
     );
 }
 

@@ -246,6 +246,13 @@ interface! {
     fn runs_between(&self, pipeline: &str, from: i64, to: i64) -> Result<Vec<RunRow>>;
     /// Task instances of several runs at once (a grid page).
     fn task_instances_of(&self, run_pks: &[i64]) -> Result<Vec<TiRow>>;
+    /// What a scheduler pass needs to know of its runs' task instances: every one of the
+    /// `whole` runs, and of the `since` runs those changed after the read that returned
+    /// `cursor` (maybe more: a row may come again unchanged). Returns the rows and the
+    /// cursor for the next read; `None` when the backend cannot tell changes apart, and
+    /// then every row of the `since` runs comes too. A wide run's passes read what moved,
+    /// not the whole run each time.
+    fn task_instances_delta(&self, whole: &[i64], since: &[i64], cursor: Option<i64>) -> Result<(Vec<TiRow>, Option<i64>)>;
     /// The newest run of a pipeline, and the newest finished one.
     fn last_runs(&self, pipeline: &str) -> Result<(Option<RunRow>, Option<RunRow>)>;
     /// Durations (ms) of each task's successful tries in its `per_task` newest runs before

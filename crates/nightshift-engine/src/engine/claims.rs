@@ -29,6 +29,46 @@ impl Engine {
         Ok(runs.into_iter().filter(|r| self.in_scope(r)).collect())
     }
 
+    /// Tries this engine runs at once.
+    pub(crate) fn slots(&self) -> usize {
+        self.opts
+            .max_tasks
+            .unwrap_or(self.project.settings.parallelism) as usize
+    }
+
+    /// The task instances of these runs, as of now: a run new to this engine is read
+    /// whole, the others only for what changed since the last pass.
+    fn read_task_instances(&mut self, runs: &[RunRow]) -> Result<HashMap<i64, Vec<TiRow>>, Error> {
+        let pks: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
+        self.tis.retain(|pk, _| pks.contains(pk));
+        if self.tis.is_empty() {
+            self.tis_cursor = None;
+        }
+        let (since, whole): (Vec<i64>, Vec<i64>) = runs
+            .iter()
+            .map(|r| r.pk)
+            .partition(|pk| self.tis.contains_key(pk));
+        let (rows, cursor) = self
+            .store
+            .task_instances_delta(&whole, &since, self.tis_cursor)?;
+        if cursor.is_none() {
+            // Without a cursor every row came: nothing kept is needed.
+            self.tis.clear();
+        }
+        for pk in &whole {
+            self.tis.insert(*pk, Default::default());
+        }
+        for ti in rows {
+            self.tis.entry(ti.run_pk).or_default().insert(ti.pk, ti);
+        }
+        self.tis_cursor = cursor;
+        Ok(self
+            .tis
+            .iter()
+            .map(|(run, tis)| (*run, tis.values().cloned().collect()))
+            .collect())
+    }
+
     pub(crate) fn in_scope(&self, run: &RunRow) -> bool {
         match &self.mode {
             Mode::Scheduler { .. } | Mode::Worker => true,
@@ -43,13 +83,7 @@ impl Engine {
         let mut runs: Vec<RunRow> = self.working_runs()?;
         runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
         out.active_runs = runs.len();
-        let mut tis_by_run: HashMap<i64, Vec<TiRow>> = HashMap::new();
-        if !runs.is_empty() {
-            let pks: Vec<i64> = runs.iter().map(|r| r.pk).collect();
-            for ti in self.store.task_instances_of(&pks)? {
-                tis_by_run.entry(ti.run_pk).or_default().push(ti);
-            }
-        }
+        let mut tis_by_run = self.read_task_instances(&runs)?;
         let now_us = to_micros(now);
         let mut candidates: Vec<(Arc<Pipeline>, RunRow, TiRow)> = vec![];
         // Caches keyed by task instance or run keep only what is active, so memory follows
@@ -163,11 +197,7 @@ impl Engine {
         // slot to the next candidates.
         let mut rest = candidates.into_iter().peekable();
         loop {
-            let free = (self
-                .opts
-                .max_tasks
-                .unwrap_or(self.project.settings.parallelism) as usize)
-                .saturating_sub(self.running.len());
+            let free = self.slots().saturating_sub(self.running.len());
             if rest.peek().is_none() {
                 break;
             }

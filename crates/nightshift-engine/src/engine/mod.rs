@@ -100,6 +100,10 @@ impl Default for Options {
     }
 }
 
+/// Longest wait for more free slots under a backlog (see `gather_slots`): short beside a
+/// task, long beside a pass.
+const GATHER: Duration = Duration::from_millis(25);
+
 /// The pool a task without one belongs to, for `worker --pool`.
 pub const DEFAULT_POOL: &str = "default";
 
@@ -127,6 +131,10 @@ pub struct Engine {
     fingerprint: u64,
     running: HashMap<i64, RunningTry>,
     seen: HashMap<i64, (TaskState, u32)>,
+    /// The task instances of the runs the last pass looked at, by run and pk, kept current
+    /// by delta reads (see `MetaStore::task_instances_delta`), and the cursor of the last.
+    tis: HashMap<i64, std::collections::BTreeMap<i64, TiRow>>,
+    tis_cursor: Option<i64>,
     done_tx: mpsc::UnboundedSender<TryDone>,
     done_rx: mpsc::UnboundedReceiver<TryDone>,
     holds_scheduler_lease: bool,
@@ -185,6 +193,8 @@ impl Engine {
             fingerprint,
             running: HashMap::new(),
             seen: HashMap::new(),
+            tis: HashMap::new(),
+            tis_cursor: None,
             done_tx,
             done_rx,
             holds_scheduler_lease: false,
@@ -380,6 +390,21 @@ impl Engine {
         self.writer.as_ref().is_some_and(Writer::has_pending)
     }
 
+    /// Under a backlog (the last pass left ready work for want of slots), a pass per freed
+    /// slot would read the whole working set for one claim each: a wide fan-out's passes
+    /// would cost more than its tries. Waits until half of the slots are free, or
+    /// [`GATHER`] has passed, whichever comes first.
+    async fn gather_slots(&mut self) {
+        let want = (self.slots() / 2).max(1);
+        let until = tokio::time::Instant::now() + GATHER;
+        while self.slots().saturating_sub(self.running.len()) < want {
+            match tokio::time::timeout_at(until, self.done_rx.recv()).await {
+                Ok(Some(d)) => self.receive_done(d),
+                _ => break,
+            }
+        }
+    }
+
     fn receive_done(&mut self, d: TryDone) {
         self.forget_try(d);
         while let Ok(d) = self.done_rx.try_recv() {
@@ -557,7 +582,12 @@ impl Engine {
             }
             let slept = Instant::now();
             tokio::select! {
-                Some(d) = self.done_rx.recv() => self.receive_done(d),
+                Some(d) = self.done_rx.recv() => {
+                    self.receive_done(d);
+                    if pass.blocked {
+                        self.gather_slots().await;
+                    }
+                }
                 _ = tokio::time::sleep(sleep_for) => {
                     let late = slept.elapsed().saturating_sub(sleep_for);
                     self.stats.loop_lag_us.store(i64::try_from(late.as_micros()).unwrap_or(i64::MAX), Ordering::Relaxed);

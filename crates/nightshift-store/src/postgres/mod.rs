@@ -149,24 +149,29 @@ pub(crate) fn run_row(r: &Row) -> Q<RunRow> {
 }
 
 pub(crate) fn ti_row(r: &Row) -> Q<TiRow> {
+    ti_row_at(r, 0)
+}
+
+/// A task instance whose [`TI_COLS`] start at column `at`.
+pub(crate) fn ti_row_at(r: &Row, at: usize) -> Q<TiRow> {
     Ok(TiRow {
-        pk: r.try_get(0)?,
-        run_pk: r.try_get(1)?,
-        pipeline: r.try_get(2)?,
-        task_id: r.try_get(3)?,
-        state: parse(r.try_get(4)?)?,
-        try_number: u32_of(r.try_get(5)?),
-        max_tries: u32_of(r.try_get(6)?),
-        next_try_at: r.try_get(7)?,
-        pool: r.try_get(8)?,
-        owner: r.try_get(9)?,
-        host: r.try_get(10)?,
-        pid: r.try_get(11)?,
-        pid_start: r.try_get(12)?,
-        lease_until: r.try_get(13)?,
-        waiting_since: r.try_get(14)?,
-        pokes: u32_of(r.try_get(15)?),
-        interruptions: u32_of(r.try_get(16)?),
+        pk: r.try_get(at)?,
+        run_pk: r.try_get(at + 1)?,
+        pipeline: r.try_get(at + 2)?,
+        task_id: r.try_get(at + 3)?,
+        state: parse(r.try_get(at + 4)?)?,
+        try_number: u32_of(r.try_get(at + 5)?),
+        max_tries: u32_of(r.try_get(at + 6)?),
+        next_try_at: r.try_get(at + 7)?,
+        pool: r.try_get(at + 8)?,
+        owner: r.try_get(at + 9)?,
+        host: r.try_get(at + 10)?,
+        pid: r.try_get(at + 11)?,
+        pid_start: r.try_get(at + 12)?,
+        lease_until: r.try_get(at + 13)?,
+        waiting_since: r.try_get(at + 14)?,
+        pokes: u32_of(r.try_get(at + 15)?),
+        interruptions: u32_of(r.try_get(at + 16)?),
     })
 }
 

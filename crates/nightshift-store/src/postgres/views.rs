@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{PgStore, RUN_COLS, TI_COLS, rows, run_row, ti_row, u32_of};
+use super::{PgStore, RUN_COLS, TI_COLS, rows, run_row, ti_row, ti_row_at, u32_of};
 use crate::{DeadlineRow, EventRecord, Pruned, Result, RunFilter, RunRow, TiRow};
 
 fn deadline_row(
@@ -54,6 +54,49 @@ impl PgStore {
                 )?,
                 run_row,
             )
+        })
+    }
+
+    /// The cursor is the oldest transaction the read's snapshot did not see finished
+    /// (`txid_snapshot_xmin`): every row written by a transaction the read did not see has
+    /// an `xmin` at or after it. Row `xmin`s are 32-bit and wrap, so "at or after" is
+    /// compared modulo 2^32; a row 2^31 transactions old may come again, which is harmless.
+    pub fn task_instances_delta(
+        &self,
+        whole: &[i64],
+        since: &[i64],
+        cursor: Option<i64>,
+    ) -> Result<(Vec<TiRow>, Option<i64>)> {
+        let (whole, since): (Vec<i64>, Vec<i64>) = match cursor {
+            Some(_) => (whole.to_vec(), since.to_vec()),
+            None => (whole.iter().chain(since).copied().collect(), vec![]),
+        };
+        if whole.is_empty() && since.is_empty() {
+            return Ok((vec![], cursor));
+        }
+        let low = cursor.unwrap_or(0) & 0xFFFF_FFFF;
+        self.read(|c| {
+            // One row even when nothing matched, for the cursor.
+            let found = c.query(
+                &format!(
+                    "WITH s AS (SELECT txid_snapshot_xmin(txid_current_snapshot()) AS x)
+                     SELECT t.id IS NOT NULL, s.x, t.* FROM s LEFT JOIN (
+                         SELECT {TI_COLS} FROM task_instances
+                         WHERE run = ANY($1)
+                            OR (run = ANY($2) AND ((xmin::text::bigint - $3) & 4294967295) < 2147483648)
+                     ) t ON TRUE"
+                ),
+                &[&whole, &since, &low],
+            )?;
+            let mut next = cursor;
+            let mut tis = Vec::with_capacity(found.len());
+            for r in &found {
+                next = Some(r.try_get(1)?);
+                if r.try_get(0)? {
+                    tis.push(ti_row_at(r, 2)?);
+                }
+            }
+            Ok((tis, next))
         })
     }
 

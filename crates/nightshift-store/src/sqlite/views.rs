@@ -42,6 +42,17 @@ impl SqliteStore {
         })
     }
 
+    /// SQLite has no cheap way to tell changed rows: every row, and no cursor.
+    pub fn task_instances_delta(
+        &self,
+        whole: &[i64],
+        since: &[i64],
+        _cursor: Option<i64>,
+    ) -> Result<(Vec<TiRow>, Option<i64>)> {
+        let all: Vec<i64> = whole.iter().chain(since).copied().collect();
+        Ok((self.task_instances_of(&all)?, None))
+    }
+
     pub fn task_instances_of(&self, run_pks: &[i64]) -> Result<Vec<TiRow>> {
         if run_pks.is_empty() {
             return Ok(vec![]);
