@@ -4,10 +4,10 @@
 //! Two mechanisms, chosen once per process ([`Containment::detect`]) and named in `up`'s
 //! first lines:
 //! - **cgroup v2**: each try gets a cgroup of its own under a cgroup2 mount nightshift may
-//!   write (one emptied by an earlier try, or a new one), and its program is born inside it,
-//!   so every descendant is too, and `cgroup.kill` ends them all at once. The [`crate::spawner`] helper starts programs
-//!   there directly; without it, a one-line `/bin/sh` step writes itself into
-//!   `cgroup.procs`, then execs the program.
+//!   write (one emptied by an earlier try, or a new one), and its program is born inside
+//!   it, so every descendant is too, and `cgroup.kill` ends them all at once. The
+//!   [`crate::spawner`] helper starts programs there directly; without it, a one-line
+//!   `/bin/sh` step writes itself into `cgroup.procs`, then execs the program.
 //! - **subreaper + key sweep** (anywhere else): nightshift is a child subreaper, so orphaned
 //!   descendants are re-parented to it rather than to init, and every process whose
 //!   environment carries the try's `NIGHTSHIFT_TRY_KEY` is killed.
@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -96,7 +97,7 @@ impl Containment {
             dir,
             key: key.to_owned(),
             pool,
-            emptied: std::sync::atomic::AtomicBool::new(false),
+            emptied: AtomicBool::new(false),
         }
     }
 
@@ -133,7 +134,7 @@ const SPAWNER_HOME: &str = "spawner";
 #[derive(Debug, Default)]
 pub struct CellPool {
     free: std::sync::Mutex<Vec<PathBuf>>,
-    made: std::sync::atomic::AtomicU64,
+    made: AtomicU64,
 }
 
 impl CellPool {
@@ -143,7 +144,7 @@ impl CellPool {
         if let Some(dir) = kept.filter(|d| d.is_dir()) {
             return Some(dir);
         }
-        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
         // `create_dir_all`: an engine that ended earlier in this process (the demo runs
         // `up`, then a backfill) removed the root; a later one makes it again.
         let dir = root.join(format!("try-{n}"));
@@ -165,7 +166,7 @@ pub struct Cell {
     spawner: Option<Arc<Spawner>>,
     pool: Option<Arc<CellPool>>,
     /// [`Cell::kill_all`] saw the cgroup empty: it can serve the next try.
-    emptied: std::sync::atomic::AtomicBool,
+    emptied: AtomicBool,
 }
 
 impl Cell {
@@ -195,8 +196,7 @@ impl Cell {
     /// all processes for the try's key (a stopped try, or no cgroup).
     pub fn kill_all(&self, sweep: bool) {
         let mut sweep = sweep || self.dir.is_none();
-        self.emptied
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut empty = false;
         if let Some(dir) = &self.dir {
             let procs_file = dir.join("cgroup.procs");
             let members = read_pids(&procs_file);
@@ -212,8 +212,7 @@ impl Cell {
                     let left = read_pids(&procs_file);
                     reap(&members);
                     if left.is_empty() {
-                        self.emptied
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        empty = true;
                         break;
                     }
                     if Instant::now() > deadline {
@@ -222,10 +221,10 @@ impl Cell {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             } else {
-                self.emptied
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                empty = true;
             }
         }
+        self.emptied.store(empty, Ordering::Relaxed);
         if sweep {
             let killed = procs::kill_by_env("NIGHTSHIFT_TRY_KEY", &self.key, Duration::ZERO);
             reap(&killed);
@@ -239,10 +238,11 @@ impl Drop for Cell {
             return;
         };
         // Emptied by `kill_all`, or found empty now (a try that never started).
-        let empty = self.emptied.load(std::sync::atomic::Ordering::Relaxed)
-            || read_pids(&dir.join("cgroup.procs")).is_empty();
+        // A folder gone meanwhile (cleaned up at exit) reads empty; `take` skips it.
+        let empty =
+            self.emptied.load(Ordering::Relaxed) || read_pids(&dir.join("cgroup.procs")).is_empty();
         match &self.pool {
-            Some(pool) if empty && dir.exists() => pool.give_back(dir),
+            Some(pool) if empty => pool.give_back(dir),
             // A cgroup that still holds processes cannot be removed, and is never reused.
             _ => {
                 let _ = std::fs::remove_dir(&dir);
