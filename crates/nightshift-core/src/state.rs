@@ -214,26 +214,28 @@ pub fn evaluate_trigger(rule: TriggerRule, upstream: &[TaskState]) -> Option<Tas
 
 /// The PENDING tasks whose state the upstream states now decide, with their new state.
 /// Applied repeatedly until nothing changes, so a failure propagates down a chain at once.
-pub fn advance(
-    pipeline: &Pipeline,
-    states: &HashMap<String, TaskState>,
-) -> Vec<(String, TaskState)> {
+pub fn advance(pipeline: &Pipeline, states: &HashMap<&str, TaskState>) -> Vec<(String, TaskState)> {
+    // Borrowed ids: a pass over a wide run calls this every time, and copying a thousand
+    // task ids per call was most of its cost.
     let mut current = states.clone();
     let mut out = vec![];
+    let mut upstream: Vec<TaskState> = vec![];
     // One sweep in topological order settles every task: upstream decisions come first.
     loop {
         let mut changed = false;
         for task in pipeline.topological_order() {
-            if current.get(&task.id) != Some(&TaskState::Pending) {
+            if current.get(task.id.as_str()) != Some(&TaskState::Pending) {
                 continue;
             }
-            let upstream: Vec<TaskState> = task
-                .depends_on
-                .iter()
-                .map(|d| current.get(d).copied().unwrap_or(TaskState::Pending))
-                .collect();
+            upstream.clear();
+            upstream.extend(task.depends_on.iter().map(|d| {
+                current
+                    .get(d.as_str())
+                    .copied()
+                    .unwrap_or(TaskState::Pending)
+            }));
             if let Some(next) = evaluate_trigger(task.trigger_rule, &upstream) {
-                current.insert(task.id.clone(), next);
+                current.insert(task.id.as_str(), next);
                 out.push((task.id.clone(), next));
                 changed = true;
             }

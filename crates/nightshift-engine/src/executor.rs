@@ -469,10 +469,35 @@ fn locate(arg0: &str, cwd: &Path, env: &[(String, String)]) -> Result<PathBuf, S
         .map(|(_, v)| std::ffi::OsString::from(v))
         .or_else(crate::env::path)
         .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+    let key = (arg0.to_owned(), path, cwd.to_owned());
+    if let Some(found) = found_recently(&key) {
+        return Ok(found);
+    }
+    let found = std::env::split_paths(&key.1)
         .map(|d| cwd.join(d).join(arg0))
         .find(|p| runnable(p))
-        .ok_or_else(|| format!("cannot start `{arg0}`: No such file or directory (os error 2)"))
+        .ok_or_else(|| format!("cannot start `{arg0}`: No such file or directory (os error 2)"))?;
+    let mut seen = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    seen.retain(|_, (_, at)| at.elapsed() < FOUND_FOR);
+    seen.insert(key, (found.clone(), Instant::now()));
+    Ok(found)
+}
+
+/// A program found on PATH is trusted for this long. A wide fan-out starts the same program
+/// hundreds of times a second, and each search is a `stat` per PATH entry; a program
+/// installed (or removed) meanwhile is seen a second later at most, unlike a shell's
+/// `hash`, which keeps a find until it is told to forget.
+const FOUND_FOR: Duration = Duration::from_secs(1);
+
+type FoundKey = (String, OsString, PathBuf);
+
+static FOUND: Mutex<BTreeMap<FoundKey, (PathBuf, Instant)>> = Mutex::new(BTreeMap::new());
+
+fn found_recently(key: &FoundKey) -> Option<PathBuf> {
+    let seen = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    seen.get(key)
+        .filter(|(_, at)| at.elapsed() < FOUND_FOR)
+        .map(|(p, _)| p.clone())
 }
 
 fn supervise(
@@ -624,4 +649,40 @@ pub fn read_metrics(path: &Path) -> (BTreeMap<String, f64>, Vec<String>) {
         }
     }
     (sums, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A find on PATH is reused for a moment only: a program installed later in an earlier
+    /// PATH folder is what the next search finds.
+    #[test]
+    fn a_program_on_path_is_searched_again_after_a_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (early, late) = (dir.path().join("early"), dir.path().join("late"));
+        let install = |folder: &Path| {
+            std::fs::create_dir_all(folder).unwrap();
+            let p = folder.join("tool");
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let in_late = install(&late);
+        std::fs::create_dir_all(&early).unwrap();
+        let env = vec![(
+            "PATH".to_owned(),
+            format!("{}:{}", early.display(), late.display()),
+        )];
+        assert_eq!(locate("tool", dir.path(), &env).unwrap(), in_late);
+        let in_early = install(&early);
+        std::thread::sleep(FOUND_FOR + Duration::from_millis(100));
+        assert_eq!(locate("tool", dir.path(), &env).unwrap(), in_early);
+        assert!(
+            locate("no-such-tool", dir.path(), &env)
+                .unwrap_err()
+                .contains("No such file")
+        );
+    }
 }

@@ -935,11 +935,16 @@ fn a_batch_of_outcomes_is_fenced_try_by_try(s: &Fixture) {
         assert_eq!(s.claim(&claim_of(*ti, "A", 5)).unwrap(), Some(1));
     }
     let fin = |ti: i64, owner: &str, state: TaskState| finish(ti, 1, owner, 9, state);
+    let failed = FinishTry {
+        error: Some("exit code 3".into()),
+        exit_code: Some(3),
+        ..fin(tis[2], "A", TaskState::Failed)
+    };
     let done = s
         .finish_tries(&[
             fin(tis[0], "A", TaskState::Success),
             fin(tis[1], "B", TaskState::Success),
-            fin(tis[2], "A", TaskState::Failed),
+            failed,
         ])
         .unwrap();
     assert_eq!(
@@ -959,6 +964,39 @@ fn a_batch_of_outcomes_is_fenced_try_by_try(s: &Fixture) {
     assert_eq!(state_of(tis[0]), TaskState::Success);
     assert_eq!(state_of(tis[1]), TaskState::Running);
     assert_eq!(state_of(tis[2]), TaskState::Failed);
+    let c = tries.iter().find(|t| t.ti_pk == tis[2]).unwrap();
+    assert_eq!(
+        (c.exit_code, c.error.as_deref(), c.rows_loaded, c.end_time),
+        (Some(3), Some("exit code 3"), Some(3), Some(9)),
+        "every field of an outcome lands on its own try: {c:?}"
+    );
+    let events = s.events(run).unwrap();
+    let ended: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .filter(|e| e.try_number == Some(1))
+        .map(|e| {
+            (
+                e.task_id.as_deref().unwrap_or(""),
+                e.state.as_str(),
+                e.detail.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        vec![("c", "FAILED", Some("exit code 3"))],
+        "a failure is an event with its error; a success and a refused outcome are not"
+    );
+    // The same task instance twice in one batch: the first outcome holds, and the second
+    // meets its write.
+    let done = s
+        .finish_tries(&[
+            fin(tis[1], "A", TaskState::Success),
+            fin(tis[1], "A", TaskState::Failed),
+        ])
+        .unwrap();
+    assert_eq!(done, vec![true, false]);
+    assert_eq!(states_of(s, run)[1], TaskState::Success);
     assert!(s.finish_tries(&[]).unwrap().is_empty());
 }
 

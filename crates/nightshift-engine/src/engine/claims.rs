@@ -36,9 +36,10 @@ impl Engine {
             .unwrap_or(self.project.settings.parallelism) as usize
     }
 
-    /// The task instances of these runs, as of now: a run new to this engine is read
-    /// whole, the others only for what changed since the last pass.
-    fn read_task_instances(&mut self, runs: &[RunRow]) -> Result<HashMap<i64, Vec<TiRow>>, Error> {
+    /// Brings `self.tis` up to date for these runs: a run new to this engine is read whole,
+    /// the others only for what changed since the last pass. Runs no longer looked at are
+    /// dropped from it.
+    fn read_task_instances(&mut self, runs: &[RunRow]) -> Result<(), Error> {
         let pks: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
         self.tis.retain(|pk, _| pks.contains(pk));
         if self.tis.is_empty() {
@@ -62,11 +63,7 @@ impl Engine {
             self.tis.entry(ti.run_pk).or_default().insert(ti.pk, ti);
         }
         self.tis_cursor = cursor;
-        Ok(self
-            .tis
-            .iter()
-            .map(|(run, tis)| (*run, tis.values().cloned().collect()))
-            .collect())
+        Ok(())
     }
 
     pub(crate) fn in_scope(&self, run: &RunRow) -> bool {
@@ -79,22 +76,40 @@ impl Engine {
     /// One scheduling pass over the active runs: activate runs, decide pending tasks,
     /// finish runs, claim and start ready tries.
     pub fn pass(&mut self, now: Timestamp, may_claim: bool) -> Result<PassOutcome, Error> {
-        let mut out = PassOutcome::default();
         let mut runs: Vec<RunRow> = self.working_runs()?;
         runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
-        out.active_runs = runs.len();
-        let mut tis_by_run = self.read_task_instances(&runs)?;
+        self.read_task_instances(&runs)?;
+        // The cached rows are taken out for the pass, which reads them in place while it
+        // writes and reports through `self`: a wide run's thousand rows are not copied on
+        // every pass.
+        let mut cache = std::mem::take(&mut self.tis);
+        let res = self.pass_over(&mut runs, &mut cache, now, may_claim);
+        self.tis = cache;
+        res
+    }
+
+    fn pass_over(
+        &mut self,
+        runs: &mut [RunRow],
+        cache: &mut TiCache,
+        now: Timestamp,
+        may_claim: bool,
+    ) -> Result<PassOutcome, Error> {
+        let mut out = PassOutcome {
+            active_runs: runs.len(),
+            ..Default::default()
+        };
         let now_us = to_micros(now);
-        let mut candidates: Vec<(Arc<Pipeline>, RunRow, TiRow)> = vec![];
+        // Ready task instances: their pipeline, their run's index in `runs`, their pk.
+        let mut candidates: Vec<(Arc<Pipeline>, usize, i64)> = vec![];
         // Caches keyed by task instance or run keep only what is active, so memory follows
         // the active work, not the history.
-        let live: HashSet<i64> = tis_by_run.values().flatten().map(|t| t.pk).collect();
-        self.seen.retain(|pk, _| live.contains(pk));
         let live_runs: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
+        self.seen.retain(|_, (run, _)| live_runs.contains(run));
         self.deadline_seen.retain(|pk, _| live_runs.contains(pk));
         self.estimates.retain(|pk, _| live_runs.contains(pk));
         let mut full: HashSet<(String, bool)> = HashSet::new();
-        for mut run in runs {
+        for (ri, run) in runs.iter_mut().enumerate() {
             let Some(p) = self.pipeline_of_version(&run.version)? else {
                 continue;
             };
@@ -119,22 +134,29 @@ impl Engine {
                 run.status = RunState::Running;
                 debug!(pipeline = %run.pipeline, run_id = %run.run_id, trigger = run.trigger.as_str(), "run started");
             }
-            let mut tis = tis_by_run.remove(&run.pk).unwrap_or_default();
-            let states: HashMap<String, TaskState> =
-                tis.iter().map(|t| (t.task_id.clone(), t.state)).collect();
-            let decisions = advance(&p, &states);
+            let tis = cache.entry(run.pk).or_default();
+            let decisions = {
+                let states: HashMap<&str, TaskState> = tis
+                    .values()
+                    .map(|t| (t.task_id.as_str(), t.state))
+                    .collect();
+                advance(&p, &states)
+            };
             if !decisions.is_empty() {
                 self.store.decide_pending(run.pk, &decisions, now_us)?;
-                for ti in tis.iter_mut() {
-                    if let Some((_, s)) = decisions.iter().find(|(id, _)| *id == ti.task_id) {
+                // Kept in the cache too: the next delta read brings the rows as written.
+                let decided: HashMap<&str, TaskState> =
+                    decisions.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+                for ti in tis.values_mut() {
+                    if let Some(s) = decided.get(ti.task_id.as_str()) {
                         ti.state = *s;
                     }
                 }
             }
-            self.observe(&p, &run, &tis, now);
-            if let Some(outcome) = run_outcome(tis.iter().map(|t| t.state)) {
+            self.observe(&p, run, tis.values(), now);
+            if let Some(outcome) = run_outcome(tis.values().map(|t| t.state)) {
                 if self.store.finish_run(run.pk, outcome, now_us)? {
-                    self.judge_finished(&p, &run, now)?;
+                    self.judge_finished(&p, run, now)?;
                     let rows = self.store.run(run.pk)?.map(|r| r.rows_loaded).unwrap_or(0);
                     debug!(pipeline = %run.pipeline, run_id = %run.run_id, state = %outcome, rows_loaded = rows, "run finished");
                     self.emit(Event::RunEnded {
@@ -145,12 +167,12 @@ impl Engine {
                         rows_loaded: rows,
                         at: now,
                         trigger: run.trigger,
-                        history: super::upkeep::is_history(&p, &run),
+                        history: super::upkeep::is_history(&p, run),
                     });
                 }
                 continue;
             }
-            for ti in tis {
+            for ti in tis.values() {
                 match ti.state {
                     // A QUEUED task may wait for a time too (a sensor between pokes).
                     TaskState::Queued | TaskState::UpForRetry => match ti.next_try_at {
@@ -158,7 +180,7 @@ impl Engine {
                             let at = from_micros(at);
                             out.next_due = Some(out.next_due.map_or(at, |n| n.min(at)));
                         }
-                        _ => candidates.push((p.clone(), run.clone(), ti)),
+                        _ => candidates.push((p.clone(), ri, ti.pk)),
                     },
                     _ => {}
                 }
@@ -167,10 +189,12 @@ impl Engine {
         if !may_claim {
             return Ok(out);
         }
+        let row = |ri: usize, pk: i64| -> &TiRow { &cache[&runs[ri].pk][&pk] };
         // A try runs only on a host that serves its pool.
         if let Some(pools) = &self.opts.pools {
-            candidates
-                .retain(|(_, _, ti)| pools.contains(ti.pool.as_deref().unwrap_or(DEFAULT_POOL)));
+            candidates.retain(|(_, ri, pk)| {
+                pools.contains(row(*ri, *pk).pool.as_deref().unwrap_or(DEFAULT_POOL))
+            });
         }
         // Scheduled and manual runs first, then older intervals, then upstream tasks first.
         // Among equals (a fan-out's thousand siblings) each engine takes its own order, so
@@ -183,12 +207,13 @@ impl Engine {
             pk.hash(&mut h);
             h.finish()
         };
-        candidates.sort_by_cached_key(|(p, run, ti)| {
+        candidates.sort_by_cached_key(|(p, ri, pk)| {
+            let run = &runs[*ri];
             (
                 run.trigger.priority(),
                 run.data_interval_start,
-                p.topo_rank(&ti.task_id),
-                spread(ti.pk),
+                p.topo_rank(&row(*ri, *pk).task_id),
+                spread(*pk),
             )
         });
         // Claim the free slots from a window of the candidates, one transaction per window:
@@ -205,19 +230,19 @@ impl Engine {
                 out.blocked = true;
                 break;
             }
-            let batch: Vec<(Arc<Pipeline>, RunRow, TiRow)> =
+            let batch: Vec<(Arc<Pipeline>, usize, i64)> =
                 rest.by_ref().take(free * 4 + 4).collect();
             let lease_until = self.store_now() + us(self.opts.lease_ttl);
             let claims: Vec<Claim<'_>> = batch
                 .iter()
-                .map(|(p, _, ti)| Claim {
-                    ti_pk: ti.pk,
+                .map(|(p, ri, pk)| Claim {
+                    ti_pk: *pk,
                     owner: &self.owner,
                     host: &self.host,
                     now: now_us,
                     lease_until,
                     pool: p
-                        .task(&ti.task_id)
+                        .task(&row(*ri, *pk).task_id)
                         .and_then(|t| t.pool.as_deref())
                         .map(|name| {
                             (
@@ -230,11 +255,12 @@ impl Engine {
                 .collect();
             let results = self.store.claim_batch(&claims, free)?;
             drop(claims);
-            for ((p, run, ti), claimed) in batch.into_iter().zip(results) {
+            for ((p, ri, pk), claimed) in batch.into_iter().zip(results) {
                 match claimed {
                     Some(try_number) => {
                         out.claimed += 1;
-                        self.start_try(p, run, ti, try_number)?;
+                        let ti = row(ri, pk).clone();
+                        self.start_try(p, runs[ri].clone(), ti, try_number)?;
                     }
                     None => out.blocked = true,
                 }
@@ -246,10 +272,16 @@ impl Engine {
     /// Reports task state changes (including those made by other processes) once each.
     /// The tries of the tasks that ended are read together: one read per run and pass, not
     /// one per task (every engine observes every task of a wide run).
-    pub(crate) fn observe(&mut self, p: &Pipeline, run: &RunRow, tis: &[TiRow], now: Timestamp) {
+    pub(crate) fn observe<'t>(
+        &mut self,
+        p: &Pipeline,
+        run: &RunRow,
+        tis: impl IntoIterator<Item = &'t TiRow>,
+        now: Timestamp,
+    ) {
         let mut ended: Vec<&TiRow> = vec![];
         for ti in tis {
-            let key = (ti.state, ti.try_number);
+            let key = (run.pk, (ti.state, ti.try_number));
             if self.seen.get(&ti.pk) == Some(&key) {
                 continue;
             }

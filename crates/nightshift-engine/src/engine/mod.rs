@@ -107,6 +107,9 @@ const GATHER: Duration = Duration::from_millis(25);
 /// The pool a task without one belongs to, for `worker --pool`.
 pub const DEFAULT_POOL: &str = "default";
 
+/// Task instances by run, then by pk.
+type TiCache = HashMap<i64, std::collections::BTreeMap<i64, TiRow>>;
+
 struct RunningTry {
     stopper: Stopper,
     try_number: u32,
@@ -130,10 +133,11 @@ pub struct Engine {
     cursors: HashMap<String, Timestamp>,
     fingerprint: u64,
     running: HashMap<i64, RunningTry>,
-    seen: HashMap<i64, (TaskState, u32)>,
+    /// The state and try last reported per task instance, with its run (for pruning).
+    seen: HashMap<i64, (i64, (TaskState, u32))>,
     /// The task instances of the runs the last pass looked at, by run and pk, kept current
     /// by delta reads (see `MetaStore::task_instances_delta`), and the cursor of the last.
-    tis: HashMap<i64, std::collections::BTreeMap<i64, TiRow>>,
+    tis: TiCache,
     tis_cursor: Option<i64>,
     done_tx: mpsc::UnboundedSender<TryDone>,
     done_rx: mpsc::UnboundedReceiver<TryDone>,

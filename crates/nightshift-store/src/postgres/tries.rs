@@ -26,6 +26,37 @@ const FINISH: &str = "WITH u AS (
         RETURNING 1)
     SELECT COUNT(*) FROM u";
 
+/// [`FINISH`] for a batch of outcomes of distinct task instances, one element of each array
+/// per outcome; returns the task instances whose fence held.
+const FINISH_MANY: &str = "WITH f AS (
+        SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
+            $7::BIGINT[], $8::BOOL[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[],
+            $14::BIGINT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[])
+        AS f(ti, try_number, owner, ti_state, next_try_at, end_at, extra, interrupted, try_state,
+            exit_code, signal, error, metrics, rows_loaded, log_path, pid, warning)),
+    u AS (
+        UPDATE task_instances t SET state = f.ti_state, next_try_at = f.next_try_at, lease_until = NULL,
+            updated_at = f.end_at, max_tries = t.max_tries + f.extra,
+            interruptions = CASE WHEN f.interrupted THEN t.interruptions + 1 ELSE 0 END
+        FROM f
+        WHERE t.id = f.ti AND t.try_number = f.try_number AND (f.owner IS NULL OR t.owner = f.owner)
+            AND t.state = 'RUNNING'
+        RETURNING t.id, t.run, t.task_id),
+    done AS (SELECT f.*, u.run, u.task_id FROM f JOIN u ON u.id = f.ti),
+    t AS (
+        UPDATE task_tries r SET state = d.try_state, end_time = d.end_at, duration_ms = (d.end_at - r.start_time) / 1000,
+            exit_code = d.exit_code, signal = d.signal, error = d.error, metrics = d.metrics,
+            rows_loaded = d.rows_loaded, log_path = COALESCE(r.log_path, d.log_path), pid = COALESCE(r.pid, d.pid),
+            warning = d.warning
+        FROM done d
+        WHERE r.ti = d.ti AND r.try_number = d.try_number
+        RETURNING 1),
+    e AS (
+        INSERT INTO task_events (at, run, task_id, try_number, state, detail)
+        SELECT end_at, run, task_id, try_number, ti_state, error FROM done WHERE ti_state <> 'SUCCESS'
+        RETURNING 1)
+    SELECT id FROM u";
+
 /// Runs [`FINISH`] for one outcome on a connection or a transaction; true when the fence
 /// held.
 macro_rules! finish_on {
@@ -273,9 +304,64 @@ impl PgStore {
         self.read(|c| Ok(finish_on!(c, f)))
     }
 
-    /// Several outcomes in one transaction (the outcome writer's batch).
+    /// Several outcomes at once (the outcome writer's batch): one statement over arrays,
+    /// fenced row by row exactly as [`FINISH`]. A batch naming a task instance twice takes
+    /// one statement per outcome in one transaction, so the second meets the first's write.
     pub fn finish_tries(&self, fs: &[FinishTry]) -> Result<Vec<bool>> {
-        self.write(|tx| fs.iter().map(|f| Ok(finish_on!(tx, f))).collect())
+        let distinct: HashSet<i64> = fs.iter().map(|f| f.ti_pk).collect();
+        if distinct.len() < fs.len() {
+            return self.write(|tx| fs.iter().map(|f| Ok(finish_on!(tx, f))).collect());
+        }
+        if let [f] = fs {
+            return Ok(vec![self.finish_try(f)?]);
+        }
+        let col = |g: &dyn Fn(&FinishTry) -> Option<i64>| fs.iter().map(g).collect::<Vec<_>>();
+        let text = |g: &dyn Fn(&FinishTry) -> Option<&str>| fs.iter().map(g).collect::<Vec<_>>();
+        let ti = col(&|f| Some(f.ti_pk));
+        let try_number = col(&|f| Some(i64::from(f.try_number)));
+        let owner = text(&|f| f.owner.as_deref());
+        let ti_state = text(&|f| Some(f.ti_state.as_str()));
+        let next_try_at = col(&|f| f.next_try_at);
+        let end = col(&|f| Some(f.end));
+        let extra = col(&|f| Some(i64::from(f.extra_tries)));
+        let interrupted: Vec<bool> = fs.iter().map(|f| f.interrupted).collect();
+        let try_state = text(&|f| Some(f.try_state.as_str()));
+        let exit = col(&|f| f.exit_code.map(i64::from));
+        let signal = col(&|f| f.signal.map(i64::from));
+        let error = text(&|f| f.error.as_deref());
+        let metrics = text(&|f| f.metrics.as_deref());
+        let rows_loaded = col(&|f| f.rows_loaded);
+        let log_path = text(&|f| f.log_path.as_deref());
+        let pid = col(&|f| f.pid.map(i64::from));
+        let warning = text(&|f| f.warning.as_deref());
+        let held: HashSet<i64> = self.read(|c| {
+            c.query(
+                FINISH_MANY,
+                &[
+                    &ti,
+                    &try_number,
+                    &owner,
+                    &ti_state,
+                    &next_try_at,
+                    &end,
+                    &extra,
+                    &interrupted,
+                    &try_state,
+                    &exit,
+                    &signal,
+                    &error,
+                    &metrics,
+                    &rows_loaded,
+                    &log_path,
+                    &pid,
+                    &warning,
+                ],
+            )?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+        })?;
+        Ok(fs.iter().map(|f| held.contains(&f.ti_pk)).collect())
     }
 
     pub fn finish_run(&self, pk: i64, state: RunState, now: i64) -> Result<bool> {

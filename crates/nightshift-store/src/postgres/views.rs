@@ -60,7 +60,10 @@ impl PgStore {
     /// The cursor is the oldest transaction the read's snapshot did not see finished
     /// (`txid_snapshot_xmin`): every row written by a transaction the read did not see has
     /// an `xmin` at or after it. Row `xmin`s are 32-bit and wrap, so "at or after" is
-    /// compared modulo 2^32; a row 2^31 transactions old may come again, which is harmless.
+    /// compared as ages: `age(x)` is how many transactions ago `x` began, counted from this
+    /// statement's own (the same for every row), and a row at or after the cursor is no
+    /// older than the cursor. `age` is integer arithmetic, where the `xmin` as text then a
+    /// number cost a conversion per row; a frozen row counts as infinitely old.
     pub fn task_instances_delta(
         &self,
         whole: &[i64],
@@ -83,7 +86,7 @@ impl PgStore {
                      SELECT t.id IS NOT NULL, s.x, t.* FROM s LEFT JOIN (
                          SELECT {TI_COLS} FROM task_instances
                          WHERE run = ANY($1)
-                            OR (run = ANY($2) AND ((xmin::text::bigint - $3) & 4294967295) < 2147483648)
+                            OR (run = ANY($2) AND age(xmin) <= (SELECT age($3::BIGINT::TEXT::XID)))
                      ) t ON TRUE"
                 ),
                 &[&whole, &since, &low],
