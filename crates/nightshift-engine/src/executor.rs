@@ -5,9 +5,12 @@
 //! request, and when the main process exits ends every process the try started
 //! ([`crate::contain`]). Figures come from the file named by `NIGHTSHIFT_METRICS`.
 //!
-//! Threads per try: the try's own starts the process and supervises it (exit, timeout,
-//! stop), one drains both pipes, and — unless the spawner helper started the process
-//! and reports its exit — one waits for the main process.
+//! Threads per try: the try's own starts the process and supervises it — one poll over
+//! both pipes and an eventfd rung with each message (exit, stop), so output is drained
+//! while the supervisor waits — and, unless the spawner helper started the process and
+//! reports its exit, one waits for the main process. A log write that blocks (a slow
+//! disk) delays the try's timeout by as long; a full disk fails the write at once, and
+//! the log says so (see [`crate::trylog`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -147,78 +150,156 @@ impl Stream {
     }
 }
 
-/// One thread drains both of the try's pipes (stdout, stderr) into its log, until both
-/// are closed.
-fn spawn_reader(
-    out: PipeReader,
-    err: PipeReader,
+/// The supervisor's view of a running try: its output pipes, drained into the log as they
+/// fill, and its mailbox. One thread does both, so a try costs one thread: a wide fan-out
+/// starts hundreds of tries a second, and a thread's start and end cost about what a small
+/// task's exec does.
+struct Watch {
+    streams: [Stream; 2],
+    buf: Vec<u8>,
     log: Arc<Mutex<LogSink>>,
     clock: Arc<dyn Clock>,
-    dbt_json: bool,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use rustix::event::{PollFd, PollFlags};
-    let stream = |pipe, name, dbt_json| Stream {
-        pipe,
-        name,
-        dbt_json,
-        partial: Vec::new(),
-        open: true,
-    };
-    let mut streams = [stream(out, "out", dbt_json), stream(err, "err", false)];
-    std::thread::Builder::new()
-        .name("try-output".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; LOG_BUFFER];
-            while streams.iter().any(|s| s.open) {
-                let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].open).collect();
-                let mut fds: Vec<PollFd<'_>> = open
-                    .iter()
-                    .map(|i| PollFd::new(&streams[*i].pipe, PollFlags::IN))
-                    .collect();
-                match rustix::event::poll(&mut fds, None) {
-                    Ok(_) => {}
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => break,
-                }
-                let ready: Vec<usize> = open
-                    .into_iter()
-                    .zip(&fds)
-                    .filter(|(_, f)| !f.revents().is_empty())
-                    .map(|(i, _)| i)
-                    .collect();
+    rx: mpsc::Receiver<Msg>,
+    bell: Arc<OwnedFd>,
+}
+
+/// What the supervisor waited for.
+enum Next {
+    Msg(Msg),
+    /// The deadline passed first.
+    Timeout,
+    /// No sender is left: nothing will come.
+    Closed,
+}
+
+impl Watch {
+    fn new(
+        out: PipeReader,
+        err: PipeReader,
+        mailbox: (mpsc::Receiver<Msg>, Arc<OwnedFd>),
+        log: Arc<Mutex<LogSink>>,
+        clock: Arc<dyn Clock>,
+        dbt_json: bool,
+    ) -> Watch {
+        let stream = |pipe, name, dbt_json| Stream {
+            pipe,
+            name,
+            dbt_json,
+            partial: Vec::new(),
+            open: true,
+        };
+        Watch {
+            streams: [stream(out, "out", dbt_json), stream(err, "err", false)],
+            buf: vec![0u8; LOG_BUFFER],
+            log,
+            clock,
+            rx: mailbox.0,
+            bell: mailbox.1,
+        }
+    }
+
+    /// Drains the try's output into its log until a message comes or `deadline` passes.
+    fn next(&mut self, deadline: Option<Instant>) -> Next {
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => return Next::Msg(m),
+                Err(mpsc::TryRecvError::Disconnected) => return Next::Closed,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let left = match deadline {
+                Some(d) => match d.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => return Next::Timeout,
+                    left => Some(left),
+                },
+                None => None,
+            };
+            self.wait(left);
+        }
+    }
+
+    /// Drains the output until both pipes are closed or `deadline` passes; messages are
+    /// not read (the try has ended), and a mailbox whose senders are gone does not end it.
+    fn drain(&mut self, deadline: Instant) {
+        while self.streams.iter().any(|s| s.open) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.wait(Some(left));
+        }
+    }
+
+    /// One poll over the open pipes and the mailbox's bell; what is ready is read.
+    fn wait(&mut self, timeout: Option<Duration>) {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let open: Vec<usize> = (0..self.streams.len())
+            .filter(|i| self.streams[*i].open)
+            .collect();
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .map(|i| PollFd::new(&self.streams[*i].pipe, PollFlags::IN))
+            .collect();
+        fds.push(PollFd::new(&*self.bell, PollFlags::IN));
+        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return,
+            Err(_) => {
+                // Cannot happen with valid descriptors; a short sleep keeps a broken poll from
+                // spinning while the mailbox still works.
                 drop(fds);
-                for i in ready {
-                    let s = &mut streams[i];
-                    let n = match s.pipe.read(&mut buf) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => 0,
-                    };
-                    if n == 0 {
-                        s.open = false;
-                        continue;
-                    }
-                    let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-                    sink.stamp_now(clock.as_ref());
-                    s.take(&mut sink, &buf[..n]);
-                    // The pipe is drained: put what we have in the file for live tailing.
-                    if n < buf.len() {
-                        sink.flush();
-                    }
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+        }
+        let rang = fds.last().is_some_and(|f| !f.revents().is_empty());
+        let ready: Vec<usize> = open
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        drop(fds);
+        if rang {
+            // Reset the bell before the mailbox is read again: a message sent after that
+            // read rings it anew.
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(&*self.bell, &mut count);
+        }
+        for i in ready {
+            let s = &mut self.streams[i];
+            let n = match s.pipe.read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                s.open = false;
+                continue;
+            }
+            let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.stamp_now(self.clock.as_ref());
+            s.take(&mut sink, &self.buf[..n]);
+            // The pipe is drained: put what we have in the file for live tailing.
+            if n < self.buf.len() {
+                sink.flush();
+            }
+        }
+    }
+
+    /// Unfinished last lines, if any, are lines too.
+    fn finish_lines(&mut self) {
+        if self.streams.iter().any(|s| !s.partial.is_empty()) {
+            let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            sink.stamp_now(self.clock.as_ref());
+            for s in &mut self.streams {
+                let line = std::mem::take(&mut s.partial);
+                if !line.is_empty() {
+                    s.emit(&mut sink, &line);
                 }
             }
-            // Unfinished last lines, if any, are lines too.
-            if streams.iter().any(|s| !s.partial.is_empty()) {
-                let mut sink = log.lock().unwrap_or_else(|p| p.into_inner());
-                sink.stamp_now(clock.as_ref());
-                for s in &mut streams {
-                    let line = std::mem::take(&mut s.partial);
-                    if !line.is_empty() {
-                        s.emit(&mut sink, &line);
-                    }
-                }
-            }
-        })
+        }
+    }
 }
 
 enum Msg {
@@ -229,33 +310,61 @@ enum Msg {
     Kill(KillReason),
 }
 
+/// Where a try's messages go: its supervisor's channel, and the bell that wakes the
+/// supervisor's poll over the try's pipes (none when it could not be made: the try then
+/// does not start).
+#[derive(Clone)]
+struct Mailbox {
+    tx: mpsc::Sender<Msg>,
+    bell: Option<Arc<OwnedFd>>,
+}
+
+impl Mailbox {
+    fn send(&self, m: Msg) -> bool {
+        let sent = self.tx.send(m).is_ok();
+        if sent && let Some(bell) = &self.bell {
+            let _ = rustix::io::write(&**bell, &1u64.to_ne_bytes());
+        }
+        sent
+    }
+}
+
 /// Stops a running try from outside (the engine: shutdown, a lost claim).
 #[derive(Clone)]
-pub struct Stopper(mpsc::Sender<Msg>);
+pub struct Stopper(Mailbox);
 
 impl Stopper {
     /// Asks the supervisor to stop the try; false when the try has already ended.
     pub fn stop(&self, reason: KillReason) -> bool {
-        self.0.send(Msg::Stop(reason)).is_ok()
+        self.0.send(Msg::Stop(reason))
     }
 
     pub fn kill_now(&self, reason: KillReason) {
-        let _ = self.0.send(Msg::Kill(reason));
+        self.0.send(Msg::Kill(reason));
     }
 }
 
 /// The supervisor's end of a try's control channel (see [`control`]).
 pub struct Inbox {
-    tx: mpsc::Sender<Msg>,
+    mail: Mailbox,
     rx: mpsc::Receiver<Msg>,
+    bell: std::io::Result<Arc<OwnedFd>>,
 }
 
 /// A try's control channel: the stopper goes to the engine at once, before anything is
 /// started, and the inbox to the thread that starts and supervises the try. A stop sent
 /// before the process runs waits in the inbox and is acted on as soon as it does.
 pub fn control() -> (Stopper, Inbox) {
+    use rustix::event::{EventfdFlags, eventfd};
     let (tx, rx) = mpsc::channel();
-    (Stopper(tx.clone()), Inbox { tx, rx })
+    let bell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map(Arc::new)
+        .map_err(std::io::Error::from);
+    let mail = Mailbox {
+        tx,
+        bell: bell.as_ref().ok().cloned(),
+    };
+    (Stopper(mail.clone()), Inbox { mail, rx, bell })
 }
 
 /// Starts the process and supervises it on the calling thread (the try's own); `started`
@@ -293,8 +402,12 @@ pub fn run(
     };
     // Only the stopper handed out below and the waiter keep the channel open: a supervisor
     // whose waiter is gone hears so instead of waiting forever.
-    let Inbox { tx, rx } = inbox;
-    let launched = match launch(&spec, &program, &tx) {
+    let Inbox { mail, rx, bell } = inbox;
+    let bell = match bell {
+        Ok(b) => b,
+        Err(e) => return not_started(format!("cannot supervise the try: {e}"), Some(&log)),
+    };
+    let launched = match launch(&spec, &program, &mail) {
         Ok(l) => l,
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", spec.argv[0]);
@@ -302,29 +415,22 @@ pub fn run(
         }
     };
     let pid = launched.pid;
-    let mut readers = vec![];
-    let mut reader_error = None;
-    match spawn_reader(
-        launched.out,
-        launched.err,
-        log.clone(),
-        clock.clone(),
-        spec.dbt_json_log,
-    ) {
-        Ok(h) => readers.push(h),
-        Err(e) => reader_error = Some(e),
-    }
-    if let Err(e) = launched
-        .waiter
-        .and_then(|_| reader_error.map_or(Ok(()), Err))
-    {
-        // Without a waiter or a reader the try cannot be supervised: end it now.
+    if let Err(e) = launched.waiter {
+        // Without a waiter the try cannot be supervised: end it now.
         procs::signal_group(pid, Signal::SIGKILL);
         spec.cell.kill_all(true);
         return not_started(format!("cannot supervise the try: {e}"), Some(&log));
     }
-    started(pid, Stopper(tx));
-    supervise(spec, pid, rx, log, readers, clock)
+    let watch = Watch::new(
+        launched.out,
+        launched.err,
+        (rx, bell),
+        log.clone(),
+        clock.clone(),
+        spec.dbt_json_log,
+    );
+    started(pid, Stopper(mail));
+    supervise(spec, pid, watch, log, clock)
 }
 
 /// The try's main process, started.
@@ -339,7 +445,7 @@ struct Launched {
 
 /// Starts the try's program: through the spawner helper, born in the try's cgroup, when
 /// there is one; else as a child of ours (through the `/bin/sh` step under cgroups).
-fn launch(spec: &ChildSpec, program: &Path, tx: &mpsc::Sender<Msg>) -> std::io::Result<Launched> {
+fn launch(spec: &ChildSpec, program: &Path, mail: &Mailbox) -> std::io::Result<Launched> {
     let metrics = (
         "NIGHTSHIFT_METRICS".into(),
         spec.metrics_path.clone().into_os_string(),
@@ -353,7 +459,7 @@ fn launch(spec: &ChildSpec, program: &Path, tx: &mpsc::Sender<Msg>) -> std::io::
             .map(|(k, v)| (k.into(), v.into()))
             .chain([metrics.clone()])
             .collect();
-        let exited = tx.clone();
+        let exited = mail.clone();
         let req = spawner::Request {
             cgroup: cg,
             program,
@@ -365,7 +471,7 @@ fn launch(spec: &ChildSpec, program: &Path, tx: &mpsc::Sender<Msg>) -> std::io::
             stderr: err_w.into(),
         };
         let on_exit = Box::new(move |status| {
-            let _ = exited.send(Msg::Exited(status));
+            exited.send(Msg::Exited(status));
         });
         match spawner.spawn(req, on_exit) {
             Ok(started) => {
@@ -422,12 +528,12 @@ fn launch(spec: &ChildSpec, program: &Path, tx: &mpsc::Sender<Msg>) -> std::io::
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(std::io::Error::other("the child has no pipes"));
     };
-    let exited = tx.clone();
+    let exited = mail.clone();
     let waiter = std::thread::Builder::new()
         .name("try-wait".into())
         .spawn(move || {
             let status = child.wait().ok();
-            let _ = exited.send(Msg::Exited(status));
+            exited.send(Msg::Exited(status));
         })
         .map(|_| ());
     Ok(Launched {
@@ -503,21 +609,17 @@ fn found_recently(key: &FoundKey) -> Option<PathBuf> {
 fn supervise(
     spec: ChildSpec,
     pid: u32,
-    rx: mpsc::Receiver<Msg>,
+    mut watch: Watch,
     log: Arc<Mutex<LogSink>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
     clock: Arc<dyn Clock>,
 ) -> ChildOutcome {
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let mut killed: Option<KillReason> = None;
     let mut status: Option<ExitStatus> = None;
-    let first = match deadline {
-        Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-            Ok(m) => Some(m),
-            Err(mpsc::RecvTimeoutError::Timeout) => Some(Msg::Stop(KillReason::Timeout)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-        },
-        None => rx.recv().ok(),
+    let first = match watch.next(deadline) {
+        Next::Msg(m) => Some(m),
+        Next::Timeout => Some(Msg::Stop(KillReason::Timeout)),
+        Next::Closed => None,
     };
     match first {
         None => {}
@@ -553,17 +655,17 @@ fn supervise(
             procs::signal_group(pid, spec.stop_signal);
             let grace_end = Instant::now() + if now { Duration::ZERO } else { spec.kill_grace };
             loop {
-                match rx.recv_timeout(grace_end.saturating_duration_since(Instant::now())) {
-                    Ok(Msg::Exited(s)) => {
+                match watch.next(Some(grace_end)) {
+                    Next::Msg(Msg::Exited(s)) => {
                         status = s;
                         break;
                     }
-                    Ok(Msg::Stop(_)) => continue,
-                    Ok(Msg::Kill(_)) | Err(_) => {
+                    Next::Msg(Msg::Stop(_)) => continue,
+                    Next::Msg(Msg::Kill(_)) | Next::Timeout | Next::Closed => {
                         // The main process leads the group: this ends it; its descendants
                         // elsewhere are ended below, once it has exited.
                         procs::signal_group(pid, Signal::SIGKILL);
-                        while let Ok(m) = rx.recv() {
+                        while let Next::Msg(m) = watch.next(None) {
                             if let Msg::Exited(s) = m {
                                 status = s;
                                 break;
@@ -585,17 +687,12 @@ fn supervise(
     if procs::group_exists(pid) {
         procs::kill_group_blocking(pid, Duration::from_millis(100));
     }
-    // Every writer of the pipes is gone now; a reader still blocked belongs to a process
-    // that escaped every mechanism, and is left behind rather than delaying the outcome.
-    let join_by = Instant::now() + Duration::from_secs(2);
-    for r in readers {
-        while !r.is_finished() && Instant::now() < join_by {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if r.is_finished() {
-            let _ = r.join();
-        }
-    }
+    // Every writer of the pipes is gone now: what they wrote is read to the end. A pipe
+    // still open belongs to a process that escaped every mechanism, and is left behind
+    // rather than delaying the outcome.
+    watch.drain(Instant::now() + Duration::from_secs(2));
+    watch.finish_lines();
+    drop(watch);
     let exit = match (killed, status) {
         (Some(k), _) => Exit::Killed(k),
         (None, Some(s)) => match (s.code(), s.signal()) {
@@ -655,6 +752,72 @@ pub fn read_metrics(path: &Path) -> (BTreeMap<String, f64>, Vec<String>) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn watch_of(dir: &Path, inbox: Inbox) -> (Watch, std::io::PipeWriter, Arc<Mutex<LogSink>>) {
+        let (out, out_w) = std::io::pipe().unwrap();
+        let (err, _) = std::io::pipe().unwrap();
+        let log = Arc::new(Mutex::new(LogSink::new(
+            dir.join("try.log"),
+            crate::mask::Masker::new(&[]),
+            1 << 20,
+        )));
+        let Inbox { rx, bell, .. } = inbox;
+        let clock: Arc<dyn Clock> = Arc::new(nightshift_core::clock::SystemClock);
+        let watch = Watch::new(out, err, (rx, bell.unwrap()), log.clone(), clock, false);
+        (watch, out_w, log)
+    }
+
+    /// A stop wakes the supervisor while it waits on the try's pipes, and output that came
+    /// before is in the log by then.
+    #[test]
+    fn a_message_wakes_the_supervisor_waiting_on_the_pipes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (stopper, inbox) = control();
+        let (mut watch, mut out, log) = watch_of(dir.path(), inbox);
+        out.write_all(b"before the stop\n").unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(stopper.stop(KillReason::Shutdown));
+            stopper
+        });
+        let got = watch.next(Some(Instant::now() + Duration::from_secs(30)));
+        assert!(matches!(got, Next::Msg(Msg::Stop(KillReason::Shutdown))));
+        let _stopper = t.join().unwrap();
+        let mut sink = log.lock().unwrap();
+        sink.finish();
+        drop(sink);
+        let text = std::fs::read_to_string(dir.path().join("try.log")).unwrap();
+        assert!(text.contains("before the stop"), "{text}");
+        // With nothing coming, the deadline ends the wait.
+        assert!(matches!(
+            watch.next(Some(Instant::now() + Duration::from_millis(20))),
+            Next::Timeout
+        ));
+    }
+
+    /// After the try, what its pipes still hold is read to the end, an unfinished last line
+    /// too, even once nobody can send the supervisor anything.
+    #[test]
+    fn output_left_in_the_pipes_is_read_after_the_mailbox_closes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (stopper, inbox) = control();
+        let mail = inbox.mail.clone();
+        let (mut watch, mut out, log) = watch_of(dir.path(), inbox);
+        out.write_all(b"first\nlast without a newline").unwrap();
+        drop((out, stopper, mail));
+        assert!(matches!(watch.next(None), Next::Closed));
+        watch.drain(Instant::now() + Duration::from_secs(30));
+        watch.finish_lines();
+        drop(watch);
+        log.lock().unwrap().finish();
+        let text = std::fs::read_to_string(dir.path().join("try.log")).unwrap();
+        assert!(
+            text.contains("first") && text.contains("last without a newline"),
+            "{text}"
+        );
+    }
 
     /// A find on PATH is reused for a moment only: a program installed later in an earlier
     /// PATH folder is what the next search finds.

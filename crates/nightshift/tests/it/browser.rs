@@ -112,6 +112,14 @@ impl Browser {
 
     /// Sends a command (to the page's session when `page` is given) and waits for its result.
     fn call(&mut self, page: Option<()>, method: &str, params: Value) -> Value {
+        match self.try_call(page, method, params) {
+            Ok(r) => r,
+            Err(m) => panic!("{method}: {m}"),
+        }
+    }
+
+    /// [`Browser::call`], with the browser's error as an error.
+    fn try_call(&mut self, page: Option<()>, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -122,8 +130,10 @@ impl Browser {
         loop {
             let m = self.read();
             if m["id"] == id {
-                assert!(m.get("error").is_none(), "{method}: {m}");
-                return m["result"].clone();
+                if m.get("error").is_some() {
+                    return Err(m);
+                }
+                return Ok(m["result"].clone());
             }
             self.note(&m);
         }
@@ -146,12 +156,30 @@ impl Browser {
         self.eval("new Promise(r => setTimeout(r, 300))");
     }
 
+    /// Evaluates in the page. A page that navigates meanwhile (a form just submitted)
+    /// drops the evaluation: it is asked again in the new page, for at most 30 s.
     fn eval(&mut self, expr: &str) -> Value {
-        let r = self.call(
-            Some(()),
-            "Runtime.evaluate",
-            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            match self.try_call(
+                Some(()),
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            ) {
+                Ok(r) => break r,
+                Err(m) => {
+                    let why = m["error"]["message"].as_str().unwrap_or_default();
+                    let navigated = why.contains("navigated or closed")
+                        || why.contains("context was destroyed")
+                        || why.contains("Cannot find context");
+                    assert!(
+                        navigated && Instant::now() < deadline,
+                        "Runtime.evaluate: {m}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
         assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
         r["result"]["value"].clone()
     }
