@@ -308,6 +308,9 @@ impl PgStore {
     /// fenced row by row exactly as [`FINISH`]. A batch naming a task instance twice takes
     /// one statement per outcome in one transaction, so the second meets the first's write.
     pub fn finish_tries(&self, fs: &[FinishTry]) -> Result<Vec<bool>> {
+        if fs.is_empty() {
+            return Ok(vec![]);
+        }
         let distinct: HashSet<i64> = fs.iter().map(|f| f.ti_pk).collect();
         if distinct.len() < fs.len() {
             return self.write(|tx| fs.iter().map(|f| Ok(finish_on!(tx, f))).collect());
