@@ -90,7 +90,7 @@ struct Concluding {
 }
 
 /// Starts a claimed try: everything from its argv to its end happens on a thread of its
-/// own, so a pass that claims many tries is not held up by their starts. Returns the try's
+/// own (one of the [`crate::crew`]'s), so a pass that claims many tries is not held up by their starts. Returns the try's
 /// stopper at once; `None` when the try ended at once (its task is gone, or no thread could
 /// be made: its outcome is then with the writer and the engine was told).
 pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
@@ -99,13 +99,11 @@ pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     // The thread takes the context; a thread that cannot be made gives it back here.
     let slot = Arc::new(std::sync::Mutex::new(Some(c)));
     let for_thread = slot.clone();
-    let spawned = std::thread::Builder::new()
-        .name("try-supervise".into())
-        .spawn(move || {
-            if let Some(c) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                run(c, inbox);
-            }
-        });
+    let spawned = crate::crew::run("try-supervise", move || {
+        if let Some(c) = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            run(c, inbox);
+        }
+    });
     match spawned {
         Ok(_) => Some(stopper),
         Err(e) => {

@@ -68,6 +68,17 @@ impl Containment {
         }
     }
 
+    /// Starts the spawner helper in the background, when there is one (see
+    /// [`Spawner::warm`]).
+    pub fn warm(&self) {
+        if let Containment::Cgroup {
+            spawner: Some(s), ..
+        } = self
+        {
+            s.warm();
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Containment::Cgroup { root, .. } => format!(

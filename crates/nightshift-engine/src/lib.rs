@@ -22,6 +22,7 @@
 pub mod attempt;
 pub mod contain;
 pub mod crash;
+mod crew;
 pub mod dbt;
 pub mod engine;
 mod env;

@@ -209,6 +209,18 @@ impl Spawner {
         }
     }
 
+    /// Starts the helper now rather than at the first try, on a thread of its own: the
+    /// first try of a run then pays no exec of this binary, and a helper that cannot start
+    /// is said in the log at start-up.
+    pub fn warm(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("spawner-warm".into())
+            .spawn(move || {
+                let _ = me.link();
+            });
+    }
+
     /// Ends the helper: it exits when its socket closes (the caller waits for it to leave
     /// its cgroup).
     pub fn shutdown(&self) {
@@ -492,6 +504,47 @@ fn decode(msg: &[u8]) -> Option<Decoded> {
     })
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` this is.
+fn move_into(procs: &std::fs::File) -> std::io::Result<()> {
+    use std::io::Write;
+    (&*procs).write_all(b"0")
+}
+
+/// The open `cgroup.procs` of each cell the helper entered. Cells are pooled by the engine,
+/// so there are about as many as tries that ran at once; a cell removed since (an engine's
+/// cleanup) answers ENODEV and is opened again by its path.
+#[derive(Default)]
+struct CellFiles(HashMap<PathBuf, std::fs::File>);
+
+/// More cells than this are not kept open (only a very wide engine gets near).
+const MAX_CELL_FILES: usize = 4096;
+
+impl CellFiles {
+    /// Moves the helper into the cell at `dir`; false when it cannot.
+    fn enter(&mut self, dir: &Path) -> bool {
+        if let Some(f) = self.0.get(dir) {
+            if move_into(f).is_ok() {
+                return true;
+            }
+            self.0.remove(dir);
+        }
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+        else {
+            return false;
+        };
+        if move_into(&f).is_err() {
+            return false;
+        }
+        if self.0.len() >= MAX_CELL_FILES {
+            self.0.clear();
+        }
+        self.0.insert(dir.to_owned(), f);
+        true
+    }
+}
+
 fn reply(sock: &impl AsFd, kind: u8, token: u64, value: i32, entered: bool) -> bool {
     let mut msg = [0u8; REPLY_LEN];
     msg[0] = kind;
@@ -507,8 +560,13 @@ pub fn serve(home: &Path) -> std::io::Result<()> {
     let sock: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
     let sock = Arc::new(sock);
     std::fs::create_dir_all(home)?;
-    let procs_home = home.join("cgroup.procs");
-    std::fs::write(&procs_home, "0")?;
+    // The helper moves in and out of cgroups twice per try: the `cgroup.procs` files stay
+    // open (its own, and each cell's) instead of being looked up again each time.
+    let procs_home = std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.join("cgroup.procs"))?;
+    move_into(&procs_home)?;
+    let mut cells = CellFiles::default();
     // Children by pid → the request's token; the reaper waits while there are none.
     let children: Arc<(Mutex<HashMap<u32, u64>>, Condvar)> = Arc::default();
     {
@@ -557,7 +615,7 @@ pub fn serve(home: &Path) -> std::io::Result<()> {
         // after the STARTED reply went out (the engine reads replies in order).
         let (map, wake) = &*children;
         let mut map = lock(map);
-        let entered = std::fs::write(req.cgroup.join("cgroup.procs"), "0").is_ok();
+        let entered = cells.enter(&req.cgroup);
         let mut cmd = Command::new(&req.program);
         for name in &req.env_remove {
             cmd.env_remove(name);
@@ -576,7 +634,7 @@ pub fn serve(home: &Path) -> std::io::Result<()> {
         }
         // Back home before anything else, so the next request starts from there (a failed
         // move leaves the helper inside the try's cgroup, which its end would kill).
-        if entered && std::fs::write(&procs_home, "0").is_err() {
+        if entered && move_into(&procs_home).is_err() {
             return Err(std::io::Error::other("cannot leave the try's cgroup"));
         }
         drop(cmd);

@@ -430,6 +430,9 @@ impl Engine {
         self.beat(now)?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
         self.recover_orphans()?;
+        // The helper starts while the loop's first pass reads the store; started only once
+        // start-up went well, so an engine that fails here leaves no helper behind.
+        self.containment.warm();
         let until = match &self.mode {
             Mode::Scheduler { until } => *until,
             Mode::Runs(_) | Mode::Worker => None,

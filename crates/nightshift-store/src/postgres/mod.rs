@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migration_2.sql")),
     (3, include_str!("migration_3.sql")),
     (4, include_str!("migration_4.sql")),
+    (5, include_str!("migration_5.sql")),
 ];
 
 /// Connections one process keeps at most: the scheduler loop, the outcome writer, the web

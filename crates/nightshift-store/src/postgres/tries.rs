@@ -143,110 +143,37 @@ impl PgStore {
         if claims.is_empty() || most == 0 {
             return Ok(vec![]);
         }
-        self.write(|tx| {
-            // Pool slots and a pipeline's max_active_tasks are counts across every claimer:
-            // claimers touching the same pool or pipeline take turns, each seeing the
-            // others' committed claims.
-            let mut names = BTreeSet::new();
-            for c in claims {
-                names.insert(format!("tasks:{}", c.pipeline_limit.0));
-                if let Some((pool, _)) = c.pool {
-                    names.insert(format!("pool:{pool}"));
-                }
-            }
-            lock_names(tx, names)?;
-            // The instances this batch may take: claimable now, and not held by a claimer
-            // that has not committed yet (skipped, not waited for). Locked from here on, so
-            // the update below finds them as they are now.
-            // Without pools, the first `most` free ones in order are all this batch can take,
-            // so only they are locked: the rest stay free for the other claimers. A pool may
-            // refuse some of those locked, so with pools every given instance is locked and
-            // the refused ones' slots go to the next.
-            let ids: Vec<i64> = claims.iter().map(|c| c.ti_pk).collect();
-            let nows: Vec<i64> = claims.iter().map(|c| c.now).collect();
-            let lock_most: Option<i64> = claims
-                .iter()
-                .all(|c| c.pool.is_none())
-                .then(|| i64::try_from(most).unwrap_or(i64::MAX));
-            let free: HashSet<i64> = tx
-                .query(
-                    "SELECT t.id FROM task_instances t
-                     JOIN unnest($1::BIGINT[], $2::BIGINT[]) WITH ORDINALITY AS c(id, now, ord) ON t.id = c.id
-                     WHERE t.state IN ('QUEUED', 'UP_FOR_RETRY') AND (t.next_try_at IS NULL OR t.next_try_at <= c.now)
-                     ORDER BY c.ord LIMIT $3
-                     FOR UPDATE OF t SKIP LOCKED",
-                    &[&ids, &nows, &lock_most],
-                )?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, _>>()?;
-            // What runs now in the pipelines and pools concerned, counted once: the locks
-            // above keep the counts true until this transaction ends.
-            let pipelines: Vec<&str> = claims.iter().map(|c| c.pipeline_limit.0).collect::<BTreeSet<_>>().into_iter().collect();
-            let pools: Vec<&str> = claims.iter().filter_map(|c| c.pool.map(|p| p.0)).collect::<BTreeSet<_>>().into_iter().collect();
-            let mut running: HashMap<(bool, String), i64> = HashMap::new();
-            for r in tx.query(
-                "SELECT TRUE, pipeline, COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pipeline = ANY($1) GROUP BY pipeline
-                 UNION ALL
-                 SELECT FALSE, pool, COUNT(*) FROM task_instances WHERE state = 'RUNNING' AND pool = ANY($2) GROUP BY pool",
-                &[&pipelines, &pools],
-            )? {
-                running.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
-            }
-            // Taken in the order given, as long as the limits allow.
-            let mut take: Vec<usize> = vec![];
-            for (i, c) in claims.iter().enumerate() {
-                if take.len() >= most {
-                    break;
-                }
-                if !free.contains(&c.ti_pk) {
-                    continue;
-                }
-                let in_pipeline = running.get(&(true, c.pipeline_limit.0.to_owned())).copied().unwrap_or(0);
-                if in_pipeline >= i64::from(c.pipeline_limit.1) {
-                    continue;
-                }
-                if let Some((pool, slots)) = c.pool {
-                    let in_pool = running.entry((false, pool.to_owned())).or_insert(0);
-                    if *in_pool >= i64::from(slots) {
-                        continue;
-                    }
-                    *in_pool += 1;
-                }
-                *running.entry((true, c.pipeline_limit.0.to_owned())).or_insert(0) += 1;
-                take.push(i);
-            }
-            let mut out = vec![None; claims.len()];
-            if take.is_empty() {
-                return Ok(out);
-            }
-            let col = |f: &dyn Fn(&Claim<'_>) -> i64| take.iter().map(|&i| f(&claims[i])).collect::<Vec<i64>>();
-            let (ids, leases, nows) = (col(&|c| c.ti_pk), col(&|c| c.lease_until), col(&|c| c.now));
-            let owners: Vec<&str> = take.iter().map(|&i| claims[i].owner).collect();
-            let hosts: Vec<&str> = take.iter().map(|&i| claims[i].host).collect();
-            // The claim and its try row in one statement.
-            let claimed = tx.query(
-                "WITH c AS (SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[]) AS c(id, owner, host, lease_until, now)),
-                      claimed AS (
-                          UPDATE task_instances t
-                          SET state = 'RUNNING', try_number = t.try_number + 1, owner = c.owner, host = c.host, lease_until = c.lease_until,
-                              pid = NULL, pid_start = NULL, next_try_at = NULL, updated_at = c.now
-                          FROM c WHERE t.id = c.id AND t.state IN ('QUEUED', 'UP_FOR_RETRY')
-                          RETURNING t.id, t.run, t.task_id, t.try_number, c.now, c.host)
-                 INSERT INTO task_tries (ti, run, task_id, try_number, state, start_time, host)
-                 SELECT id, run, task_id, try_number, 'RUNNING', now, host FROM claimed
-                 RETURNING ti, try_number",
-                &[&ids, &owners, &hosts, &leases, &nows],
-            )?;
-            let mut numbers: HashMap<i64, u32> = HashMap::new();
-            for r in claimed {
-                numbers.insert(r.try_get(0)?, u32_of(r.try_get(1)?));
-            }
-            for &i in &take {
-                out[i] = numbers.get(&claims[i].ti_pk).copied();
-            }
-            Ok(out)
-        })
+        // One statement, its own transaction: `nightshift_claim` (migration 5) takes the
+        // pipelines' and pools' locks, so claimers touching the same limits take turns and
+        // each sees the others' committed claims, then locks the free instances (skipping
+        // those another claimer holds), counts what runs, and claims in the order given.
+        // Without pools, the first `most` free ones in order are all this batch can take, so
+        // only they are locked: the rest stay free for the other claimers. A pool may refuse
+        // some of those locked, so with pools every given instance is locked and the
+        // refused ones' slots go to the next.
+        let col = |f: &dyn Fn(&Claim<'_>) -> i64| claims.iter().map(f).collect::<Vec<i64>>();
+        let (ids, nows, leases) = (col(&|c| c.ti_pk), col(&|c| c.now), col(&|c| c.lease_until));
+        let pipeline_max = col(&|c| i64::from(c.pipeline_limit.1));
+        let pool_slots = col(&|c| c.pool.map_or(0, |p| i64::from(p.1)));
+        let pipelines: Vec<&str> = claims.iter().map(|c| c.pipeline_limit.0).collect();
+        let pools: Vec<Option<&str>> = claims.iter().map(|c| c.pool.map(|p| p.0)).collect();
+        let owners: Vec<&str> = claims.iter().map(|c| c.owner).collect();
+        let hosts: Vec<&str> = claims.iter().map(|c| c.host).collect();
+        let most_i = i64::try_from(most).unwrap_or(i64::MAX);
+        let lock_most: Option<i64> = claims.iter().all(|c| c.pool.is_none()).then_some(most_i);
+        let numbers: HashMap<i64, u32> = self.read(|c| {
+            c.query(
+                "SELECT claimed_ti, claimed_try FROM nightshift_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[&ids, &nows, &pipelines, &pipeline_max, &pools, &pool_slots, &owners, &hosts, &leases, &most_i, &lock_most],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, u32_of(r.try_get(1)?))))
+            .collect()
+        })?;
+        Ok(claims
+            .iter()
+            .map(|c| numbers.get(&c.ti_pk).copied())
+            .collect())
     }
 
     pub fn reschedule(
