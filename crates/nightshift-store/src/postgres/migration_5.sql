@@ -28,7 +28,12 @@ DECLARE
     k_pipe TEXT;
     k_pool TEXT;
     n BIGINT;
-    take BIGINT[] := '{}';
+    taken INT := 0;
+    take_ids BIGINT[] := '{}';
+    take_owners TEXT[] := '{}';
+    take_hosts TEXT[] := '{}';
+    take_leases BIGINT[] := '{}';
+    take_nows BIGINT[] := '{}';
 BEGIN
     FOR lock_name IN
         SELECT x FROM (
@@ -61,7 +66,7 @@ BEGIN
 
     -- Taken in the order given, as long as the limits allow.
     FOREACH i IN ARRAY free LOOP
-        EXIT WHEN COALESCE(array_length(take, 1), 0) >= most;
+        EXIT WHEN taken >= most;
         k_pipe := 't:' || pipelines[i];
         n := COALESCE((counts ->> k_pipe)::BIGINT, 0);
         CONTINUE WHEN n >= pipeline_max[i];
@@ -71,17 +76,22 @@ BEGIN
             counts := jsonb_set(counts, ARRAY[k_pool], to_jsonb(COALESCE((counts ->> k_pool)::BIGINT, 0) + 1));
         END IF;
         counts := jsonb_set(counts, ARRAY[k_pipe], to_jsonb(n + 1));
-        take := take || i;
+        taken := taken + 1;
+        take_ids := take_ids || ids[i];
+        take_owners := take_owners || owners[i];
+        take_hosts := take_hosts || hosts[i];
+        take_leases := take_leases || leases[i];
+        take_nows := take_nows || nows[i];
     END LOOP;
-    IF COALESCE(array_length(take, 1), 0) = 0 THEN
+    IF taken = 0 THEN
         RETURN;
     END IF;
 
     -- The claim and its try rows in one statement.
     RETURN QUERY
     WITH c AS (
-        SELECT ids[j] AS id, owners[j] AS owner, hosts[j] AS host, leases[j] AS lease_until, nows[j] AS now
-        FROM unnest(take) AS j),
+        SELECT * FROM unnest(take_ids, take_owners, take_hosts, take_leases, take_nows)
+        AS c(id, owner, host, lease_until, now)),
     claimed AS (
         UPDATE task_instances t
         SET state = 'RUNNING', try_number = t.try_number + 1, owner = c.owner, host = c.host, lease_until = c.lease_until,
