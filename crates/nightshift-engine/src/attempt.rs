@@ -90,9 +90,10 @@ struct Concluding {
 }
 
 /// Starts a claimed try: everything from its argv to its end happens on a thread of its
-/// own (one of the [`crate::crew`]'s), so a pass that claims many tries is not held up by their starts. Returns the try's
-/// stopper at once; `None` when the try ended at once (its task is gone, or no thread could
-/// be made: its outcome is then with the writer and the engine was told).
+/// own (one of the [`crate::crew`]'s), so a pass that claims many tries is not held up by
+/// their starts. Returns the try's stopper at once; `None` when the try ended at once (its
+/// task is gone, or no thread could be made: its outcome is then with the writer and the
+/// engine was told).
 pub(crate) fn start(c: TryCtx) -> Option<Stopper> {
     c.pipeline.task(&c.ti.task_id)?;
     let (stopper, inbox) = executor::control();

@@ -42,8 +42,9 @@ pub fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::Result<(
     if let Some((_, tx)) = popped {
         match tx.send(job) {
             Ok(()) => return Ok(()),
-            // Its thread died (a job panicked on it after it was listed, which cannot
-            // happen, or the process is ending): a new thread takes the job.
+            // Not expected: a listed thread leaves only after taking itself off the list,
+            // and it runs nothing while listed. Should its inbox be gone all the same, a new
+            // thread takes the job.
             Err(mpsc::SendError(back)) => job = back,
         }
     }
