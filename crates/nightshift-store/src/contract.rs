@@ -81,6 +81,7 @@ contract!(
     retention_removes_whole_runs,
     concurrent_claimers_never_share_a_try_or_overfill_a_pool,
     a_batch_takes_at_most_its_free_slots_in_order,
+    max_active_tasks_holds_across_claimers_and_a_pool_refusal_takes_no_slot,
     a_batch_of_outcomes_is_fenced_try_by_try,
     a_delta_read_brings_every_change_since_its_cursor,
     the_store_clock_moves,
@@ -898,6 +899,54 @@ fn a_batch_takes_at_most_its_free_slots_in_order(s: &Fixture) {
             .unwrap()
             .iter()
             .all(Option::is_none)
+    );
+}
+
+/// A pipeline's `max_active_tasks` counts every claimer's running tries; a candidate its
+/// pool refuses leaves its place under the pipeline's limit to the next one.
+fn max_active_tasks_holds_across_claimers_and_a_pool_refusal_takes_no_slot(s: &Fixture) {
+    let ids: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let (run, tis) = queued_run(s, &ids, Some("p"));
+    let limited = |ti: i64, owner: &'static str, pool: Option<(&'static str, u32)>| Claim {
+        pipeline_limit: ("nightly", 2),
+        pool,
+        ..claim_of(ti, owner, 5)
+    };
+    // A takes t0 into pool `p` (one slot): the pool is full, the pipeline has one of two.
+    assert_eq!(
+        s.claim_batch(&[limited(tis[0], "A", Some(("p", 1)))], 1)
+            .unwrap(),
+        vec![Some(1)]
+    );
+    // B: t1 is refused by the full pool, so t2 (claimed outside the pool) gets the
+    // pipeline's second place, and t3 finds the pipeline full.
+    let batch = [
+        limited(tis[1], "B", Some(("p", 1))),
+        limited(tis[2], "B", None),
+        limited(tis[3], "B", None),
+    ];
+    assert_eq!(s.claim_batch(&batch, 3).unwrap(), vec![None, Some(1), None]);
+    // Another claimer finds the pipeline full however many slots it has.
+    let rest: Vec<Claim<'_>> = tis[3..].iter().map(|ti| limited(*ti, "C", None)).collect();
+    assert!(s.claim_batch(&rest, 3).unwrap().iter().all(Option::is_none));
+    // One ends: its place goes to the first candidate still free.
+    assert_eq!(
+        s.finish_tries(&[finish(tis[0], 1, "A", 9, TaskState::Success)])
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(s.claim_batch(&rest, 3).unwrap(), vec![Some(1), None, None]);
+    let running: Vec<TaskState> = states_of(s, run);
+    assert_eq!(
+        running,
+        vec![
+            TaskState::Success,
+            TaskState::Queued,
+            TaskState::Running,
+            TaskState::Running,
+            TaskState::Queued,
+            TaskState::Queued,
+        ]
     );
 }
 
