@@ -307,6 +307,14 @@ interface! {
     fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
 }
 
+/// Who [`Store::watch_for_work`] wakes.
+pub trait WorkWatcher: Send + 'static {
+    /// Work may be claimable: look now. False: nobody listens any more.
+    fn wake(&self) -> bool;
+    /// Whether anybody still listens (asked between hints, to end the watch).
+    fn listening(&self) -> bool;
+}
+
 /// The store a project uses, behind the [`MetaStore`] interface.
 pub struct Store {
     backend: Backend,
@@ -371,6 +379,25 @@ impl Store {
             Backend::Sqlite(s) => Some(s),
             #[allow(unreachable_patterns)]
             _ => None,
+        }
+    }
+
+    /// Wakes `watcher` whenever another process may have made work claimable (queued tasks,
+    /// created or cleared runs), until it stops listening; a hint to look now rather than at
+    /// the next poll, never a promise that there is work. Returns false when this store
+    /// sends no such hints (SQLite: everything is on one machine and a poll is cheap).
+    pub fn watch_for_work(&self, watcher: Box<dyn WorkWatcher>) -> bool {
+        match &self.location {
+            #[cfg(feature = "postgres")]
+            Location::Postgres(pg) => match postgres::listen::start(pg.clone(), watcher) {
+                Ok(()) => true,
+                // Without the thread the engine polls, as on SQLite.
+                Err(_) => false,
+            },
+            _ => {
+                drop(watcher);
+                false
+            }
         }
     }
 

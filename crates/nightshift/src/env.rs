@@ -31,8 +31,8 @@ pub fn crash_at() -> Option<String> {
     var("NIGHTSHIFT_CRASH_AT")
 }
 
-/// A lease timing knob (`NIGHTSHIFT_HEARTBEAT`, `NIGHTSHIFT_LEASE_TTL`,
-/// `NIGHTSHIFT_ROLE_TTL`), as a duration text (`2s`, `500ms`).
+/// A timing knob of the loop and its leases (`NIGHTSHIFT_HEARTBEAT`, `NIGHTSHIFT_LEASE_TTL`,
+/// `NIGHTSHIFT_ROLE_TTL`, `NIGHTSHIFT_POLL`), as a duration text (`2s`, `500ms`).
 pub fn timing(name: &str) -> Option<String> {
     var(name).filter(|v| !v.trim().is_empty())
 }

@@ -73,7 +73,8 @@ pub struct Options {
     pub heartbeat: Duration,
     pub lease_ttl: Duration,
     /// Longest sleep between passes; bounds how late the engine notices other processes'
-    /// changes and edited pipeline files.
+    /// changes and edited pipeline files. On PostgreSQL, work other processes queue wakes
+    /// the engine at once (see `Store::watch_for_work`); the heartbeat bounds the sleep too.
     pub poll: Duration,
     pub crash_at: Option<CrashPoint>,
     /// How long the scheduler role outlives its holder's last renewal: a standby takes the
@@ -109,6 +110,24 @@ pub const DEFAULT_POOL: &str = "default";
 
 /// Task instances by run, then by pk.
 type TiCache = HashMap<i64, std::collections::BTreeMap<i64, TiRow>>;
+
+/// Wakes the loop as a try's end does, with no try named (no slot is freed).
+struct WakeOnWork(mpsc::UnboundedSender<TryDone>);
+
+impl nightshift_store::WorkWatcher for WakeOnWork {
+    fn wake(&self) -> bool {
+        self.0
+            .send(TryDone {
+                ti_pk: 0,
+                token: None,
+            })
+            .is_ok()
+    }
+
+    fn listening(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
 
 struct RunningTry {
     stopper: Stopper,
@@ -426,6 +445,10 @@ impl Engine {
 
     async fn run_inner(&mut self, shutdown: &mut watch::Receiver<u32>) -> Result<(), Error> {
         self.writer()?;
+        // On a shared store, work queued by another engine wakes this one at once instead of
+        // at its next poll: idle engines join a wide fan-out while it starts.
+        self.store
+            .watch_for_work(Box::new(WakeOnWork(self.done_tx.clone())));
         let now = self.sync_store_clock()?;
         self.beat(now)?;
         self.paused = self.store.paused_pipelines()?.into_iter().collect();
@@ -582,7 +605,11 @@ impl Engine {
                     continue;
                 }
             }
-            let mut sleep_for = self.opts.poll;
+            // The heartbeat renews this engine's leases: no sleep may outlast it.
+            let mut sleep_for = self
+                .opts
+                .poll
+                .min(self.opts.heartbeat.saturating_sub(last_heartbeat.elapsed()));
             if let Some(due) = next_due {
                 let wait = SignedDuration::from_micros(to_micros(due) - to_micros(now));
                 sleep_for = sleep_for.min(Duration::try_from(wait).unwrap_or(Duration::ZERO));

@@ -36,6 +36,7 @@ use crate::{Created, Error, NewRun, NewTask, PgLocation, Result, RunRow, TiRow, 
 mod alerts;
 mod conn;
 mod leases;
+pub(crate) mod listen;
 mod ops;
 #[doc(hidden)]
 pub mod testing;
@@ -525,6 +526,7 @@ impl PgStore {
     pub fn create_run(&self, run: &NewRun<'_>, tasks: &[NewTask<'_>]) -> Result<Created> {
         self.write(|tx| {
             if let Some(pk) = Self::insert_run(tx, run, tasks)? {
+                listen::notify(tx)?;
                 return Ok(Created::New(pk));
             }
             let pk: i64 = tx
@@ -545,6 +547,9 @@ impl PgStore {
                     created.push(pk);
                 }
             }
+            if !created.is_empty() {
+                listen::notify(tx)?;
+            }
             Ok(created)
         })
     }
@@ -559,6 +564,9 @@ impl PgStore {
             )?;
             for r in &requeued {
                 event(tx, now, r.try_get(0)?, None, None, "QUEUED", Some("interrupted: the scheduler shut down"))?;
+            }
+            if !requeued.is_empty() {
+                listen::notify(tx)?;
             }
             Ok(requeued.len())
         })

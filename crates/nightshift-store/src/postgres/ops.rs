@@ -37,6 +37,7 @@ impl PgStore {
                 )?;
             }
             event(tx, now, pk, None, None, "QUEUED", Some("rerun"))?;
+            super::listen::notify(tx)?;
             Ok(true)
         })
     }
@@ -70,6 +71,7 @@ impl PgStore {
                 if n == 1 {
                     event(tx, now, run_pk, None, None, "QUEUED", Some(reason))?;
                 }
+                super::listen::notify(tx)?;
             }
             Ok(cleared)
         })
@@ -172,6 +174,8 @@ impl PgStore {
                 &[&run_pk, &task, &state, &now],
             )?;
             event(tx, now, run_pk, Some(task), None, state, Some(&format!("marked {} by hand: {reason}", state.to_lowercase())))?;
+            // Its downstream may be ready now.
+            super::listen::notify(tx)?;
             Ok(Some(old))
         })
     }
@@ -193,6 +197,7 @@ impl PgStore {
                     )?;
                     if n == 1 {
                         event(tx, now, run_pk, None, None, "QUEUED", Some("queued again after a task was marked"))?;
+                        super::listen::notify(tx)?;
                     }
                 }
             }

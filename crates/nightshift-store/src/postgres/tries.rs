@@ -128,6 +128,10 @@ impl PgStore {
                  SELECT $4, $1, task_id, NULL, state, NULL FROM changed",
                 &[&run_pk, &tasks, &states, &now],
             )?;
+            // Queued tasks are work for every engine, not only this one.
+            if n > 0 && states.contains(&TaskState::Queued.as_str()) {
+                super::listen::notify(tx)?;
+            }
             Ok(n as usize)
         })
     }

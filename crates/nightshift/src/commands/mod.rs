@@ -350,6 +350,7 @@ pub fn engine_options() -> Result<Options> {
         ("NIGHTSHIFT_HEARTBEAT", &mut opts.heartbeat),
         ("NIGHTSHIFT_LEASE_TTL", &mut opts.lease_ttl),
         ("NIGHTSHIFT_ROLE_TTL", &mut opts.role_ttl),
+        ("NIGHTSHIFT_POLL", &mut opts.poll),
     ] {
         if let Some(v) = crate::env::timing(name) {
             *slot = nightshift_core::time::parse_duration(&v)

@@ -513,3 +513,43 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     up.stop();
     w.stop();
 }
+
+/// Queues the run of pipeline `p` with ds `day` without a scheduler.
+fn queue(p: &TestProject, day: &str) {
+    let out = p.run(&["backfill", "p", "--from", day, "--to", day, "--detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn work_queued_elsewhere_wakes_an_idle_worker_even_after_the_database_restarted() {
+    let pg = TestCluster::start().unwrap();
+    let p = pg_project(&pg);
+    p.file("pipelines/p.toml", &chain("p", &days_ago(3)));
+    // Loop, heartbeat and leases far longer than the test may take: the worker passes again
+    // only when the store tells it that there is work.
+    let slow = [
+        host("host-w"),
+        ("NIGHTSHIFT_POLL", "600s"),
+        ("NIGHTSHIFT_HEARTBEAT", "600s"),
+        ("NIGHTSHIFT_LEASE_TTL", "1200s"),
+        ("NIGHTSHIFT_ROLE_TTL", "1200s"),
+    ];
+    let w = Proc::spawn(&p, &["worker"], &slow, "w");
+    p.wait_for("the worker to start", || {
+        p.read("w.stderr").contains("worker on `host-w`")
+    });
+    queue(&p, &yesterday());
+    p.wait_for("the worker to run the queued run", || {
+        all_succeeded(&p, "p", 1)
+    });
+    // The worker sleeps now (its last pass saw the run finish). The server restarts under
+    // it: its listener reconnects, and the next run queued wakes it again.
+    pg.halt().unwrap();
+    pg.resume().unwrap();
+    queue(&p, &days_ago(2));
+    p.wait_for("the worker to run the run queued after the restart", || {
+        all_succeeded(&p, "p", 2)
+    });
+    w.stop();
+    assert_complete(&p, "p", 2);
+}
