@@ -156,11 +156,17 @@ impl Stream {
 /// task's exec does.
 struct Watch {
     streams: [Stream; 2],
-    buf: Vec<u8>,
     log: Arc<Mutex<LogSink>>,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Msg>,
     bell: Arc<OwnedFd>,
+}
+
+thread_local! {
+    /// The buffer pipes are read into, one per thread: tries run on reused threads
+    /// (`crate::crew`), and allocating and zeroing it for every try of a wide fan-out cost
+    /// more than reading their few bytes.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What the supervisor waited for.
@@ -190,7 +196,6 @@ impl Watch {
         };
         Watch {
             streams: [stream(out, "out", dbt_json), stream(err, "err", false)],
-            buf: vec![0u8; LOG_BUFFER],
             log,
             clock,
             rx: mailbox.0,
@@ -266,25 +271,33 @@ impl Watch {
             let mut count = [0u8; 8];
             let _ = rustix::io::read(&*self.bell, &mut count);
         }
-        for i in ready {
-            let s = &mut self.streams[i];
-            let n = match s.pipe.read(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => 0,
-            };
-            if n == 0 {
-                s.open = false;
-                continue;
-            }
-            let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            sink.stamp_now(self.clock.as_ref());
-            s.take(&mut sink, &self.buf[..n]);
-            // The pipe is drained: put what we have in the file for live tailing.
-            if n < self.buf.len() {
-                sink.flush();
-            }
+        if ready.is_empty() {
+            return;
         }
+        READ_BUFFER.with_borrow_mut(|buf| {
+            if buf.is_empty() {
+                buf.resize(LOG_BUFFER, 0);
+            }
+            for i in ready {
+                let s = &mut self.streams[i];
+                let n = match s.pipe.read(buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                if n == 0 {
+                    s.open = false;
+                    continue;
+                }
+                let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+                sink.stamp_now(self.clock.as_ref());
+                s.take(&mut sink, &buf[..n]);
+                // The pipe is drained: put what we have in the file for live tailing.
+                if n < buf.len() {
+                    sink.flush();
+                }
+            }
+        });
     }
 
     /// Unfinished last lines, if any, are lines too.

@@ -200,12 +200,19 @@ impl Engine {
         // Among equals (a fan-out's thousand siblings) each engine takes its own order, so
         // engines sharing a store reach for different tasks instead of all queueing for the
         // same first few and claiming nothing.
-        let spread = |pk: i64| {
+        let seed = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.owner.hash(&mut h);
-            pk.hash(&mut h);
             h.finish()
+        };
+        // A cheap mix (splitmix64's finaliser) of the engine's seed and the pk: a thousand
+        // candidates per pass need no keyed hash.
+        let spread = |pk: i64| {
+            let mut z = seed ^ (pk as u64);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
         };
         candidates.sort_by_cached_key(|(p, ri, pk)| {
             let run = &runs[*ri];
