@@ -146,7 +146,7 @@ fn run(c: TryCtx, inbox: executor::Inbox) {
                 try_number: c.try_number,
                 owner: c.owner.clone(),
                 pid,
-                pid_start: procs::start_time(pid),
+                identity: procs::Identity::of(pid),
                 log_path: crate::project::stored_path(&c.project_dir, &concluding.log_path),
                 stopper,
             },

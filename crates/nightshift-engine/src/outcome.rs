@@ -70,7 +70,8 @@ pub struct SpawnRecord {
     pub try_number: u32,
     pub owner: String,
     pub pid: u32,
-    pub pid_start: Option<u64>,
+    /// Its start time is read when the record is written, if it still runs then.
+    pub identity: crate::procs::Identity,
     pub log_path: String,
     /// Stops the try when the record shows its claim was lost.
     pub stopper: Stopper,
@@ -409,7 +410,7 @@ impl WriterThread {
                     s.try_number,
                     &s.owner,
                     s.pid,
-                    s.pid_start,
+                    s.identity.start_time(),
                     &s.log_path,
                 )?;
                 let concluded = self

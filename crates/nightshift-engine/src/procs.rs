@@ -30,6 +30,54 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.0)
 }
 
+/// A handle on a process that cannot come to mean another one: taken right after a spawn,
+/// it lets the start time be read later, only if it is still needed (see
+/// [`Identity::start_time`]).
+pub struct Identity {
+    pid: u32,
+    /// `None` where the kernel has no pidfd (before 5.3): the start time was read at once.
+    pidfd: Option<std::os::fd::OwnedFd>,
+    eager: Option<u64>,
+}
+
+impl Identity {
+    pub fn of(pid: u32) -> Identity {
+        let pidfd = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
+        let eager = if pidfd.is_none() {
+            start_time(pid)
+        } else {
+            None
+        };
+        Identity { pid, pidfd, eager }
+    }
+
+    /// The process's start time, or `None` once it has exited: a pid read after its process
+    /// was reaped could belong to another process by then. Reading it here, when a try has
+    /// run long enough for its pid to be recorded, spares every short try a /proc read.
+    pub fn start_time(&self) -> Option<u64> {
+        let Some(fd) = &self.pidfd else {
+            return self.eager;
+        };
+        let start = start_time(self.pid)?;
+        // Read first, then checked: while the process still runs its pid is its own, so the
+        // start time read before belongs to it. (A pidfd is readable once it has exited.)
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(0) => Some(start),
+            _ => None,
+        }
+    }
+}
+
 /// Whether the process `pid` that started at `start` (if known) is alive and not a zombie.
 pub fn alive(pid: u32, start: Option<u64>) -> bool {
     match stat(pid) {
@@ -187,6 +235,28 @@ impl std::fmt::Display for Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_identity_gives_the_start_time_only_while_its_process_runs() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = Identity::of(child.id());
+        let start = start_time(child.id());
+        assert!(start.is_some());
+        assert_eq!(id.start_time(), start);
+        child.kill().unwrap();
+        // Exited, not reaped yet: /proc still answers for the pid, but once it is reaped the
+        // pid may be another process's, so the identity answers no more.
+        while stat(child.id()).is_some_and(|s| s.1 != 'Z') {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(start_time(child.id()).is_some());
+        assert_eq!(id.start_time(), None);
+        child.wait().unwrap();
+        assert_eq!(id.start_time(), None);
+    }
 
     #[test]
     fn owner_round_trip_and_liveness() {
