@@ -16,8 +16,17 @@ use tracing::debug;
 
 use crate::{PgLocation, WorkWatcher};
 
+/// The channel the store's writes notify on, as a literal for statements built with
+/// `concat!`.
+macro_rules! work_channel {
+    () => {
+        "nightshift_work"
+    };
+}
+pub(crate) use work_channel;
+
 /// The channel the store's writes notify on.
-pub(crate) const WORK_CHANNEL: &str = "nightshift_work";
+pub(crate) const WORK_CHANNEL: &str = work_channel!();
 
 /// Notifies listeners at the commit of `tx` (several notices of one transaction are
 /// delivered once).

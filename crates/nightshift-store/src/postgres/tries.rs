@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use nightshift_core::{RunState, TaskState};
 
 use super::conn::Params;
+use super::listen::work_channel;
 use super::{PgStore, TI_COLS, TRY_COLS, event, lock_names, rows, ti_row, try_row, u32_of};
 use crate::{Claim, DbtNode, FinishTry, Result, TiRow, TryRow};
 
@@ -118,20 +119,29 @@ impl PgStore {
             // two set-wide updates could lock the same rows in different orders.)
             lock_names(tx, BTreeSet::from([format!("run:{run_pk}")]))?;
             // One statement for the whole set: a fan-out decides a thousand tasks at once.
-            let n = tx.execute(
-                "WITH d AS (SELECT * FROM unnest($2::TEXT[], $3::TEXT[]) AS d(task_id, state)),
-                      changed AS (
-                          UPDATE task_instances t SET state = d.state, updated_at = $4
-                          FROM d WHERE t.run = $1 AND t.task_id = d.task_id AND t.state = 'PENDING'
-                          RETURNING t.task_id, t.state)
-                 INSERT INTO task_events (at, run, task_id, try_number, state, detail)
-                 SELECT $4, $1, task_id, NULL, state, NULL FROM changed",
-                &[&run_pk, &tasks, &states, &now],
-            )?;
-            // Queued tasks are work for every engine, not only this one.
-            if n > 0 && states.contains(&TaskState::Queued.as_str()) {
-                super::listen::notify(tx)?;
-            }
+            // Tasks it queued are work for every engine: the same statement notifies them (a
+            // statement of its own would add a round trip to every hop of a chain). The
+            // notice's CTE runs only when the query reads it, hence its count.
+            let n: i64 = tx
+                .query_one(
+                    concat!(
+                        "WITH d AS (SELECT * FROM unnest($2::TEXT[], $3::TEXT[]) AS d(task_id, state)),
+                              changed AS (
+                                  UPDATE task_instances t SET state = d.state, updated_at = $4
+                                  FROM d WHERE t.run = $1 AND t.task_id = d.task_id AND t.state = 'PENDING'
+                                  RETURNING t.task_id, t.state),
+                              events AS (
+                                  INSERT INTO task_events (at, run, task_id, try_number, state, detail)
+                                  SELECT $4, $1, task_id, NULL, state, NULL FROM changed),
+                              notified AS (
+                                  SELECT pg_notify('",
+                        work_channel!(),
+                        "', '') FROM changed WHERE state = 'QUEUED' LIMIT 1)
+                         SELECT (SELECT COUNT(*) FROM changed), (SELECT COUNT(*) FROM notified)"
+                    ),
+                    &[&run_pk, &tasks, &states, &now],
+                )?
+                .try_get(0)?;
             Ok(n as usize)
         })
     }

@@ -553,3 +553,53 @@ fn work_queued_elsewhere_wakes_an_idle_worker_even_after_the_database_restarted(
     w.stop();
     assert_complete(&p, "p", 2);
 }
+
+#[test]
+fn a_task_queued_by_one_worker_wakes_the_idle_worker_that_serves_its_pool() {
+    let pg = TestCluster::start().unwrap();
+    let p = pg_project(&pg);
+    p.file(
+        "nightshift.toml",
+        &(p.read("nightshift.toml") + "\n[pools]\nfirst = { slots = 1 }\nsecond = { slots = 1 }\n"),
+    );
+    // `a` runs only on one worker, `b` only on the other: `b` is queued by the first
+    // worker's pass, and the second learns of it only by the store's notice.
+    p.file(
+        "pipelines/p.toml",
+        &(daily("p", &days_ago(3))
+            + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\npool = \"first\"\n\n\
+               [[task]]\nid = \"b\"\ncommand = [\"true\"]\npool = \"second\"\ndepends_on = [\"a\"]\n"),
+    );
+    let slow = |name: &'static str| {
+        vec![
+            host(name),
+            ("NIGHTSHIFT_POLL", "600s"),
+            ("NIGHTSHIFT_HEARTBEAT", "600s"),
+            ("NIGHTSHIFT_LEASE_TTL", "1200s"),
+            ("NIGHTSHIFT_ROLE_TTL", "1200s"),
+        ]
+    };
+    let w1 = Proc::spawn(&p, &["worker", "--pool", "first"], &slow("host-1"), "w1");
+    let w2 = Proc::spawn(&p, &["worker", "--pool", "second"], &slow("host-2"), "w2");
+    for (log, name) in [("w1.stderr", "host-1"), ("w2.stderr", "host-2")] {
+        p.wait_for("the workers to start", || {
+            p.read(log).contains(&format!("worker on `{name}`"))
+        });
+    }
+    queue(&p, &yesterday());
+    p.wait_for("both tasks to run, each on its pool's worker", || {
+        all_succeeded(&p, "p", 1)
+    });
+    w1.stop();
+    w2.stop();
+    assert_complete(&p, "p", 1);
+    let doc = p.json(&[
+        "tasks",
+        p.runs_all("p")[0]["run_id"].as_str().unwrap(),
+        "--pipeline",
+        "p",
+        "--json",
+    ]);
+    assert_eq!(task(&doc, "a")["tries"][0]["host"], "host-1");
+    assert_eq!(task(&doc, "b")["tries"][0]["host"], "host-2");
+}
