@@ -70,7 +70,7 @@ pub struct SpawnRecord {
     pub try_number: u32,
     pub owner: String,
     pub pid: u32,
-    /// Its start time is read when the record is written, if it still runs then.
+    /// Its start time is read when the record is written; an exited one is not recorded.
     pub identity: crate::procs::Identity,
     pub log_path: String,
     /// Stops the try when the record shows its claim was lost.
@@ -405,12 +405,18 @@ impl WriterThread {
     fn write(&mut self, job: &Job) -> nightshift_store::Result<()> {
         match job {
             Job::Spawn(s) => {
+                // A process that has exited is moot: its try is concluding, and the outcome
+                // carries the pid. Recording it without a start time to tell it from a later
+                // process with the same pid would be worse than not recording it.
+                let crate::procs::Seen::Running { start } = s.identity.look() else {
+                    return Ok(());
+                };
                 let recorded = self.store.record_spawn(
                     s.ti_pk,
                     s.try_number,
                     &s.owner,
                     s.pid,
-                    s.identity.start_time(),
+                    start,
                     &s.log_path,
                 )?;
                 let concluded = self

@@ -35,7 +35,8 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// [`Identity::start_time`]).
 pub struct Identity {
     pid: u32,
-    /// `None` where the kernel has no pidfd (before 5.3): the start time was read at once.
+    /// `None` where the kernel has no pidfd (before 5.3): the start time was read at once
+    /// into `eager`.
     pidfd: Option<std::os::fd::OwnedFd>,
     eager: Option<u64>,
 }
@@ -56,14 +57,17 @@ impl Identity {
         Identity { pid, pidfd, eager }
     }
 
-    /// The process's start time, or `None` once it has exited: a pid read after its process
-    /// was reaped could belong to another process by then. Reading it here, when a try has
-    /// run long enough for its pid to be recorded, spares every short try a /proc read.
-    pub fn start_time(&self) -> Option<u64> {
+    /// The process's start time if it still runs, or `Exited`: a pid read after its
+    /// process was reaped could belong to another process by then. Reading it here, when a
+    /// try has run long enough for its pid to be recorded, spares every short try a /proc
+    /// read.
+    pub fn look(&self) -> Seen {
         let Some(fd) = &self.pidfd else {
-            return self.eager;
+            return Seen::Running { start: self.eager };
         };
-        let start = start_time(self.pid)?;
+        let Some(start) = start_time(self.pid) else {
+            return Seen::Exited;
+        };
         // Read first, then checked: while the process still runs its pid is its own, so the
         // start time read before belongs to it. (A pidfd is readable once it has exited.)
         let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
@@ -72,10 +76,21 @@ impl Identity {
             tv_nsec: 0,
         };
         match rustix::event::poll(&mut fds, Some(&zero)) {
-            Ok(0) => Some(start),
-            _ => None,
+            Ok(0) => Seen::Running { start: Some(start) },
+            _ => Seen::Exited,
         }
     }
+}
+
+/// What [`Identity::look`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Still running, with its start time (`None`: unknown, where it was read at the spawn
+    /// and the read failed).
+    Running {
+        start: Option<u64>,
+    },
+    Exited,
 }
 
 /// Whether the process `pid` that started at `start` (if known) is alive and not a zombie.
@@ -245,7 +260,7 @@ mod tests {
         let id = Identity::of(child.id());
         let start = start_time(child.id());
         assert!(start.is_some());
-        assert_eq!(id.start_time(), start);
+        assert_eq!(id.look(), Seen::Running { start });
         child.kill().unwrap();
         // Exited, not reaped yet: /proc still answers for the pid, but once it is reaped the
         // pid may be another process's, so the identity answers no more.
@@ -253,9 +268,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(start_time(child.id()).is_some());
-        assert_eq!(id.start_time(), None);
+        assert_eq!(id.look(), Seen::Exited);
         child.wait().unwrap();
-        assert_eq!(id.start_time(), None);
+        assert_eq!(id.look(), Seen::Exited);
     }
 
     #[test]
