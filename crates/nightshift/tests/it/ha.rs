@@ -30,17 +30,10 @@ fn chain(name: &str, start: &str) -> String {
            [[task]]\nid = \"b\"\ncommand = [\"sleep\", \"0.3\"]\ndepends_on = [\"a\"]\n"
 }
 
-/// Queues yesterday's run of pipeline `p` without a scheduler (whoever executes takes it).
-fn queue_yesterday(p: &TestProject) {
-    let out = p.run(&[
-        "backfill",
-        "p",
-        "--from",
-        &yesterday(),
-        "--to",
-        &yesterday(),
-        "--detach",
-    ]);
+/// Queues the run of pipeline `p` with ds `day` without a scheduler (whoever executes takes
+/// it).
+fn queue(p: &TestProject, day: &str) {
+    let out = p.run(&["backfill", "p", "--from", day, "--to", day, "--detach"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -233,7 +226,7 @@ fn a_frozen_worker_loses_its_try_its_child_is_killed_and_its_late_outcome_refuse
         p.read("w.stderr").contains("worker on")
     });
     // The run is created without a scheduler; the worker is the only one to take it.
-    queue_yesterday(&p);
+    queue(&p, &yesterday());
     p.wait_for("the worker to start try 1", || {
         !p.read("try1.pid").is_empty()
     });
@@ -448,7 +441,7 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     there.wait_for("the worker to start", || {
         there.read("w.stderr").contains("worker on")
     });
-    queue_yesterday(&here);
+    queue(&here, &yesterday());
     let run_id = here.runs_all("p")[0]["run_id"].as_str().unwrap().to_owned();
     here.wait_for("the try to start on the worker", || {
         here.tasks(&run_id)["tasks"][0]["tries"]
@@ -514,10 +507,16 @@ fn a_log_written_on_another_host_is_read_and_followed_from_this_one() {
     w.stop();
 }
 
-/// Queues the run of pipeline `p` with ds `day` without a scheduler.
-fn queue(p: &TestProject, day: &str) {
-    let out = p.run(&["backfill", "p", "--from", day, "--to", day, "--detach"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+/// A worker's environment whose loop, heartbeat and leases are far longer than a test may
+/// take: it passes again only when the store tells it that there is work.
+fn asleep(name: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        host(name),
+        ("NIGHTSHIFT_POLL", "600s"),
+        ("NIGHTSHIFT_HEARTBEAT", "600s"),
+        ("NIGHTSHIFT_LEASE_TTL", "1200s"),
+        ("NIGHTSHIFT_ROLE_TTL", "1200s"),
+    ]
 }
 
 #[test]
@@ -525,16 +524,7 @@ fn work_queued_elsewhere_wakes_an_idle_worker_even_after_the_database_restarted(
     let pg = TestCluster::start().unwrap();
     let p = pg_project(&pg);
     p.file("pipelines/p.toml", &chain("p", &days_ago(3)));
-    // Loop, heartbeat and leases far longer than the test may take: the worker passes again
-    // only when the store tells it that there is work.
-    let slow = [
-        host("host-w"),
-        ("NIGHTSHIFT_POLL", "600s"),
-        ("NIGHTSHIFT_HEARTBEAT", "600s"),
-        ("NIGHTSHIFT_LEASE_TTL", "1200s"),
-        ("NIGHTSHIFT_ROLE_TTL", "1200s"),
-    ];
-    let w = Proc::spawn(&p, &["worker"], &slow, "w");
+    let w = Proc::spawn(&p, &["worker"], &asleep("host-w"), "w");
     p.wait_for("the worker to start", || {
         p.read("w.stderr").contains("worker on `host-w`")
     });
@@ -570,17 +560,8 @@ fn a_task_queued_by_one_worker_wakes_the_idle_worker_that_serves_its_pool() {
             + "[[task]]\nid = \"a\"\ncommand = [\"true\"]\npool = \"first\"\n\n\
                [[task]]\nid = \"b\"\ncommand = [\"true\"]\npool = \"second\"\ndepends_on = [\"a\"]\n"),
     );
-    let slow = |name: &'static str| {
-        vec![
-            host(name),
-            ("NIGHTSHIFT_POLL", "600s"),
-            ("NIGHTSHIFT_HEARTBEAT", "600s"),
-            ("NIGHTSHIFT_LEASE_TTL", "1200s"),
-            ("NIGHTSHIFT_ROLE_TTL", "1200s"),
-        ]
-    };
-    let w1 = Proc::spawn(&p, &["worker", "--pool", "first"], &slow("host-1"), "w1");
-    let w2 = Proc::spawn(&p, &["worker", "--pool", "second"], &slow("host-2"), "w2");
+    let w1 = Proc::spawn(&p, &["worker", "--pool", "first"], &asleep("host-1"), "w1");
+    let w2 = Proc::spawn(&p, &["worker", "--pool", "second"], &asleep("host-2"), "w2");
     for (log, name) in [("w1.stderr", "host-1"), ("w2.stderr", "host-2")] {
         p.wait_for("the workers to start", || {
             p.read(log).contains(&format!("worker on `{name}`"))
@@ -593,13 +574,7 @@ fn a_task_queued_by_one_worker_wakes_the_idle_worker_that_serves_its_pool() {
     w1.stop();
     w2.stop();
     assert_complete(&p, "p", 1);
-    let doc = p.json(&[
-        "tasks",
-        p.runs_all("p")[0]["run_id"].as_str().unwrap(),
-        "--pipeline",
-        "p",
-        "--json",
-    ]);
+    let doc = p.tasks(p.runs_all("p")[0]["run_id"].as_str().unwrap());
     assert_eq!(task(&doc, "a")["tries"][0]["host"], "host-1");
     assert_eq!(task(&doc, "b")["tries"][0]["host"], "host-2");
 }
