@@ -6,6 +6,21 @@ use super::*;
 /// Queued runs per pipeline and class a scheduler pass considers (oldest first).
 pub(crate) const QUEUED_WINDOW: u32 = 64;
 
+/// How long ready work a pass left unclaimed may be claimed without a pass. A pass still
+/// comes this often under a backlog: it decides what became ready, finishes runs, reports
+/// ended tasks and lets newer or higher-priority work in.
+pub(crate) const BACKLOG_FOR: Duration = Duration::from_millis(100);
+
+/// A ready task instance: its pipeline, its run's index in the pass's runs, its pk.
+pub(crate) type Candidate = (Arc<Pipeline>, usize, i64);
+
+/// What the last pass found ready and could not claim for want of slots, in claim order.
+pub(crate) struct Backlog {
+    runs: Vec<RunRow>,
+    queue: std::collections::VecDeque<Candidate>,
+    until: Instant,
+}
+
 /// Result of one pass, for the loop's sleep decision.
 #[derive(Debug, Default, Clone)]
 pub struct PassOutcome {
@@ -76,6 +91,7 @@ impl Engine {
     /// One scheduling pass over the active runs: activate runs, decide pending tasks,
     /// finish runs, claim and start ready tries.
     pub fn pass(&mut self, now: Timestamp, may_claim: bool) -> Result<PassOutcome, Error> {
+        self.backlog = None;
         let mut runs: Vec<RunRow> = self.working_runs()?;
         runs.sort_by_key(|r| (r.trigger.priority(), r.data_interval_start, r.pk));
         self.read_task_instances(&runs)?;
@@ -101,7 +117,7 @@ impl Engine {
         };
         let now_us = to_micros(now);
         // Ready task instances: their pipeline, their run's index in `runs`, their pk.
-        let mut candidates: Vec<(Arc<Pipeline>, usize, i64)> = vec![];
+        let mut candidates: Vec<Candidate> = vec![];
         // Caches keyed by task instance or run keep only what is active, so memory follows
         // the active work, not the history.
         let live_runs: HashSet<i64> = runs.iter().map(|r| r.pk).collect();
@@ -223,57 +239,129 @@ impl Engine {
                 spread(*pk),
             )
         });
-        // Claim the free slots from a window of the candidates, one transaction per window:
-        // what other engines claimed since this pass read the runs is skipped there rather
-        // than costing a transaction each. Claims refused for a pool or task limit leave their
-        // slot to the next candidates.
-        let mut rest = candidates.into_iter().peekable();
-        loop {
+        let mut rest: std::collections::VecDeque<Candidate> = candidates.into();
+        self.claim_candidates(runs, cache, &mut rest, now_us, &mut out)?;
+        // Ready work left for want of slots: the next slots to free are claimed from it
+        // without a pass (see `claim_backlog`).
+        self.backlog = (!rest.is_empty()).then(|| Backlog {
+            runs: runs.to_vec(),
+            queue: rest,
+            until: Instant::now() + BACKLOG_FOR,
+        });
+        Ok(out)
+    }
+
+    /// Claims the free slots from the front of `rest`, a window at a time, one transaction
+    /// per window: what other engines claimed since the pass read the runs is skipped there
+    /// rather than costing a transaction each. Claims refused for a pool or task limit leave
+    /// their slot to the next candidates. Returns whether a window claimed nothing.
+    fn claim_candidates(
+        &mut self,
+        runs: &[RunRow],
+        cache: &TiCache,
+        rest: &mut std::collections::VecDeque<Candidate>,
+        now_us: i64,
+        out: &mut PassOutcome,
+    ) -> Result<bool, Error> {
+        let row = |ri: usize, pk: i64| -> Option<&TiRow> { cache.get(&runs[ri].pk)?.get(&pk) };
+        let mut came_empty = false;
+        while !rest.is_empty() {
             let free = self.slots().saturating_sub(self.running.len());
-            if rest.peek().is_none() {
-                break;
-            }
             if free == 0 {
                 out.blocked = true;
                 break;
             }
-            let batch: Vec<(Arc<Pipeline>, usize, i64)> =
-                rest.by_ref().take(free * 4 + 4).collect();
+            let n = rest.len().min(free * 4 + 4);
+            let batch: Vec<Candidate> = rest.drain(..n).collect();
             let lease_until = self.store_now() + us(self.opts.lease_ttl);
             let claims: Vec<Claim<'_>> = batch
                 .iter()
-                .map(|(p, ri, pk)| Claim {
-                    ti_pk: *pk,
-                    owner: &self.owner,
-                    host: &self.host,
-                    now: now_us,
-                    lease_until,
-                    pool: p
-                        .task(&row(*ri, *pk).task_id)
-                        .and_then(|t| t.pool.as_deref())
-                        .map(|name| {
-                            (
-                                name,
-                                self.project.settings.pools.get(name).copied().unwrap_or(1),
-                            )
-                        }),
-                    pipeline_limit: (&p.name, p.max_active_tasks),
+                .filter_map(|(p, ri, pk)| {
+                    let ti = row(*ri, *pk)?;
+                    Some(Claim {
+                        ti_pk: *pk,
+                        owner: &self.owner,
+                        host: &self.host,
+                        now: now_us,
+                        lease_until,
+                        pool: p
+                            .task(&ti.task_id)
+                            .and_then(|t| t.pool.as_deref())
+                            .map(|name| {
+                                (
+                                    name,
+                                    self.project.settings.pools.get(name).copied().unwrap_or(1),
+                                )
+                            }),
+                        pipeline_limit: (&p.name, p.max_active_tasks),
+                    })
                 })
                 .collect();
             let results = self.store.claim_batch(&claims, free)?;
+            let claimed: HashMap<i64, u32> = claims
+                .iter()
+                .zip(results)
+                .filter_map(|(c, n)| Some((c.ti_pk, n?)))
+                .collect();
             drop(claims);
-            for ((p, ri, pk), claimed) in batch.into_iter().zip(results) {
-                match claimed {
-                    Some(try_number) => {
+            came_empty |= claimed.is_empty();
+            let mut unclaimed = vec![];
+            for (p, ri, pk) in batch {
+                match claimed.get(&pk) {
+                    Some(&try_number) => {
                         out.claimed += 1;
-                        let ti = row(ri, pk).clone();
+                        let Some(ti) = row(ri, pk).cloned() else {
+                            continue;
+                        };
                         self.start_try(p, runs[ri].clone(), ti, try_number)?;
                     }
-                    None => out.blocked = true,
+                    None => {
+                        out.blocked = true;
+                        unclaimed.push((p, ri, pk));
+                    }
+                }
+            }
+            if self.running.len() >= self.slots() {
+                // The slots ran out before the window did: its rest was not refused, only
+                // not reached, and stays first in line.
+                for c in unclaimed.into_iter().rev() {
+                    rest.push_front(c);
                 }
             }
         }
-        Ok(out)
+        Ok(came_empty)
+    }
+
+    /// Claims freed slots from what the last pass left ready, without a pass: under a
+    /// backlog (a wide fan-out's siblings) a pass's reads find nothing new to decide, and
+    /// the claim alone is one round trip where a pass is four. `None` when there is no
+    /// backlog, or it is older than [`BACKLOG_FOR`], or its last window claimed nothing
+    /// (its tasks went to other engines, or hit a limit): the loop then makes a pass.
+    /// The claim checks each instance again (still ready, within the limits; a cancelled
+    /// run's instances are no longer ready), so a stale backlog costs a refused claim,
+    /// never a second try. It widens, from a pass's length to [`BACKLOG_FOR`], the window
+    /// in which a run's row is older than its tasks' rows — the one every pass has.
+    pub(crate) fn claim_backlog(&mut self, now: Timestamp) -> Result<Option<PassOutcome>, Error> {
+        let Some(mut b) = self.backlog.take() else {
+            return Ok(None);
+        };
+        if Instant::now() >= b.until {
+            return Ok(None);
+        }
+        let mut out = PassOutcome {
+            active_runs: b.runs.len(),
+            ..Default::default()
+        };
+        let cache = std::mem::take(&mut self.tis);
+        let res = self.claim_candidates(&b.runs, &cache, &mut b.queue, to_micros(now), &mut out);
+        self.tis = cache;
+        if res? {
+            return Ok(None);
+        }
+        if !b.queue.is_empty() {
+            self.backlog = Some(b);
+        }
+        Ok(Some(out))
     }
 
     /// Reports task state changes (including those made by other processes) once each.
@@ -386,26 +474,133 @@ impl Engine {
     }
 }
 
+/// For the tests below: a project of one slot whose pipeline `p` (daily) has these
+/// independent tasks of `true`, its store, and a scheduling engine on a simulated clock
+/// set to 2024-06-03.
+#[cfg(test)]
+fn one_slot(
+    tasks: &[&str],
+) -> (
+    tempfile::TempDir,
+    LoadedPipeline,
+    Arc<Store>,
+    Engine,
+    Timestamp,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(dir.path().join("nightshift.toml"), "parallelism = 1\n").unwrap();
+    let mut src = "schedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\n".to_string();
+    for t in tasks {
+        src += &format!("[[task]]\nid = \"{t}\"\ncommand = [\"true\"]\n");
+    }
+    std::fs::write(dir.path().join("pipelines/p.toml"), src).unwrap();
+    let project = project::load(dir.path()).unwrap();
+    let lp = project.pipelines["p"].clone();
+    let store = Arc::new(Store::open(&project.store_location()).unwrap());
+    let now: Timestamp = "2024-06-03T00:00:00Z".parse().unwrap();
+    let engine = Engine::new(
+        project,
+        store.clone(),
+        Arc::new(crate::SimClock::new(now)),
+        Mode::Scheduler { until: None },
+        Options::default(),
+    );
+    (dir, lp, store, engine, now)
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+
+    /// An engine of one slot and a run of three independent tasks, after its first pass:
+    /// one task claimed, two left in the backlog.
+    fn engine_with_backlog() -> (tempfile::TempDir, Engine, Arc<Store>, i64, Timestamp) {
+        let (dir, lp, store, mut engine, now) = one_slot(&["a", "b", "c"]);
+        let interval = lp.pipeline.schedule.interval_ending_at(now).unwrap();
+        let run = create_run(&store, &lp, interval, Trigger::Scheduled, now)
+            .unwrap()
+            .pk();
+        let out = engine.pass(now, true).unwrap();
+        assert_eq!(out.claimed, 1);
+        assert!(out.blocked);
+        (dir, engine, store, run, now)
+    }
+
+    async fn wait_for_free_slot(engine: &mut Engine) {
+        while !engine.running.is_empty() {
+            let d = engine.done_rx.recv().await.unwrap();
+            engine.receive_done(d);
+        }
+    }
+
+    fn count(store: &Store, run: i64, state: TaskState) -> usize {
+        let tis = store.task_instances(run).unwrap();
+        tis.iter().filter(|t| t.state == state).count()
+    }
+
+    /// A freed slot is claimed from what the pass left ready, without another pass, until
+    /// the backlog is used up; then the loop is told to make a pass.
+    #[tokio::test(flavor = "current_thread")]
+    async fn freed_slots_are_claimed_from_the_backlog_without_a_pass() {
+        let (_dir, mut engine, store, run, now) = engine_with_backlog();
+        for claimed in 2..=3 {
+            wait_for_free_slot(&mut engine).await;
+            let out = engine
+                .claim_backlog(now)
+                .unwrap()
+                .expect("claimed from the backlog");
+            assert_eq!(out.claimed, 1);
+            assert_eq!(
+                count(&store, run, TaskState::Queued),
+                3 - claimed,
+                "one more claimed"
+            );
+        }
+        wait_for_free_slot(&mut engine).await;
+        assert!(engine.claim_backlog(now).unwrap().is_none(), "used up");
+    }
+
+    /// What another engine claimed meanwhile is skipped, not run twice; a backlog with
+    /// nothing left to claim, or one too old, hands over to a pass.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stale_backlog_claims_nothing_twice_and_hands_over_to_a_pass() {
+        let (_dir, mut engine, store, run, now) = engine_with_backlog();
+        wait_for_free_slot(&mut engine).await;
+        for ti in store.task_instances(run).unwrap() {
+            if ti.state == TaskState::Queued {
+                let other = Claim {
+                    ti_pk: ti.pk,
+                    owner: "another engine",
+                    host: "elsewhere",
+                    now: to_micros(now),
+                    lease_until: to_micros(now) + 60_000_000,
+                    pool: None,
+                    pipeline_limit: ("p", 16),
+                };
+                assert_eq!(store.claim(&other).unwrap(), Some(1));
+            }
+        }
+        assert!(engine.claim_backlog(now).unwrap().is_none());
+        assert!(engine.running.is_empty(), "nothing claimed twice");
+        let tries = store.tries(run).unwrap();
+        assert_eq!(tries.len(), 3, "one try per task: {tries:?}");
+
+        let (_dir, mut engine, _store, _run, now) = engine_with_backlog();
+        wait_for_free_slot(&mut engine).await;
+        engine.backlog.as_mut().unwrap().until = Instant::now();
+        assert!(engine.claim_backlog(now).unwrap().is_none(), "too old");
+    }
+}
+
 #[cfg(test)]
 mod priority_tests {
     use super::*;
-    use crate::SimClock;
 
     /// With one free slot, a scheduled run's task is claimed before an older backfill's.
     #[tokio::test(flavor = "current_thread")]
     async fn backfill_work_yields_to_scheduled_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-        std::fs::write(dir.path().join("nightshift.toml"), "parallelism = 1\n").unwrap();
-        std::fs::write(
-            dir.path().join("pipelines/p.toml"),
-            "schedule = \"0 0 * * *\"\nstart_date = \"2024-06-01\"\n[[task]]\nid = \"a\"\ncommand = [\"true\"]\n",
-        )
-        .unwrap();
-        let project = project::load(dir.path()).unwrap();
-        let lp = project.pipelines["p"].clone();
-        let store = Arc::new(Store::open(&project.store_location()).unwrap());
-        let now: Timestamp = "2024-06-03T00:00:00Z".parse().unwrap();
+        let (_dir, lp, store, mut engine, now) = one_slot(&["a"]);
         let older = lp
             .pipeline
             .schedule
@@ -418,13 +613,6 @@ mod priority_tests {
         let scheduled = create_run(&store, &lp, newer, Trigger::Scheduled, now)
             .unwrap()
             .pk();
-        let mut engine = Engine::new(
-            project,
-            store.clone(),
-            Arc::new(SimClock::new(now)),
-            Mode::Scheduler { until: None },
-            Options::default(),
-        );
         let out = engine.pass(now, true).unwrap();
         assert_eq!(out.claimed, 1);
         assert!(out.blocked);

@@ -185,6 +185,8 @@ pub struct Engine {
     shipper: Option<Option<crate::logship::Shipper>>,
     containment: Containment,
     next_token: u64,
+    /// Ready work the last pass could not claim for want of slots.
+    backlog: Option<claims::Backlog>,
 }
 
 fn us(d: Duration) -> i64 {
@@ -234,6 +236,7 @@ impl Engine {
             shipper: None,
             containment: Containment::Subreaper,
             next_token: 0,
+            backlog: None,
         }
     }
 
@@ -551,13 +554,25 @@ impl Engine {
             // Taken before the pass: an outcome the writer records during the pass would
             // make the pass's view stale, and the clock must not jump on a stale view.
             let idle_before = self.running.is_empty() && !self.outcomes_pending();
-            let pass_began = Instant::now();
-            let pass = self.pass(now, !past_until);
-            self.stats.passes.fetch_add(1, Ordering::Relaxed);
-            self.stats.pass_us.fetch_add(
-                u64::try_from(pass_began.elapsed().as_micros()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            let quick = if past_until {
+                Ok(None)
+            } else {
+                self.claim_backlog(now)
+            };
+            let pass = match quick {
+                Ok(Some(claimed)) => Ok(claimed),
+                Ok(None) => {
+                    let pass_began = Instant::now();
+                    let pass = self.pass(now, !past_until);
+                    self.stats.passes.fetch_add(1, Ordering::Relaxed);
+                    self.stats.pass_us.fetch_add(
+                        u64::try_from(pass_began.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
+                    pass
+                }
+                Err(e) => Err(e),
+            };
             let pass = match pass {
                 Ok(p) => p,
                 Err(e) => {
